@@ -1,0 +1,44 @@
+"""mlaas4hep-lab: Machine Learning as a Service for High-Energy Physics.
+
+The public API is loaded lazily so that ``import mlaas4hep_lab`` costs only numpy, awkward and uproot
+(and never TensorFlow, torch, XGBoost or ipywidgets).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Params": "mlaas4hep_lab.params",
+    "load_params": "mlaas4hep_lab.params",
+    "Preproc": "mlaas4hep_lab.data.preprocess",
+    "compile_expression": "mlaas4hep_lab.data.expressions",
+    "Specs": "mlaas4hep_lab.data.specs",
+    "compute_specs": "mlaas4hep_lab.data.specs",
+    "TreeReader": "mlaas4hep_lab.data.reader",
+    "inspect_file": "mlaas4hep_lab.data.reader",
+    "Vectorizer": "mlaas4hep_lab.data.vectorize",
+    "ChunkStream": "mlaas4hep_lab.data.stream",
+    "Chunk": "mlaas4hep_lab.data.stream",
+    "Dataset": "mlaas4hep_lab.data.sources",
+    "datasets": "mlaas4hep_lab.data.datasets",
+    "errors": "mlaas4hep_lab.errors",
+}
+
+__all__ = sorted([*_LAZY, "__version__"])
+
+
+def __getattr__(name: str):
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'mlaas4hep_lab' has no attribute {name!r}")
+    module = importlib.import_module(target)
+    value = module if target.rsplit(".", 1)[-1] == name else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

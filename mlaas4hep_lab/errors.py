@@ -1,0 +1,131 @@
+"""Exceptions of mlaas4hep-lab.
+
+Each one says what went wrong, where (file, tree, branch, key, position) and what to try.
+They subclass the built-in exception a caller would naturally catch (``KeyError``,
+``ValueError``, ``OSError``, ``ImportError``) as well as :class:`MLaaSError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "MLaaSError",
+    "InputFileError",
+    "RemoteReadError",
+    "TreeNotFoundError",
+    "BranchNotFoundError",
+    "ConfigError",
+    "LabelsError",
+    "ExpressionError",
+    "SpecsError",
+    "StaleSpecsError",
+    "MissingExtraError",
+    "close_matches",
+]
+
+
+def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
+    """The candidates closest in spelling to ``name``, best first (case-insensitive)."""
+    candidates = list(candidates)
+    lowered = {c.lower(): c for c in candidates}
+    hits = difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.6)
+    return [lowered[h] for h in hits]
+
+
+class MLaaSError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+    def __str__(self) -> str:  # KeyError would otherwise print the repr of the message
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class InputFileError(MLaaSError, OSError):
+    """A ROOT file (or files.txt / labels.txt) is missing, unreadable or corrupt."""
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
+
+class RemoteReadError(InputFileError):
+    """A remote file could not be read after the configured retries."""
+
+
+class TreeNotFoundError(MLaaSError, KeyError):
+    """The tree named by params ``branch`` is not in the file."""
+
+    def __init__(self, tree: str, path: str, available: Iterable[str]):
+        available = sorted(set(available))
+        close = close_matches(tree, available)
+        msg = f"tree {tree!r} not found in {path}"
+        if close:
+            msg += f"; did you mean {', '.join(map(repr, close))}?"
+        msg += f" Trees in the file: {', '.join(available) if available else '(none)'}."
+        msg += " Set params 'branch' to the tree path (e.g. 'events' or 'dir/events')."
+        super().__init__(msg)
+        self.tree, self.path, self.available = tree, path, available
+
+
+class BranchNotFoundError(MLaaSError, KeyError):
+    """A branch named in params, preproc or an expression is not in the tree."""
+
+    def __init__(self, branch: str, where: str, available: Iterable[str], context: str = ""):
+        available = sorted(set(available))
+        close = close_matches(branch, available)
+        msg = f"branch {branch!r} not found in {where}"
+        if context:
+            msg += f" ({context})"
+        if close:
+            msg += f"; did you mean {', '.join(map(repr, close))}?"
+        else:
+            shown = ", ".join(available[:20]) + (" ..." if len(available) > 20 else "")
+            msg += f". Available: {shown}"
+        super().__init__(msg)
+        self.branch, self.where, self.available = branch, where, available
+
+
+class ConfigError(MLaaSError, ValueError):
+    """params.json / preproc.json / command-line settings that are malformed or of a wrong type."""
+
+    def __init__(self, message: str, key: str | None = None, source: str | None = None):
+        prefix = ""
+        if source:
+            prefix += f"{source}: "
+        if key:
+            prefix += f"key {key!r}: "
+        super().__init__(prefix + message)
+        self.key, self.source = key, source
+
+
+class LabelsError(ConfigError):
+    """labels.txt does not match files.txt."""
+
+
+class ExpressionError(MLaaSError, ValueError):
+    """An expression (new branch definition or cut) that is not allowed or cannot be parsed."""
+
+    def __init__(self, expression: str, reason: str, col: int | None = None, where: str | None = None):
+        msg = f"invalid expression {expression!r}"
+        if where:
+            msg += f" in {where}"
+        if col is not None:
+            msg += f" at column {col + 1}"
+            msg += f": {reason}\n    {expression}\n    {' ' * col}^"
+        else:
+            msg += f": {reason}"
+        super().__init__(msg)
+        self.expression, self.reason, self.col, self.where = expression, reason, col, where
+
+
+class SpecsError(MLaaSError, ValueError):
+    """A specs.json that cannot be used."""
+
+
+class StaleSpecsError(SpecsError):
+    """A specs.json computed for other files, branches or preprocessing."""
+
+
+class MissingExtraError(MLaaSError, ImportError):
+    """An optional framework is not installed."""
