@@ -1,0 +1,157 @@
+"""The ``mlaas4hep`` command: parses arguments into validated settings and calls the engine.
+
+Compatible with the original ``workflow.py --files --labels --model --params --preproc --fout``:
+``mlaas4hep workflow ...`` (or ``mlaas4hep --files ...`` with no sub-command) takes the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import MLaaSError
+
+__all__ = ["main", "build_parser"]
+
+
+def _add_inputs(p: argparse.ArgumentParser, model: bool) -> None:
+    p.add_argument("--files", required=True, help="files.txt: one ROOT file path or URL per line")
+    p.add_argument("--labels", required=True, help="labels.txt: one label per line, in the order of files.txt")
+    p.add_argument("--params", help="params.json (original keys plus ours; see README)")
+    p.add_argument("--preproc", help="preproc.json: new branches and cuts")
+    if model:
+        p.add_argument("--model", help="model.py defining model(idim)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlaas4hep", description="Machine Learning as a Service for HEP")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    wf = sub.add_parser("workflow", help="specs pass, chunk creation and training (the original workflow.py)")
+    _add_inputs(wf, model=True)
+    wf.add_argument("--specs", help="specs.json to reuse (checked against the files), or where to write it")
+    wf.add_argument("--fout", default="mlaas4hep-output", help="output folder (default: %(default)s)")
+    wf.add_argument("--dry-run", action="store_true", help="build every chunk without training and report")
+    wf.add_argument("--recompute-specs", action="store_true", help="ignore an existing specs file")
+
+    sp = sub.add_parser("specs", help="run the first pass only and write specs.json")
+    _add_inputs(sp, model=False)
+    sp.add_argument("--fout", default="specs.json", help="where to write the specs (default: %(default)s)")
+
+    ins = sub.add_parser("inspect", help="describe the trees and branches of a ROOT file")
+    ins.add_argument("file", help="local path, root:// or http(s):// URL")
+    ins.add_argument("--tree", help="only this tree (default: every TTree and RNTuple in the file)")
+
+    ex = sub.add_parser("example", help="write example ROOT files (no download)")
+    ex.add_argument("kind", choices=["higgs", "tth"])
+    ex.add_argument("--out", default=None, help="folder (default: example/KIND)")
+    ex.add_argument("--events", type=int, default=None, help="events in total over all files")
+    ex.add_argument("--seed", type=int, default=42)
+
+    demo = sub.add_parser("demo", help="write the Higgs-like example data and run the workflow on it")
+    demo.add_argument("--out", default="mlaas4hep-demo", help="folder (default: %(default)s)")
+    demo.add_argument("--kind", choices=["higgs", "tth"], default="higgs")
+    demo.add_argument("--events", type=int, default=None)
+    return parser
+
+
+def _print_summary(summary: dict) -> None:
+    width = max(len(k) for k in summary)
+    for key, value in summary.items():
+        if isinstance(value, float):
+            value = f"{value:,.3f}" if value < 100 else f"{value:,.0f}"
+        elif isinstance(value, dict):
+            value = json.dumps(value)
+        print(f"  {key.ljust(width)}  {value}")
+
+
+def _workflow(args) -> int:
+    from .pipeline import dry_run, ensure_specs, load_inputs
+
+    inputs = load_inputs(args.files, args.labels, args.params, args.preproc)
+    fout = Path(args.fout)
+    specs_path = Path(args.specs) if args.specs else fout / "specs.json"
+    specs = ensure_specs(inputs, specs_path, recompute=getattr(args, "recompute_specs", False))
+    print(f"specs: {specs.n_features} features ({len(specs.fkeys)} flat, {len(specs.jkeys)} jagged branches), "
+          f"{specs.events.get('total', 0):,} events after cuts -> {specs_path}")
+    if not args.dry_run and args.model:
+        print("note: training is not available in this version yet (the trainer is the next milestone); "
+              "building every chunk as --dry-run does.", file=sys.stderr)
+    summary = dry_run(inputs, specs)
+    print("chunks that training would use:")
+    _print_summary(summary)
+    return 0
+
+
+def _specs(args) -> int:
+    from .pipeline import ensure_specs, load_inputs
+
+    inputs = load_inputs(args.files, args.labels, args.params, args.preproc)
+    specs = ensure_specs(inputs, args.fout, recompute=True)
+    print(f"wrote {args.fout}: {specs.n_features} features, {len(specs.fkeys)} flat and {len(specs.jkeys)} "
+          f"jagged branches, {specs.events.get('total', 0):,} events after cuts")
+    return 0
+
+
+def _inspect(args) -> int:
+    from .data.reader import inspect_file
+
+    print(inspect_file(args.file, args.tree))
+    return 0
+
+
+def _example(args) -> int:
+    from .data import datasets
+
+    out = args.out or f"example/{args.kind}"
+    ds = datasets.write_example(args.kind, out, args.events, seed=args.seed)
+    print(f"wrote {len(ds.files)} files to {ds.directory}: {', '.join(p.name for p in ds.files)}")
+    print(f"  files.txt {ds.files_txt}\n  labels.txt {ds.labels_txt}\n  params.json {ds.params_json}")
+    if ds.preproc_json:
+        print(f"  preproc.json {ds.preproc_json}")
+    return 0
+
+
+def _demo(args) -> int:
+    from .data import datasets
+
+    out = Path(args.out)
+    ds = datasets.write_example(args.kind, out / "data", args.events)
+    print(f"example data: {len(ds.files)} files in {ds.directory}")
+    ns = argparse.Namespace(files=str(ds.files_txt), labels=str(ds.labels_txt), params=str(ds.params_json),
+                            preproc=str(ds.preproc_json) if ds.preproc_json else None, model=None,
+                            specs=None, fout=str(out / "output"), dry_run=True, recompute_specs=True)
+    return _workflow(ns)
+
+
+_COMMANDS = {"workflow": _workflow, "specs": _specs, "inspect": _inspect, "example": _example, "demo": _demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("--files"):  # the original workflow.py call, without a sub-command
+        argv.insert(0, "workflow")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return _COMMANDS[args.command](args)
+    except MLaaSError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

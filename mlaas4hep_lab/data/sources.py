@@ -1,0 +1,215 @@
+"""Where the events come from: files.txt / labels.txt, redirectors, local and remote opening with retries.
+
+Local paths are memory-mapped; ``root://`` goes through fsspec-xrootd and ``http(s)://`` through fsspec's
+HTTP filesystem (range requests). Transient remote errors are retried with exponential backoff and then
+reported with the file's URL; a missing or corrupt file is reported at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import uproot
+
+from ..errors import InputFileError, LabelsError, RemoteReadError, TreeNotFoundError
+
+__all__ = [
+    "is_remote",
+    "resolve_path",
+    "read_file_list",
+    "read_labels",
+    "file_info",
+    "open_file",
+    "get_tree",
+    "with_retries",
+    "FileInfo",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """True for URLs (``root://``, ``http(s)://``, ...), False for local paths and ``file://``."""
+    text = str(path)
+    return bool(_SCHEME.match(text)) and not text.startswith("file://")
+
+
+def _local(path: str) -> str:
+    return path[len("file://") :] if path.startswith("file://") else path
+
+
+def resolve_path(path: str, base_dir: str | os.PathLike | None = None, redirector: str | None = None) -> str:
+    """Resolve one entry of files.txt.
+
+    URLs are kept. A relative path is resolved against ``base_dir`` (the folder of files.txt). A path that
+    does not exist locally is prefixed with ``redirector`` when one is given, as the original did
+    (``root://cms-xrd-global.cern.ch`` + ``/store/...`` gives ``root://cms-xrd-global.cern.ch//store/...``).
+    """
+    path = path.strip()
+    if is_remote(path):
+        return path
+    local = Path(os.path.expanduser(_local(path)))
+    candidate = local if local.is_absolute() or base_dir is None else Path(base_dir) / local
+    if candidate.exists() or not redirector:
+        return str(candidate)
+    return redirector.rstrip("/") + "/" + path.lstrip("/") if path.startswith("/") else (
+        redirector.rstrip("/") + "//" + path
+    )
+
+
+def _read_lines(path: str | os.PathLike, what: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(f"{what} file not found: {p}", str(p))
+    lines = []
+    for raw in p.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            lines.append(line)
+    if not lines:
+        raise InputFileError(f"{what} file {p} lists nothing (only blank lines or # comments)", str(p))
+    return lines
+
+
+def read_file_list(path: str | os.PathLike, redirector: str | None = None) -> list[str]:
+    """Read files.txt: one path or URL per line, ``#`` comments and blank lines ignored."""
+    base = Path(path).resolve().parent
+    return [resolve_path(line, base, redirector) for line in _read_lines(path, "files list")]
+
+
+def read_labels(path: str | os.PathLike, n_files: int | None = None) -> list[float]:
+    """Read labels.txt: one numeric label per line, matched to files by order."""
+    labels = []
+    for i, line in enumerate(_read_lines(path, "labels"), 1):
+        try:
+            labels.append(float(line))
+        except ValueError:
+            raise LabelsError(f"label {i} is {line!r}, not a number", source=str(path)) from None
+    if n_files is not None and len(labels) != n_files:
+        raise LabelsError(
+            f"{len(labels)} labels for {n_files} files: labels.txt needs one label per line of files.txt, "
+            "in the same order",
+            source=str(path),
+        )
+    return labels
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """Size and modification time of a file, used to tell whether a specs file is stale."""
+
+    size: int | None
+    mtime: float | None
+
+
+def file_info(path: str) -> FileInfo:
+    if not is_remote(path):
+        st = os.stat(_local(path))
+        return FileInfo(st.st_size, round(st.st_mtime, 3))
+    try:
+        import fsspec
+
+        fs, fpath = fsspec.core.url_to_fs(path)
+        info = fs.info(fpath)
+        mtime = info.get("mtime") or info.get("LastModified")
+        return FileInfo(info.get("size"), float(mtime) if isinstance(mtime, (int, float)) else None)
+    except Exception as err:  # remote metadata is best-effort: it only helps detect stale specs
+        log.debug("no size/mtime for %s: %s", path, err)
+        return FileInfo(None, None)
+
+
+def _is_transient(err: BaseException) -> bool:
+    if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)):
+        return False
+    if isinstance(err, (OSError, TimeoutError, ConnectionError)):
+        return True
+    name = type(err).__name__
+    return any(word in name for word in ("Timeout", "Connection", "ClientError", "ServerError", "Disconnected"))
+
+
+def with_retries(fn: Callable[[], T], path: str, retries: int = 3, backoff: float = 0.5, what: str = "read") -> T:
+    """Call ``fn``; for a remote ``path`` retry transient errors with exponential backoff."""
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except Exception as err:
+            if not is_remote(path) or not _is_transient(err) or attempt >= retries:
+                if is_remote(path) and _is_transient(err):
+                    raise RemoteReadError(
+                        f"cannot {what} {path} after {attempt + 1} attempts: {type(err).__name__}: {err}. "
+                        "Check the URL, the server and your grid credentials (X509/token).",
+                        path,
+                    ) from err
+                raise
+            delay = backoff * (2**attempt)
+            log.warning("%s %s failed (%s); retry %d/%d in %.1fs", what, path, err, attempt + 1, retries, delay)
+            time.sleep(delay)
+            attempt += 1
+
+
+def open_file(path: str, retries: int = 3, backoff: float = 0.5, timeout: float = 30) -> uproot.ReadOnlyDirectory:
+    """Open a ROOT file, local or remote, with clear errors for missing and corrupt files."""
+    if not is_remote(path):
+        local = _local(path)
+        if not os.path.exists(local):
+            raise InputFileError(
+                f"ROOT file not found: {local}. Check the path in files.txt, or set params 'redirector' "
+                "(e.g. root://cms-xrd-global.cern.ch) to read it from the grid.",
+                local,
+            )
+        if os.path.isdir(local):
+            raise InputFileError(f"{local} is a directory, not a ROOT file", local)
+        try:
+            return uproot.open(local, handler=uproot.source.file.MemmapSource)
+        except Exception as err:
+            raise InputFileError(
+                f"cannot read ROOT file {local}: {type(err).__name__}: {err}. "
+                "The file may be truncated, corrupt or not a ROOT file.",
+                local,
+            ) from err
+
+    def _open():
+        return uproot.open(path, timeout=timeout)
+
+    try:
+        return with_retries(_open, path, retries, backoff, what="open")
+    except RemoteReadError:
+        raise
+    except FileNotFoundError as err:
+        raise InputFileError(f"remote ROOT file not found: {path} ({err})", path) from err
+    except Exception as err:
+        raise InputFileError(
+            f"cannot read remote ROOT file {path}: {type(err).__name__}: {err}. "
+            "The file may be missing, truncated or not a ROOT file.",
+            path,
+        ) from err
+
+
+def _tree_like(obj) -> bool:
+    return isinstance(obj, uproot.behaviors.TBranch.HasBranches) or type(obj).__name__.endswith("RNTuple")
+
+
+def get_tree(file: uproot.ReadOnlyDirectory, tree: str, path: str):
+    """The TTree or RNTuple at ``tree`` (e.g. ``events`` or ``dir/events``), or TreeNotFoundError."""
+    try:
+        obj = file[tree]
+    except Exception:
+        obj = None
+    if obj is None or not _tree_like(obj):
+        available = [
+            key.split(";")[0]
+            for key, cls in file.classnames(recursive=True).items()
+            if cls in ("TTree", "ROOT::RNTuple", "ROOT::Experimental::RNTuple", "TNtuple", "TNtupleD")
+        ]
+        raise TreeNotFoundError(tree, path, available)
+    return obj

@@ -1,0 +1,303 @@
+"""The first pass: per-branch min/max/mean/std, jagged lengths, events per file; specs.json.
+
+The JSON keeps the original's keys (``jdim minv maxv fkeys jkeys nans events``) and adds ``version``,
+``features`` (the ordered feature names), ``files`` (path, size, modification time, entries) and a
+``fingerprint`` of the settings it depends on, so that a stale specs file is detected, not reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from ..errors import ConfigError, InputFileError, SpecsError, StaleSpecsError
+from ..params import Params
+from . import sources
+from .plan import Plan, events_to_use, make_plan
+from .reader import TreeReader
+from .vectorize import feature_names, jagged_buffers
+
+__all__ = ["Specs", "compute_specs", "load_specs", "specs_fingerprint", "SPECS_VERSION"]
+
+log = logging.getLogger(__name__)
+SPECS_VERSION = 1
+_QUANTILES = (0.5, 0.9, 0.95, 0.99)
+
+
+@dataclass
+class Specs:
+    """What the first pass learnt about the files; it fixes the feature layout and the normalisation."""
+
+    fkeys: list[str]
+    jkeys: list[str]
+    jdim: dict[str, int]
+    minv: dict[str, float]
+    maxv: dict[str, float]
+    mean: dict[str, float] = field(default_factory=dict)
+    std: dict[str, float] = field(default_factory=dict)
+    nans: dict[str, float] = field(default_factory=dict)
+    events: dict[str, int] = field(default_factory=dict)      # after cuts: "total" and per file
+    files: list[dict[str, Any]] = field(default_factory=list)  # path, size, mtime, entries (before cuts)
+    jagged_max: dict[str, int] = field(default_factory=dict)   # longest list seen, before any cap
+    jagged_quantiles: dict[str, dict[str, float]] = field(default_factory=dict)
+    tree: str = "events"
+    identifier: list[str] = field(default_factory=list)
+    weight: str = ""
+    normalization: str = "minmax"
+    missing_values: list[float] = field(default_factory=list)
+    fingerprint: str = ""
+    version: int = SPECS_VERSION
+    features: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.features:
+            self.features = feature_names(self.fkeys, self.jdim)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+    def plan_read(self) -> list[str]:
+        return sorted(set(self.fkeys) | set(self.jkeys))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> Specs:
+        missing = [k for k in ("jdim", "minv", "maxv", "fkeys", "jkeys") if k not in data]
+        if missing:
+            raise SpecsError(f"{source or 'specs'}: missing keys {missing}; not a specs file?")
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        specs = cls(**known)
+        if specs.version > SPECS_VERSION:
+            raise SpecsError(f"{source}: specs version {specs.version} is newer than this package supports")
+        return specs
+
+    def check(self, files: Sequence[str], fingerprint: str, source: str = "specs.json") -> None:
+        """Raise StaleSpecsError when these specs were computed for other files or settings."""
+        hint = (f" Recompute it with `mlaas4hep specs --files FILES --labels LABELS --params PARAMS "
+                f"[--preproc PREPROC] --fout {source}`, or delete it.")
+        if self.fingerprint and fingerprint != self.fingerprint:
+            raise StaleSpecsError(f"{source} was computed with other params (tree, branch selection, "
+                                  "identifiers, weight, nevts, missing values, jagged lengths) or another "
+                                  "preproc.json." + hint)
+        if not self.files:
+            return  # an original-format specs file: nothing to compare
+        known = [f["path"] for f in self.files]
+        if [os.path.basename(p) for p in known] != [os.path.basename(p) for p in files]:
+            raise StaleSpecsError(f"{source} lists files {known}, not {list(files)}." + hint)
+        for entry, path in zip(self.files, files):
+            info = sources.file_info(path)
+            for key, now in (("size", info.size), ("mtime", info.mtime)):
+                then = entry.get(key)
+                if then is not None and now is not None and abs(float(then) - float(now)) > 1e-3:
+                    raise StaleSpecsError(f"{source} is stale: {path} changed since it was computed "
+                                          f"({key} {then} then, {now} now)." + hint)
+
+
+def load_specs(path: str | os.PathLike) -> Specs:
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"specs file not found: {path}", str(path))
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SpecsError(f"{path}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
+    return Specs.from_dict(data, str(path))
+
+
+def specs_fingerprint(params: Params, preproc=None) -> str:
+    """A hash of every setting the specs depend on."""
+    keys = ("branch", "selected_branches", "exclude_branches", "identifier", "weight", "nevts",
+            "missing_values", "max_jagged_length", "normalization")
+    payload = {k: getattr(params, k) for k in keys}
+    payload["preproc"] = preproc.fingerprint() if preproc is not None and not preproc.is_empty() else ""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _Stats:
+    """Running min/max/sum/sum of squares/count of one branch, and list lengths for jagged ones."""
+
+    __slots__ = ("lo", "hi", "s", "ss", "n", "lengths")
+
+    def __init__(self, jagged: bool):
+        self.lo, self.hi, self.s, self.ss, self.n = np.inf, -np.inf, 0.0, 0.0, 0
+        self.lengths = np.zeros(1, np.int64) if jagged else None
+
+    def update(self, values: np.ndarray, missing: np.ndarray) -> None:
+        ok = np.isfinite(values)
+        if missing.size:
+            ok &= ~np.isin(values, missing)
+        v = values[ok] if not ok.all() else values
+        if v.size:
+            v64 = v.astype(np.float64, copy=False)
+            self.lo, self.hi = min(self.lo, float(v64.min())), max(self.hi, float(v64.max()))
+            self.s += float(v64.sum())
+            self.ss += float(np.dot(v64, v64))
+            self.n += int(v.size)
+
+    def update_lengths(self, counts: np.ndarray) -> None:
+        hist = np.bincount(counts)
+        if hist.size > self.lengths.size:
+            hist[: self.lengths.size] += self.lengths
+            self.lengths = hist
+        else:
+            self.lengths[: hist.size] += hist
+
+    def quantile(self, q: float) -> int:
+        cdf = np.cumsum(self.lengths)
+        if cdf[-1] == 0:
+            return 0
+        return int(np.searchsorted(cdf, q * cdf[-1]))
+
+
+def _jdim(name: str, true_max: int, stats: _Stats, cap: Any) -> int:
+    rule = cap.get(name) if isinstance(cap, dict) else cap
+    if rule is None:
+        return true_max
+    if isinstance(rule, float) and 0 < rule < 1:
+        return max(1, min(true_max, stats.quantile(rule)))
+    return min(true_max, int(rule))
+
+
+def _entry_plan(files: Sequence[str], params: Params, preproc, readers: list[TreeReader]) -> Plan:
+    plan = make_plan(readers[0], params, preproc)
+    for reader in readers[1:]:
+        other = make_plan(reader, params, preproc)
+        if other.features != plan.features:
+            diff = sorted(set(plan.features) ^ set(other.features))
+            raise ConfigError(
+                f"{reader.path} does not have the same feature branches as {readers[0].path}: "
+                f"differs in {diff[:10]}. Select common branches with params 'selected_branches' or "
+                "'exclude_branches'.", "selected_branches",
+            )
+    return plan
+
+
+def compute_specs(files: Sequence[str], params: Params, preproc=None, progress: bool | None = None,
+                  readers: list[TreeReader] | None = None) -> Specs:
+    """Run the first pass over ``files`` (chunk by chunk, bounded memory) and return the specs.
+
+    Example::
+
+        specs = compute_specs(["sig.root", "bkg.root"], load_params("params.json"))
+        specs.save("specs.json")
+    """
+    own = readers is None
+    readers = readers or [TreeReader(f, params.branch, retries=params.retries) for f in files]
+    try:
+        plan = _entry_plan(files, params, preproc, readers)
+        stats = {b: _Stats(False) for b in plan.flat} | {b: _Stats(True) for b in plan.jagged}
+        missing = np.asarray(params.missing_values, dtype=np.float64)
+        use = events_to_use([r.num_entries for r in readers], params.nevts)
+        events: dict[str, int] = {"total": 0}
+        show = params.verbose > 0 if progress is None else progress
+        bar = _progress(sum(use), "specs", show)
+        t0 = time.perf_counter()
+        for reader, n in zip(readers, use):
+            passed = 0
+            for start in range(0, n, params.chunk_size):
+                stop = min(start + params.chunk_size, n)
+                arrays = reader.read(plan.read, start, stop)
+                keep = None
+                if preproc is not None and not preproc.is_empty():
+                    arrays, keep = preproc.apply(arrays)
+                    passed += int(np.count_nonzero(keep))
+                else:
+                    passed += stop - start
+                _update(stats, plan, arrays, keep, missing)
+                bar.update(stop - start)
+            events[reader.path] = passed
+            events["total"] += passed
+        bar.close()
+        log.info("specs pass: %d events in %.1fs", sum(use), time.perf_counter() - t0)
+    finally:
+        if own:
+            for r in readers:
+                r.close()
+    return _finish(stats, plan, params, preproc, events, readers, use)
+
+
+def _update(stats: dict[str, _Stats], plan: Plan, arrays, keep, missing: np.ndarray) -> None:
+    for name in plan.flat:
+        values = np.asarray(arrays[name]) if keep is None else np.asarray(arrays[name])[keep]
+        stats[name].update(values, missing)
+    for name in plan.jagged:
+        starts, stops, content = jagged_buffers(arrays[name])
+        counts = (stops - starts).astype(np.int64)
+        contiguous = len(starts) == 0 or np.array_equal(starts[1:], stops[:-1])
+        if contiguous:
+            values = content[starts[0]: stops[-1]] if len(starts) else content[:0]
+            if keep is not None:
+                values = values[np.repeat(keep, counts)]
+        else:  # lists that do not tile their content (after a selection): let awkward flatten them
+            selected = arrays[name] if keep is None else arrays[name][keep]
+            values = ak.to_numpy(ak.flatten(selected, axis=-1))
+        if keep is not None:
+            counts = counts[keep]
+        stats[name].update(np.asarray(values), missing)
+        stats[name].update_lengths(counts)
+
+
+def _finish(stats, plan: Plan, params: Params, preproc, events, readers, use) -> Specs:
+    minv, maxv, mean, std, nans = {}, {}, {}, {}, {}
+    for name, st in stats.items():
+        lo, hi = (st.lo, st.hi) if st.n else (0.0, 0.0)
+        minv[name], maxv[name] = float(lo), float(hi)
+        mu = st.s / st.n if st.n else 0.0
+        mean[name] = float(mu)
+        std[name] = float(np.sqrt(max(st.ss / st.n - mu * mu, 0.0))) if st.n else 0.0
+        nans[name] = float(hi) if hi == lo else float((0 - lo) / (hi - lo))  # the original's key
+    jagged_max, jq, jdim = {}, {}, {}
+    for name in plan.jagged:
+        st = stats[name]
+        jagged_max[name] = int(st.lengths.size - 1 if st.lengths.any() else 0)
+        jq[name] = {str(q): st.quantile(q) for q in _QUANTILES}
+        jdim[name] = _jdim(name, jagged_max[name], st, params.max_jagged_length)
+    files = []
+    for reader, n in zip(readers, use):
+        info = sources.file_info(reader.path)
+        files.append({"path": reader.path, "size": info.size, "mtime": info.mtime,
+                      "entries": reader.num_entries, "used": n})
+    return Specs(
+        fkeys=sorted(plan.flat), jkeys=sorted(plan.jagged), jdim=jdim, minv=minv, maxv=maxv, mean=mean,
+        std=std, nans=nans, events=events, files=files, jagged_max=jagged_max, jagged_quantiles=jq,
+        tree=params.branch, identifier=list(plan.ids), weight=plan.weight,
+        normalization=params.normalization, missing_values=list(params.missing_values),
+        fingerprint=specs_fingerprint(params, preproc),
+    )
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, desc: str, show: bool):
+    if not show:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="evt", unit_scale=True, leave=False)

@@ -1,0 +1,258 @@
+"""Training chunks that mix the files in proportion to their sizes, with labels, splits and prefetch.
+
+Chunk ``k`` of ``K`` takes from file ``i`` the entries ``[k*n_i//K, (k+1)*n_i//K)``: every chunk holds
+the same fraction of every file, the entries of each file are covered exactly once per pass, and a
+chunk never holds more than ``chunk_size`` events. Whether an event is for training, validation or
+test is decided by a hash of (file name, entry, seed), so it is the same on every run and every chunk.
+The next chunk is read and vectorised in a background thread while the consumer works on this one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import LabelsError
+from ..params import Params
+from .plan import Plan, events_to_use, make_plan
+from .reader import TreeReader
+from .specs import Specs
+from .vectorize import Vectorizer, _flat_numpy
+
+__all__ = ["Chunk", "ChunkStream", "SPLITS", "split_of"]
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "validation", "test")
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: a fast, well-mixed 64-bit hash of each element."""
+    x = x.astype(np.uint64, copy=True)
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def split_of(file_key: str, entries: np.ndarray, fractions: Sequence[float], seed: int = 0) -> np.ndarray:
+    """0 (train), 1 (validation) or 2 (test) for each entry of the file named ``file_key``."""
+    salt = (zlib.crc32(os.path.basename(file_key).encode()) << 32) ^ (int(seed) & 0xFFFFFFFF)
+    with np.errstate(over="ignore"):
+        h = _mix64(np.asarray(entries, dtype=np.uint64) + np.uint64(salt) * np.uint64(0x9E3779B97F4A7C15))
+    u = (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    edges = np.cumsum(fractions)[:-1]
+    return np.searchsorted(edges, u, side="right").astype(np.uint8)
+
+
+@dataclass
+class Chunk:
+    """One training chunk: features, mask, labels and bookkeeping, row-aligned numpy arrays."""
+
+    X: np.ndarray                 # float32[n, n_features], normalised, 0 where masked
+    mask: np.ndarray              # bool[n, n_features], True = real value
+    y: np.ndarray                 # float32[n]
+    split: np.ndarray             # uint8[n]: 0 train, 1 validation, 2 test
+    file_index: np.ndarray        # int16[n]: position of the event's file in the file list
+    entry: np.ndarray             # int64[n]: entry number in its file
+    weight: np.ndarray | None = None
+    ids: dict[str, np.ndarray] = field(default_factory=dict)
+    index: int = 0                # chunk number within the pass
+    read_events: int = 0          # entries read for this chunk (before cuts)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, rows: np.ndarray) -> Chunk:
+        return Chunk(self.X[rows], self.mask[rows], self.y[rows], self.split[rows], self.file_index[rows],
+                     self.entry[rows], None if self.weight is None else self.weight[rows],
+                     {k: v[rows] for k, v in self.ids.items()}, self.index, self.read_events)
+
+    def subset(self, which: str) -> Chunk:
+        """The events of one split: ``"train"``, ``"validation"`` or ``"test"``."""
+        if which not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {which!r}")
+        return self.take(np.flatnonzero(self.split == SPLITS.index(which)))
+
+
+class ChunkStream:
+    """Iterate over mixed, labelled, vectorised training chunks.
+
+    Args:
+        files: ROOT file paths or URLs (already resolved).
+        labels: one label per file.
+        params: the workflow settings (chunk_size, nevts, shuffle, seed, split, prefetch, ...).
+        specs: the first pass's specs (feature layout and normalisation).
+        preproc: optional :class:`~mlaas4hep_lab.data.preprocess.Preproc`.
+
+    Example::
+
+        stream = ChunkStream(files, labels, params, specs)
+        for chunk in stream:            # one pass; iterate again for another epoch
+            train = chunk.subset("train")
+    """
+
+    def __init__(self, files: Sequence[str], labels: Sequence[float], params: Params, specs: Specs,
+                 preproc=None, readers: list[TreeReader] | None = None):
+        if len(labels) != len(files):
+            raise LabelsError(f"{len(labels)} labels for {len(files)} files: give one label per file")
+        self.files, self.labels = list(files), np.asarray(labels, dtype=np.float32)
+        self.params, self.specs, self.preproc = params, specs, preproc
+        if preproc is not None and preproc.is_empty():
+            self.preproc = None
+        self._own_readers = readers is None
+        self.readers = readers or [TreeReader(f, params.branch, retries=params.retries) for f in files]
+        self.plan: Plan = make_plan(self.readers[0], params, preproc)
+        self._check_plan()
+        self.vectorizer = Vectorizer.from_specs(specs, params.normalization, params.missing_values)
+        self.entries = events_to_use([r.num_entries for r in self.readers], params.nevts)
+        total = sum(self.entries)
+        self.n_chunks = max(1, -(-total // params.chunk_size))
+        self.epoch = 0
+        self.stats = {"read": 0, "kept": 0, "seconds": 0.0}
+
+    def _check_plan(self) -> None:
+        if sorted(self.plan.flat) != sorted(self.specs.fkeys) or sorted(self.plan.jagged) != sorted(self.specs.jkeys):
+            diff = sorted(set(self.plan.features) ^ set(self.specs.fkeys + self.specs.jkeys))
+            raise ValueError(f"the specs' features differ from this data's in {diff[:10]}: recompute the specs")
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.vectorizer.names
+
+    @property
+    def n_events(self) -> int:
+        return sum(self.entries)
+
+    def bounds(self, k: int) -> list[tuple[int, int]]:
+        """Entry range of each file in chunk ``k``."""
+        K = self.n_chunks
+        return [((k * n) // K, ((k + 1) * n) // K) for n in self.entries]
+
+    def build(self, k: int, epoch: int = 0) -> Chunk:
+        """Read, preprocess, vectorise and mix chunk ``k`` (any order; nothing is cached)."""
+        t0 = time.perf_counter()
+        parts, read = [], 0
+        for i, (reader, (start, stop)) in enumerate(zip(self.readers, self.bounds(k))):
+            if stop > start:
+                parts.append(self._file_part(i, reader, start, stop))
+                read += stop - start
+        chunk = _concat(parts, k, self.vectorizer.n_features)
+        chunk.read_events = read
+        if self.params.shuffle and len(chunk):
+            rng = np.random.default_rng([self.params.seed, epoch, k])
+            chunk = chunk.take(rng.permutation(len(chunk)))
+        self.stats["read"] += read
+        self.stats["kept"] += len(chunk)
+        self.stats["seconds"] += time.perf_counter() - t0
+        return chunk
+
+    def _file_part(self, i: int, reader: TreeReader, start: int, stop: int) -> Chunk:
+        arrays = reader.read(self.plan.read, start, stop)
+        keep = None
+        if self.preproc is not None:
+            arrays, keep = self.preproc.apply(arrays)
+        X, mask = self.vectorizer(arrays, keep)
+        entry = np.arange(start, stop, dtype=np.int64)
+        if keep is not None:
+            entry = entry[keep]
+        n = len(entry)
+
+        def column(name: str) -> np.ndarray:
+            values = _flat_numpy(arrays[name])
+            return values if keep is None else values[keep]
+
+        weight = column(self.plan.weight).astype(np.float32) if self.plan.weight else None
+        ids = {name: column(name) for name in self.plan.ids}
+        return Chunk(X, mask, np.full(n, self.labels[i], np.float32),
+                     split_of(reader.path, entry, self.params.split, self.params.seed),
+                     np.full(n, i, np.int16), entry, weight, ids, 0)
+
+    def __iter__(self) -> Iterator[Chunk]:
+        epoch = self.epoch
+        self.epoch += 1
+        if self.params.prefetch <= 0:
+            for k in range(self.n_chunks):
+                yield self.build(k, epoch)
+            return
+        yield from _prefetched(lambda k: self.build(k, epoch), self.n_chunks, self.params.prefetch)
+
+    def __len__(self) -> int:
+        return self.n_chunks
+
+    def close(self) -> None:
+        if self._own_readers:
+            for r in self.readers:
+                r.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _concat(parts: list[Chunk], k: int, n_features: int) -> Chunk:
+    if not parts:
+        return Chunk(np.zeros((0, n_features), np.float32), np.zeros((0, n_features), bool),
+                     np.zeros(0, np.float32), np.zeros(0, np.uint8), np.zeros(0, np.int16),
+                     np.zeros(0, np.int64), None, {}, k)
+    if len(parts) == 1:
+        parts[0].index = k
+        return parts[0]
+    cat = np.concatenate
+    weight = None if parts[0].weight is None else cat([p.weight for p in parts])
+    ids = {name: cat([p.ids[name] for p in parts]) for name in parts[0].ids}
+    return Chunk(cat([p.X for p in parts]), cat([p.mask for p in parts]), cat([p.y for p in parts]),
+                 cat([p.split for p in parts]), cat([p.file_index for p in parts]),
+                 cat([p.entry for p in parts]), weight, ids, k)
+
+
+_DONE = object()
+
+
+def _prefetched(build, n: int, depth: int) -> Iterator[Chunk]:
+    """Run ``build(0..n-1)`` in a background thread, ``depth`` chunks ahead of the consumer."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def worker() -> None:
+        try:
+            for k in range(n):
+                if stop.is_set() or not put(build(k)):
+                    return
+            put(_DONE)
+        except BaseException as err:  # handed to the consumer, which raises it
+            put(err)
+
+    thread = threading.Thread(target=worker, name="mlaas4hep-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)

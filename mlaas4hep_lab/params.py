@@ -1,0 +1,194 @@
+"""params.json: the original keys, the new ones, and their validation.
+
+The original format is accepted as it was written in the wild: ``selected_branches`` as ``""`` or a
+comma string, ``identifier`` as a list or a comma string, booleans as JSON booleans or 0/1.
+Unknown keys give a warning naming them; a wrong type is a :class:`~mlaas4hep_lab.errors.ConfigError`
+naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, InputFileError
+
+__all__ = ["Params", "load_params", "load_json"]
+
+_NORMALIZATIONS = ("minmax", "standard", "none")
+_TRAINING_MODES = ("per_chunk", "epochs")
+
+
+@dataclass
+class Params:
+    """Settings of a workflow (params.json). Field docs give the meaning; see README for examples."""
+
+    nevts: int = -1                     # events to use in total (-1: all), split across files by size
+    shuffle: bool = True                # shuffle events inside each chunk
+    chunk_size: int = 10_000            # events per training chunk (all files mixed)
+    epochs: int = 5                     # per chunk ("per_chunk" mode) or full passes ("epochs" mode)
+    batch_size: int = 256
+    identifier: list[str] = field(default_factory=list)   # branches read but kept out of the features
+    branch: str = "events"              # path of the tree in the file (e.g. "events" or "dir/events")
+    selected_branches: list[str] = field(default_factory=list)  # wildcards allowed; empty = all
+    exclude_branches: list[str] = field(default_factory=list)   # wildcards allowed
+    hist: str = ""                      # "pdfs": write per-feature signal/background distributions
+    redirector: str = ""                # prefix for paths of files.txt not found locally
+    verbose: int = 1
+    # keys added by mlaas4hep-lab
+    seed: int = 42
+    split: list[float] = field(default_factory=lambda: [0.64, 0.16, 0.20])  # train/validation/test
+    normalization: str = "minmax"       # "minmax" (the original's), "standard" or "none"
+    missing_values: list[float] = field(default_factory=list)   # sentinels (e.g. -999.0) masked, not normalised
+    max_jagged_length: Any = None       # None, an int cap, a quantile in (0, 1), or {branch: int|quantile}
+    training: str = "per_chunk"         # "per_chunk" (the original) or "epochs" (full passes over the stream)
+    metrics: list[str] = field(default_factory=lambda: ["loss", "accuracy", "auc"])
+    weight: str = ""                    # branch holding per-event weights (kept out of the features)
+    retries: int = 3                    # retries of transient remote read errors
+    prefetch: int = 1                   # chunks prepared ahead in a background thread (0: none)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- validation -------------------------------------------------------------------------------
+    def validate(self, source: str | None = None) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), source))
+        if self.chunk_size <= 0:
+            raise ConfigError(f"must be a positive number of events, got {self.chunk_size}", "chunk_size", source)
+        if self.batch_size <= 0:
+            raise ConfigError(f"must be positive, got {self.batch_size}", "batch_size", source)
+        if self.epochs < 0:
+            raise ConfigError(f"must be >= 0, got {self.epochs}", "epochs", source)
+        if self.nevts == 0 or self.nevts < -1:
+            raise ConfigError(f"must be -1 (all events) or a positive count, got {self.nevts}", "nevts", source)
+        if len(self.split) not in (2, 3) or any(s < 0 for s in self.split) or abs(sum(self.split) - 1) > 1e-6:
+            raise ConfigError(
+                f"must be 2 or 3 non-negative fractions (train, validation[, test]) summing to 1, got {self.split}",
+                "split", source,
+            )
+        if len(self.split) == 2:
+            self.split = [*self.split, 0.0]
+        if self.normalization not in _NORMALIZATIONS:
+            raise ConfigError(f"must be one of {_NORMALIZATIONS}, got {self.normalization!r}", "normalization", source)
+        if self.training not in _TRAINING_MODES:
+            raise ConfigError(f"must be one of {_TRAINING_MODES}, got {self.training!r}", "training", source)
+        _check_jagged_length(self.max_jagged_length, source)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> Params:
+        return dataclasses.replace(self, **changes)
+
+
+_KINDS = {f.name: f.type for f in dataclasses.fields(Params)}
+
+
+def _names(key: str, value: Any, source: str | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return [v.strip() for v in value if v.strip()]
+    raise ConfigError(f"must be a list of branch names or a comma-separated string, got {value!r}", key, source)
+
+
+def _coerce(key: str, value: Any, source: str | None) -> Any:
+    kind = _KINDS[key]
+    if key in ("identifier", "selected_branches", "exclude_branches", "metrics"):
+        return _names(key, value, source)
+    if key in ("split", "missing_values"):
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            raise ConfigError(f"must be a list of numbers, got {value!r}", key, source)
+        return [float(v) for v in value]
+    if key == "max_jagged_length":
+        return value
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"must be true or false, got {value!r}", key, source)
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"must be an integer, got {value!r}", key, source)
+        return int(value)
+    if kind == "str":
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise ConfigError(f"must be a string, got {value!r}", key, source)
+        return value
+    return value
+
+
+def _check_jagged_length(value: Any, source: str | None, key: str = "max_jagged_length") -> None:
+    if value is None:
+        return
+    if isinstance(value, dict):
+        for branch, v in value.items():
+            _check_jagged_length(v, source, f"{key}.{branch}")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"must be null, an integer cap, a quantile in (0, 1) or a mapping, got {value!r}", key, source)
+    if isinstance(value, float) and not value.is_integer() and not 0 < value < 1:
+        raise ConfigError(f"a quantile must be in (0, 1), got {value}", key, source)
+    if value <= 0:
+        raise ConfigError(f"must be positive, got {value}", key, source)
+
+
+def load_json(source: str | os.PathLike | dict | None, what: str) -> tuple[dict, str | None]:
+    """Load a JSON object from a path (or take a dict), with errors that give file, line and column."""
+    if source is None:
+        return {}, None
+    if isinstance(source, dict):
+        return dict(source), None
+    path = Path(source)
+    if not path.is_file():
+        raise InputFileError(f"{what} file not found: {path}", str(path))
+    text = path.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            f"not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}", source=str(path)
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"must hold a JSON object ({{...}}), got {type(data).__name__}", source=str(path))
+    return data, str(path)
+
+
+def load_params(source: str | os.PathLike | dict | None = None, **overrides) -> Params:
+    """Load params.json (a path or a dict); unknown keys give a warning naming them.
+
+    Example::
+
+        params = load_params("params.json", chunk_size=50_000)
+    """
+    data, where = load_json(source, "params")
+    data.update(overrides)
+    unknown = sorted(set(data) - set(_KINDS))
+    if unknown:
+        warnings.warn(
+            f"{where or 'params'}: unknown keys ignored: {', '.join(unknown)} "
+            f"(known keys: {', '.join(_KINDS)})",
+            stacklevel=2,
+        )
+    known = {k: v for k, v in data.items() if k in _KINDS}
+    params = Params.__new__(Params)
+    for f in dataclasses.fields(Params):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        setattr(params, f.name, known.get(f.name, default))
+    params.validate(where)
+    return params

@@ -1,0 +1,120 @@
+"""The data side of a workflow, as the CLI, the widgets and the services call it.
+
+``load_inputs`` validates files.txt, labels.txt, params.json and preproc.json together;
+``ensure_specs`` reuses a matching specs file or runs the first pass; ``dry_run`` builds every chunk
+without training and reports what a model would be trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import LabelsError
+from .params import Params, load_params
+from .data import sources
+from .data.specs import Specs, compute_specs, load_specs, specs_fingerprint
+from .data.stream import SPLITS, ChunkStream
+
+__all__ = ["Inputs", "load_inputs", "ensure_specs", "dry_run"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Inputs:
+    files: list[str]
+    labels: list[float]
+    params: Params
+    preproc: Any = None   # Preproc or None
+
+
+def load_inputs(files: str | os.PathLike | Sequence[str], labels: str | os.PathLike | Sequence[float],
+                params: str | os.PathLike | dict | Params | None = None,
+                preproc: str | os.PathLike | dict | None = None) -> Inputs:
+    """Validate a workflow's inputs: paths of files.txt/labels.txt (or lists), params, preproc."""
+    p = params if isinstance(params, Params) else load_params(params)
+    if isinstance(files, (str, os.PathLike)):
+        file_list = sources.read_file_list(files, p.redirector or None)
+    else:
+        file_list = [sources.resolve_path(str(f), None, p.redirector or None) for f in files]
+    if isinstance(labels, (str, os.PathLike)):
+        label_list = sources.read_labels(labels, len(file_list))
+    else:
+        label_list = [float(v) for v in labels]
+        if len(label_list) != len(file_list):
+            raise LabelsError(f"{len(label_list)} labels for {len(file_list)} files: give one label per file")
+    pre = None
+    if preproc is not None:
+        from .data.preprocess import Preproc
+
+        pre = Preproc.from_json(preproc)
+        if pre.is_empty():
+            pre = None
+    return Inputs(file_list, label_list, p, pre)
+
+
+def ensure_specs(inputs: Inputs, path: str | os.PathLike | None = None, recompute: bool = False,
+                 progress: bool | None = None) -> Specs:
+    """Reuse the specs at ``path`` when they match the inputs (StaleSpecsError when they do not),
+    or compute them (and save them to ``path`` when given)."""
+    fingerprint = specs_fingerprint(inputs.params, inputs.preproc)
+    if path is not None and Path(path).is_file() and not recompute:
+        specs = load_specs(path)
+        specs.check(inputs.files, fingerprint, str(path))
+        log.info("reusing specs %s", path)
+        return specs
+    specs = compute_specs(inputs.files, inputs.params, inputs.preproc, progress=progress)
+    if path is not None:
+        specs.save(path)
+    return specs
+
+
+def dry_run(inputs: Inputs, specs: Specs, progress: bool | None = None) -> dict[str, Any]:
+    """Build every chunk of one pass without training; return what a model would see."""
+    params = inputs.params
+    counts = np.zeros((3, 2), np.int64)   # split x (background, signal)
+    by_label: dict[float, int] = {}
+    masked = 0.0
+    t0 = time.perf_counter()
+    with ChunkStream(inputs.files, inputs.labels, params, specs, inputs.preproc) as stream:
+        show = params.verbose > 0 if progress is None else progress
+        from .data.specs import _progress
+
+        bar = _progress(stream.n_events, "chunks", show)
+        n_chunks = 0
+        for chunk in stream:
+            n_chunks += 1
+            bar.update(chunk.read_events)
+            for label in np.unique(chunk.y):
+                by_label[float(label)] = by_label.get(float(label), 0) + int(np.count_nonzero(chunk.y == label))
+            for s in range(3):
+                sel = chunk.split == s
+                counts[s, 0] += int(np.count_nonzero(sel & (chunk.y == 0)))
+                counts[s, 1] += int(np.count_nonzero(sel & (chunk.y != 0)))
+            masked += float(chunk.mask.size - np.count_nonzero(chunk.mask))
+        bar.close()
+        seconds = time.perf_counter() - t0
+        read, kept = stream.stats["read"], stream.stats["kept"]
+        names = stream.feature_names
+    return {
+        "files": len(inputs.files),
+        "chunks": n_chunks,
+        "events_read": int(read),
+        "events_after_cuts": int(kept),
+        "features": len(names),
+        "flat_branches": len(specs.fkeys),
+        "jagged_branches": len(specs.jkeys),
+        "events_per_label": {str(k): v for k, v in sorted(by_label.items())},
+        "split": {SPLITS[s]: int(counts[s].sum()) for s in range(3)},
+        "masked_fraction": masked / max(1, kept * len(names)),
+        "seconds": seconds,
+        "events_per_second": read / seconds if seconds > 0 else float("inf"),
+    }
