@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import MLaaSError
+from mlaas4hep_lab.errors import MLaaSError
 
 __all__ = ["main", "build_parser"]
 
@@ -70,7 +70,7 @@ def _print_summary(summary: dict) -> None:
 
 
 def _workflow(args) -> int:
-    from .pipeline import dry_run, ensure_specs, load_inputs
+    from mlaas4hep_lab.pipeline import dry_run, ensure_specs, load_inputs
 
     inputs = load_inputs(args.files, args.labels, args.params, args.preproc)
     fout = Path(args.fout)
@@ -88,7 +88,7 @@ def _workflow(args) -> int:
 
 
 def _specs(args) -> int:
-    from .pipeline import ensure_specs, load_inputs
+    from mlaas4hep_lab.pipeline import ensure_specs, load_inputs
 
     inputs = load_inputs(args.files, args.labels, args.params, args.preproc)
     specs = ensure_specs(inputs, args.fout, recompute=True)
@@ -98,14 +98,14 @@ def _specs(args) -> int:
 
 
 def _inspect(args) -> int:
-    from .data.reader import inspect_file
+    from mlaas4hep_lab.data.reader import inspect_file
 
     print(inspect_file(args.file, args.tree))
     return 0
 
 
 def _example(args) -> int:
-    from .data import datasets
+    from mlaas4hep_lab.data import datasets
 
     out = args.out or f"example/{args.kind}"
     ds = datasets.write_example(args.kind, out, args.events, seed=args.seed)
@@ -117,7 +117,7 @@ def _example(args) -> int:
 
 
 def _demo(args) -> int:
-    from .data import datasets
+    from mlaas4hep_lab.data import datasets
 
     out = Path(args.out)
     ds = datasets.write_example(args.kind, out / "data", args.events)

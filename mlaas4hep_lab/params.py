@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, InputFileError
+from mlaas4hep_lab.errors import ConfigError, InputFileError
 
 __all__ = ["Params", "load_params", "load_json"]
 

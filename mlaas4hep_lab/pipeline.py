@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import LabelsError
-from .params import Params, load_params
-from .data import sources
-from .data.specs import Specs, compute_specs, load_specs, specs_fingerprint
-from .data.stream import SPLITS, ChunkStream
+from mlaas4hep_lab.data import sources
+from mlaas4hep_lab.data.specs import Specs, compute_specs, load_specs, specs_fingerprint
+from mlaas4hep_lab.data.stream import SPLITS, ChunkStream
+from mlaas4hep_lab.errors import LabelsError
+from mlaas4hep_lab.params import Params, load_params
 
 __all__ = ["Inputs", "load_inputs", "ensure_specs", "dry_run"]
 
@@ -53,7 +53,7 @@ def load_inputs(files: str | os.PathLike | Sequence[str], labels: str | os.PathL
             raise LabelsError(f"{len(label_list)} labels for {len(file_list)} files: give one label per file")
     pre = None
     if preproc is not None:
-        from .data.preprocess import Preproc
+        from mlaas4hep_lab.data.preprocess import Preproc
 
         pre = Preproc.from_json(preproc)
         if pre.is_empty():
@@ -86,7 +86,7 @@ def dry_run(inputs: Inputs, specs: Specs, progress: bool | None = None) -> dict[
     t0 = time.perf_counter()
     with ChunkStream(inputs.files, inputs.labels, params, specs, inputs.preproc) as stream:
         show = params.verbose > 0 if progress is None else progress
-        from .data.specs import _progress
+        from mlaas4hep_lab.data.specs import _progress
 
         bar = _progress(stream.n_events, "chunks", show)
         n_chunks = 0

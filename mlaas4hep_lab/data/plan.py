@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import BranchNotFoundError, ConfigError
-from ..params import Params
-from .reader import TreeReader, select_branches
+from mlaas4hep_lab.data.reader import TreeReader, select_branches
+from mlaas4hep_lab.errors import BranchNotFoundError, ConfigError
+from mlaas4hep_lab.params import Params
 
 __all__ = ["Plan", "make_plan", "events_to_use"]
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import awkward as ak
 import numpy as np
 
-from ..errors import BranchNotFoundError, ConfigError, InputFileError
-from . import sources
+from mlaas4hep_lab.data import sources
+from mlaas4hep_lab.errors import BranchNotFoundError, ConfigError, InputFileError
 
 __all__ = ["BranchInfo", "TreeReader", "select_branches", "inspect_file", "format_table"]
 

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import uproot
 
-from ..errors import InputFileError, LabelsError, RemoteReadError, TreeNotFoundError
+from mlaas4hep_lab.errors import InputFileError, LabelsError, RemoteReadError, TreeNotFoundError
 
 __all__ = [
     "is_remote",
@@ -61,9 +61,7 @@ def resolve_path(path: str, base_dir: str | os.PathLike | None = None, redirecto
     candidate = local if local.is_absolute() or base_dir is None else Path(base_dir) / local
     if candidate.exists() or not redirector:
         return str(candidate)
-    return redirector.rstrip("/") + "/" + path.lstrip("/") if path.startswith("/") else (
-        redirector.rstrip("/") + "//" + path
-    )
+    return redirector.rstrip("/") + "//" + path.lstrip("/")
 
 
 def _read_lines(path: str | os.PathLike, what: str) -> list[str]:
@@ -127,13 +125,42 @@ def file_info(path: str) -> FileInfo:
         return FileInfo(None, None)
 
 
-def _is_transient(err: BaseException) -> bool:
-    if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)):
-        return False
-    if isinstance(err, (OSError, TimeoutError, ConnectionError)):
-        return True
+_STATUS = re.compile(r"(?:status|response was|^)\s*(\d{3})\b")
+_MISSING = ("No such file", "[3011]", "returned 404", "Not Found", "does not exist")
+_TRANSIENT_WORDS = ("timed out", "timeout", "expired", "connection", "socket", "temporarily", "try again",
+                    "reset by peer", "broken pipe", "[3012]", "unavailable")
+
+
+def _http_status(err: BaseException) -> int | None:
+    status = getattr(err, "status", None)
+    if isinstance(status, int):
+        return status
+    match = _STATUS.search(str(err))
+    return int(match.group(1)) if match else None
+
+
+def _error_kind(err: BaseException) -> str:
+    """``"missing"``, ``"transient"`` (worth retrying) or ``"fatal"`` (truncated, corrupt, refused)."""
+    text = str(err)
+    if isinstance(err, FileNotFoundError) or any(m in text for m in _MISSING):
+        return "missing"
+    status = _http_status(err) if type(err).__name__ in ("ClientResponseError", "HTTPException") else None
+    if status is not None:
+        if status == 404:
+            return "missing"
+        return "transient" if status >= 500 or status in (408, 425, 429) else "fatal"
+    if isinstance(err, (TimeoutError, ConnectionError)):
+        return "transient"
     name = type(err).__name__
-    return any(word in name for word in ("Timeout", "Connection", "ClientError", "ServerError", "Disconnected"))
+    if any(w in name for w in ("Timeout", "Connection", "Disconnected", "ServerError")):
+        return "transient"
+    if isinstance(err, OSError) and any(w in text.lower() for w in _TRANSIENT_WORDS):
+        return "transient"
+    return "fatal"
+
+
+def _is_transient(err: BaseException) -> bool:
+    return _error_kind(err) == "transient"
 
 
 def with_retries(fn: Callable[[], T], path: str, retries: int = 3, backoff: float = 0.5, what: str = "read") -> T:
@@ -179,18 +206,21 @@ def open_file(path: str, retries: int = 3, backoff: float = 0.5, timeout: float 
             ) from err
 
     def _open():
-        return uproot.open(path, timeout=timeout)
+        # http(s): uproot's own HTTP source raises on server errors (fsspec's hands back the exception
+        # object in place of the bytes during reads, which then fails far from its cause)
+        handler = uproot.source.http.HTTPSource if path.startswith(("http://", "https://")) else None
+        return uproot.open(path, timeout=timeout, handler=handler)
 
     try:
         return with_retries(_open, path, retries, backoff, what="open")
     except RemoteReadError:
         raise
-    except FileNotFoundError as err:
-        raise InputFileError(f"remote ROOT file not found: {path} ({err})", path) from err
     except Exception as err:
+        if _error_kind(err) == "missing":
+            raise InputFileError(f"remote ROOT file not found: {path} ({type(err).__name__}: {err})", path) from err
         raise InputFileError(
             f"cannot read remote ROOT file {path}: {type(err).__name__}: {err}. "
-            "The file may be missing, truncated or not a ROOT file.",
+            "The file may be truncated, corrupt or not a ROOT file, or access was refused.",
             path,
         ) from err
 

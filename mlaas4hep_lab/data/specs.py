@@ -20,12 +20,12 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from ..errors import ConfigError, InputFileError, SpecsError, StaleSpecsError
-from ..params import Params
-from . import sources
-from .plan import Plan, events_to_use, make_plan
-from .reader import TreeReader
-from .vectorize import feature_names, jagged_buffers
+from mlaas4hep_lab.data import sources
+from mlaas4hep_lab.data.plan import Plan, events_to_use, make_plan
+from mlaas4hep_lab.data.reader import TreeReader
+from mlaas4hep_lab.data.vectorize import feature_names, jagged_buffers
+from mlaas4hep_lab.errors import ConfigError, InputFileError, SpecsError, StaleSpecsError
+from mlaas4hep_lab.params import Params
 
 __all__ = ["Specs", "compute_specs", "load_specs", "specs_fingerprint", "SPECS_VERSION"]
 

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import LabelsError
-from ..params import Params
-from .plan import Plan, events_to_use, make_plan
-from .reader import TreeReader
-from .specs import Specs
-from .vectorize import Vectorizer, _flat_numpy
+from mlaas4hep_lab.data.plan import Plan, events_to_use, make_plan
+from mlaas4hep_lab.data.reader import TreeReader
+from mlaas4hep_lab.data.specs import Specs
+from mlaas4hep_lab.data.vectorize import Vectorizer, _flat_numpy
+from mlaas4hep_lab.errors import LabelsError
+from mlaas4hep_lab.params import Params
 
 __all__ = ["Chunk", "ChunkStream", "SPLITS", "split_of"]
 
