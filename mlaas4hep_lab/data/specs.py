@@ -144,12 +144,13 @@ class _Stats:
         self.lengths = np.zeros(1, np.int64) if jagged else None
 
     def update(self, values: np.ndarray, missing: np.ndarray) -> None:
-        ok = np.isfinite(values)
-        if missing.size:
-            ok &= ~np.isin(values, missing)
-        v = values[ok] if not ok.all() else values
+        ok = np.isfinite(values) if values.dtype.kind == "f" else None
+        for sentinel in missing:  # a handful of sentinels: plain comparisons beat np.isin
+            other = values != sentinel
+            ok = other if ok is None else np.logical_and(ok, other, out=ok)
+        v = values if ok is None or ok.all() else values[ok]
         if v.size:
-            v64 = v.astype(np.float64, copy=False)
+            v64 = v.astype(np.float64)
             self.lo, self.hi = min(self.lo, float(v64.min())), max(self.hi, float(v64.max()))
             self.s += float(v64.sum())
             self.ss += float(np.dot(v64, v64))
