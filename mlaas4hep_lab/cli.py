@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _events(specs) -> str:
+    total = specs.events.get("total")
+    return f"{total:,}" if total is not None else "(not recorded in this specs file)"
+
+
 def _print_summary(summary: dict) -> None:
     width = max(len(k) for k in summary)
     for key, value in summary.items():
@@ -77,7 +82,7 @@ def _workflow(args) -> int:
     specs_path = Path(args.specs) if args.specs else fout / "specs.json"
     specs = ensure_specs(inputs, specs_path, recompute=getattr(args, "recompute_specs", False))
     print(f"specs: {specs.n_features} features ({len(specs.fkeys)} flat, {len(specs.jkeys)} jagged branches), "
-          f"{specs.events.get('total', 0):,} events after cuts -> {specs_path}")
+          f"{_events(specs)} events after cuts -> {specs_path}")
     if not args.dry_run and args.model:
         print("note: training is not available in this version yet (the trainer is the next milestone); "
               "building every chunk as --dry-run does.", file=sys.stderr)
@@ -93,7 +98,7 @@ def _specs(args) -> int:
     inputs = load_inputs(args.files, args.labels, args.params, args.preproc)
     specs = ensure_specs(inputs, args.fout, recompute=True)
     print(f"wrote {args.fout}: {specs.n_features} features, {len(specs.fkeys)} flat and {len(specs.jkeys)} "
-          f"jagged branches, {specs.events.get('total', 0):,} events after cuts")
+          f"jagged branches, {_events(specs)} events after cuts")
     return 0
 
 
@@ -133,8 +138,11 @@ _COMMANDS = {"workflow": _workflow, "specs": _specs, "inspect": _inspect, "examp
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].startswith("--files"):  # the original workflow.py call, without a sub-command
-        argv.insert(0, "workflow")
+    original = ("--files", "--labels", "--params", "--model", "--preproc", "--fout")
+    if not any(a in _COMMANDS for a in argv) and any(a.split("=", 1)[0] in original for a in argv):
+        # the original workflow.py call, without a sub-command (global options stay in front)
+        at = next(i for i, a in enumerate(argv) if a.split("=", 1)[0] in original)
+        argv.insert(at, "workflow")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

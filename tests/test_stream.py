@@ -15,7 +15,7 @@ from conftest import TOY_BKG_ID0, TOY_BKG_N, TOY_SENTINEL, TOY_SIG_ID0, TOY_SIG_
 
 from mlaas4hep_lab.data.specs import compute_specs
 from mlaas4hep_lab.data.stream import ChunkStream, split_of
-from mlaas4hep_lab.errors import InputFileError, LabelsError
+from mlaas4hep_lab.errors import InputFileError, LabelsError, StaleSpecsError
 from mlaas4hep_lab.params import load_params
 
 SIZES = [TOY_SIG_N, TOY_BKG_N]
@@ -65,7 +65,12 @@ def test_every_entry_exactly_once_per_pass(toy_data, specs, chunk_size, prefetch
 def test_chunks_mix_files_in_proportion_and_respect_chunk_size(toy_data, specs, chunk_size):
     chunks = one_pass(toy_data, specs, chunk_size=chunk_size, shuffle=False)
     total = sum(SIZES)
-    assert len(chunks) == -(-total // chunk_size)
+    # the fewest chunks that keep every chunk within chunk_size: ceil(total / chunk_size), or a few more
+    # when per-file rounding would push a chunk over
+    fewest = -(-total // chunk_size)
+    assert fewest <= len(chunks) <= fewest + len(SIZES)
+    if chunk_size in (1000, 2500):
+        assert len(chunks) == fewest
     for chunk in chunks:
         n = len(chunk)
         assert n <= chunk_size, f"chunk {chunk.index} holds {n} events, more than chunk_size={chunk_size}"
@@ -242,7 +247,9 @@ def test_read_error_during_a_pass_reaches_the_consumer(toy_data, specs, prefetch
             got.append(chunk.index)
     assert info.value.path == str(toy_data.bkg)
     assert got == [0, 1, 2, 3]  # chunk 4 reads bkg entries 2800-3500: the pass stops there
-    assert max(calls) == 2800 if prefetch == 0 else max(calls) >= 2800
+    # reads are cluster-aligned blocks; without prefetch nothing is read after the failing read
+    failing = [c for c in calls if c >= 2800]
+    assert failing and (len(failing) == 1 or prefetch > 0) and calls[-1] == failing[-1]
     deadline = time.monotonic() + 10
     while prefetch_threads() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -316,7 +323,7 @@ def test_labels_count_mismatch(toy_data, specs, labels):
 
 
 def test_specs_of_other_branches_are_refused(toy_data, specs):
-    with pytest.raises(ValueError, match="recompute the specs"):
+    with pytest.raises(StaleSpecsError, match="recompute them"):
         ChunkStream(toy_data.files, [1, 0], base_params(toy_data, exclude_branches="f_int8"), specs)
 
 

@@ -58,10 +58,13 @@ def make_plan(reader: TreeReader, params: Params, preproc=None) -> Plan:
         if kinds[name] != "flat":
             raise ConfigError(f"identifier branch {name!r} must be flat (one number per event)", "identifier")
     available = list(kinds)
-    features = select_branches(available, params.selected_branches, params.exclude_branches, where)
+    candidates = available + [b for b in new_kinds if b not in kinds]
+    features = select_branches(candidates, params.selected_branches, params.exclude_branches, where)
+    if params.selected_branches:  # new branches are features unless excluded or removed
+        kept = set(select_branches(candidates, [], params.exclude_branches, where))
+        features += [b for b in new_kinds if b not in features and b in kept]
     not_features = set(params.identifier) | ({params.weight} if params.weight else set()) | removed
-    features = [b for b in features if b not in not_features]
-    features += [b for b in new_kinds if b not in removed and b not in params.exclude_branches]
+    features = [b for b in dict.fromkeys(features) if b not in not_features]
     flat = sorted(b for b in features if kinds.get(b, new_kinds.get(b)) == "flat")
     jagged = sorted(b for b in features if kinds.get(b, new_kinds.get(b)) == "jagged")
     if not flat and not jagged:

@@ -111,7 +111,10 @@ class FileInfo:
 
 def file_info(path: str) -> FileInfo:
     if not is_remote(path):
-        st = os.stat(_local(path))
+        try:
+            st = os.stat(_local(path))
+        except FileNotFoundError:
+            raise InputFileError(f"ROOT file not found: {_local(path)}", _local(path)) from None
         return FileInfo(st.st_size, round(st.st_mtime, 3))
     try:
         import fsspec

@@ -22,7 +22,7 @@ import numpy as np
 
 from mlaas4hep_lab.data import sources
 from mlaas4hep_lab.data.plan import Plan, events_to_use, make_plan
-from mlaas4hep_lab.data.reader import TreeReader
+from mlaas4hep_lab.data.reader import BlockReader, TreeReader
 from mlaas4hep_lab.data.vectorize import feature_names, jagged_buffers
 from mlaas4hep_lab.errors import ConfigError, InputFileError, SpecsError, StaleSpecsError
 from mlaas4hep_lab.params import Params
@@ -137,10 +137,10 @@ def specs_fingerprint(params: Params, preproc=None) -> str:
 class _Stats:
     """Running min/max/sum/sum of squares/count of one branch, and list lengths for jagged ones."""
 
-    __slots__ = ("lo", "hi", "s", "ss", "n", "lengths")
+    __slots__ = ("lo", "hi", "mean", "m2", "n", "lengths")
 
     def __init__(self, jagged: bool):
-        self.lo, self.hi, self.s, self.ss, self.n = np.inf, -np.inf, 0.0, 0.0, 0
+        self.lo, self.hi, self.mean, self.m2, self.n = np.inf, -np.inf, 0.0, 0.0, 0
         self.lengths = np.zeros(1, np.int64) if jagged else None
 
     def update(self, values: np.ndarray, missing: np.ndarray) -> None:
@@ -149,12 +149,20 @@ class _Stats:
             other = values != sentinel
             ok = other if ok is None else np.logical_and(ok, other, out=ok)
         v = values if ok is None or ok.all() else values[ok]
-        if v.size:
-            v64 = v.astype(np.float64)
-            self.lo, self.hi = min(self.lo, float(v64.min())), max(self.hi, float(v64.max()))
-            self.s += float(v64.sum())
-            self.ss += float(np.dot(v64, v64))
-            self.n += int(v.size)
+        if not v.size:
+            return
+        v64 = v.astype(np.float64)
+        self.lo, self.hi = min(self.lo, float(v64.min())), max(self.hi, float(v64.max()))
+        # merge this chunk's mean and squared deviations (Chan et al.): no cancellation for large offsets
+        n_b = int(v64.size)
+        mean_b = float(v64.mean())
+        v64 -= mean_b
+        m2_b = float(np.dot(v64, v64))
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean += delta * n_b / n
+        self.m2 += m2_b + delta * delta * self.n * n_b / n
+        self.n = n
 
     def update_lengths(self, counts: np.ndarray) -> None:
         hist = np.bincount(counts)
@@ -216,16 +224,17 @@ def compute_specs(files: Sequence[str], params: Params, preproc=None, progress: 
         t0 = time.perf_counter()
         for reader, n in zip(readers, use):
             passed = 0
+            blocks = BlockReader(reader, plan.read)
             for start in range(0, n, params.chunk_size):
                 stop = min(start + params.chunk_size, n)
-                arrays = reader.read(plan.read, start, stop)
-                keep = None
-                if preproc is not None and not preproc.is_empty():
-                    arrays, keep = preproc.apply(arrays)
-                    passed += int(np.count_nonzero(keep))
-                else:
-                    passed += stop - start
-                _update(stats, plan, arrays, keep, missing)
+                for _, arrays in blocks.read(start, stop):
+                    keep = None
+                    if preproc is not None and not preproc.is_empty():
+                        arrays, keep = preproc.apply(arrays)
+                        passed += int(np.count_nonzero(keep))
+                    else:
+                        passed += len(arrays)
+                    _update(stats, plan, arrays, keep, missing)
                 bar.update(stop - start)
             events[reader.path] = passed
             events["total"] += passed
@@ -264,9 +273,8 @@ def _finish(stats, plan: Plan, params: Params, preproc, events, readers, use) ->
     for name, st in stats.items():
         lo, hi = (st.lo, st.hi) if st.n else (0.0, 0.0)
         minv[name], maxv[name] = float(lo), float(hi)
-        mu = st.s / st.n if st.n else 0.0
-        mean[name] = float(mu)
-        std[name] = float(np.sqrt(max(st.ss / st.n - mu * mu, 0.0))) if st.n else 0.0
+        mean[name] = float(st.mean)
+        std[name] = float(np.sqrt(st.m2 / st.n)) if st.n else 0.0
         nans[name] = float(hi) if hi == lo else float((0 - lo) / (hi - lo))  # the original's key
     jagged_max, jq, jdim = {}, {}, {}
     for name in plan.jagged:

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mlaas4hep_lab.data.plan import Plan, events_to_use, make_plan
-from mlaas4hep_lab.data.reader import TreeReader
+from mlaas4hep_lab.data.reader import BlockReader, TreeReader
 from mlaas4hep_lab.data.specs import Specs
 from mlaas4hep_lab.data.vectorize import Vectorizer, _flat_numpy
-from mlaas4hep_lab.errors import LabelsError
+from mlaas4hep_lab.errors import LabelsError, StaleSpecsError
 from mlaas4hep_lab.params import Params
 
 __all__ = ["Chunk", "ChunkStream", "SPLITS", "split_of"]
@@ -115,15 +115,18 @@ class ChunkStream:
         self._check_plan()
         self.vectorizer = Vectorizer.from_specs(specs, params.normalization, params.missing_values)
         self.entries = events_to_use([r.num_entries for r in self.readers], params.nevts)
-        total = sum(self.entries)
-        self.n_chunks = max(1, -(-total // params.chunk_size))
+        self.n_chunks = _n_chunks(self.entries, params.chunk_size)
+        self._blocks: list[BlockReader | None] = [None] * len(self.readers)
         self.epoch = 0
         self.stats = {"read": 0, "kept": 0, "seconds": 0.0}
 
     def _check_plan(self) -> None:
         if sorted(self.plan.flat) != sorted(self.specs.fkeys) or sorted(self.plan.jagged) != sorted(self.specs.jkeys):
             diff = sorted(set(self.plan.features) ^ set(self.specs.fkeys + self.specs.jkeys))
-            raise ValueError(f"the specs' features differ from this data's in {diff[:10]}: recompute the specs")
+            raise StaleSpecsError(
+                f"the specs' features differ from those of {self.readers[0].path} in {diff[:10]}: the specs "
+                "were computed for other files or settings; recompute them (`mlaas4hep specs ...`)"
+            )
 
     @property
     def feature_names(self) -> list[str]:
@@ -157,12 +160,17 @@ class ChunkStream:
         return chunk
 
     def _file_part(self, i: int, reader: TreeReader, start: int, stop: int) -> Chunk:
-        arrays = reader.read(self.plan.read, start, stop)
+        if self._blocks[i] is None:
+            self._blocks[i] = BlockReader(reader, self.plan.read)
+        pieces = [self._piece(i, reader, first, arrays) for first, arrays in self._blocks[i].read(start, stop)]
+        return pieces[0] if len(pieces) == 1 else _concat(pieces, 0, self.vectorizer.n_features)
+
+    def _piece(self, i: int, reader: TreeReader, first: int, arrays) -> Chunk:
         keep = None
         if self.preproc is not None:
             arrays, keep = self.preproc.apply(arrays)
         X, mask = self.vectorizer(arrays, keep)
-        entry = np.arange(start, stop, dtype=np.int64)
+        entry = np.arange(first, first + len(arrays), dtype=np.int64)
         if keep is not None:
             entry = entry[keep]
         n = len(entry)
@@ -199,6 +207,18 @@ class ChunkStream:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _n_chunks(entries: Sequence[int], chunk_size: int) -> int:
+    """The fewest chunks such that, with per-file bounds ``k*n_i//K``, no chunk exceeds ``chunk_size``."""
+    n = np.asarray(entries, dtype=np.int64)
+    K = max(1, -(-int(n.sum()) // chunk_size))
+    while True:
+        k = np.arange(K + 1, dtype=np.int64)[:, None]
+        sizes = np.diff((k * n[None, :]) // K, axis=0).sum(axis=1)
+        if sizes.max(initial=0) <= chunk_size:
+            return K
+        K += 1
 
 
 def _concat(parts: list[Chunk], k: int, n_features: int) -> Chunk:

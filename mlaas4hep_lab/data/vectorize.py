@@ -29,10 +29,11 @@ def feature_names(flat: Sequence[str], jdim: dict[str, int]) -> list[str]:
 def jagged_buffers(array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(starts, stops, content) numpy buffers of a one-level list array, without copying the content."""
     layout = ak.to_layout(array)
-    while isinstance(layout, (ak.contents.IndexedArray, ak.contents.IndexedOptionArray,
-                              ak.contents.UnmaskedArray, ak.contents.ByteMaskedArray,
-                              ak.contents.BitMaskedArray)):
-        layout = layout.project() if hasattr(layout, "project") else layout.content
+    if isinstance(layout, (ak.contents.IndexedOptionArray, ak.contents.UnmaskedArray,
+                           ak.contents.ByteMaskedArray, ak.contents.BitMaskedArray)):
+        layout = ak.to_layout(ak.fill_none(array, [], axis=0))  # a missing list is an empty list
+    if isinstance(layout, ak.contents.IndexedArray):
+        layout = layout.project()
     if isinstance(layout, ak.contents.RegularArray):
         n, size = layout.length, layout.size
         starts = np.arange(n, dtype=np.int64) * size
@@ -98,7 +99,7 @@ class Vectorizer:
         for name, k in self.jdim.items():
             self.blocks.append(_Block(name, col, k))
             col += k
-        self.missing_values = np.asarray(list(missing_values), dtype=np.float32)
+        self.missing_values = [float(v) for v in missing_values]
         self.normalization = normalization
         self._offset, self._scale = self._coefficients(minv or {}, maxv or {}, mean or {}, std or {})
         self._aranges = {k: np.arange(k, dtype=np.int64) for k in set(self.jdim.values())}
@@ -110,7 +111,7 @@ class Vectorizer:
                    specs.missing_values if missing_values is None else missing_values)
 
     def _coefficients(self, minv, maxv, mean, std) -> tuple[np.ndarray, np.ndarray]:
-        """Per-column ``offset`` and ``scale`` so that normalised = (x - offset) * scale."""
+        """Per-column ``offset`` and ``scale`` (float64) so that normalised = (x - offset) * scale."""
         per_branch = [(name, 1) for name in self.flat] + [(b.name, b.k) for b in self.blocks]
         offset = np.zeros(self.n_features, np.float64)
         scale = np.ones(self.n_features, np.float64)
@@ -125,7 +126,7 @@ class Vectorizer:
                 offset[col:col + width] = mu
                 scale[col:col + width] = 1.0 / sd if sd > 0 else 0.0
             col += width
-        return offset.astype(np.float32), scale.astype(np.float32)
+        return offset, scale
 
     def __call__(self, arrays, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Vectorise the events of ``arrays`` (those where ``keep`` is True, when given)."""
@@ -135,9 +136,7 @@ class Vectorizer:
         mask = np.empty((n, self.n_features), dtype=bool)
         for j, name in enumerate(self.flat):
             values = _flat_numpy(arrays[name])
-            X[:, j] = values if idx is None else values[idx]
-        if self.flat:
-            mask[:, : len(self.flat)] = True
+            self._put(X, mask, slice(j, j + 1), (values if idx is None else values[idx])[:, None], None)
         for block in self.blocks:
             if block.k == 0:
                 continue
@@ -152,17 +151,28 @@ class Vectorizer:
                 values = content[gather]
             else:
                 values = np.zeros(gather.shape, np.float32)
-            X[:, block.start: block.start + block.k] = values
-            mask[:, block.start: block.start + block.k] = valid
-        self._finish(X, mask)
+            self._put(X, mask, slice(block.start, block.start + block.k), values, valid)
         return X, mask
 
-    def _finish(self, X: np.ndarray, mask: np.ndarray) -> None:
-        """Mask NaNs, infinities and sentinels, normalise, and zero everything masked, in place."""
-        np.logical_and(mask, np.isfinite(X), out=mask)
+    def _put(self, X: np.ndarray, mask: np.ndarray, cols: slice, raw: np.ndarray, valid: np.ndarray | None) -> None:
+        """Write one branch's block: mask NaNs, infinities and sentinels, normalise in float64 (large
+        offsets keep their resolution), zero what is masked."""
+        ok = valid
+        if raw.dtype.kind == "f":
+            finite = np.isfinite(raw)
+            ok = finite if ok is None else np.logical_and(ok, finite, out=ok)
         for sentinel in self.missing_values:
-            np.logical_and(mask, X != sentinel, out=mask)
-        if self.normalization != "none":
-            X -= self._offset
-            X *= self._scale
-        np.copyto(X, 0.0, where=~mask)
+            other = raw != sentinel
+            ok = other if ok is None else np.logical_and(ok, other, out=ok)
+        if self.normalization == "none":
+            out = raw.astype(np.float32)
+        else:
+            out = raw.astype(np.float64)
+            out -= self._offset[cols]
+            out *= self._scale[cols]
+        if ok is None:
+            mask[:, cols] = True
+        else:
+            out[~ok] = 0.0
+            mask[:, cols] = ok
+        X[:, cols] = out
