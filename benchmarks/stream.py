@@ -25,7 +25,7 @@ DATA = HERE / "_data"
 CUTS = {
     # a jagged cut plus a new jagged branch (ttH); a flat cut plus a new flat branch (Higgs, no jagged data)
     "tth": {"new_branch": {"Jet_logpt": {"def": "log(Jet_pt)", "type": "jagged"}},
-            "jagged_cut": {"Jet_pt": {"cut": ["Jet_pt > 30", "any"], "remove": False}}},
+            "jagged_cut": {"Jet_pt": {"cut": ["Jet_pt > 100", "any"], "remove": False}}},
     "higgs": {"new_branch": {"log_met": {"def": "log(1 + PRI_met)", "type": "flat"}},
               "flat_cut": {"PRI_tau_pt": {"cut": "PRI_tau_pt > 22", "remove": False}}},
 }
