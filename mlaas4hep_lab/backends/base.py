@@ -1,0 +1,138 @@
+"""The one interface every ML framework adapter implements, and the registry that finds them.
+
+The training loop talks only to :class:`Backend`; each adapter module imports its framework lazily
+(through :mod:`mlaas4hep_lab.extras`), so the registry holds module paths, not classes.
+
+How a backend consumes the stream is its ``mode``:
+
+* ``"batches"``    -- ``fit_chunk`` is called on each chunk's training events (Keras, PyTorch,
+  scikit-learn estimators with ``partial_fit`` or ``warm_start``);
+* ``"accumulate"`` -- the loop gathers the training split (within a memory guard) and calls ``fit_all``
+  once (scikit-learn estimators that can only ``fit``);
+* ``"stream"``     -- ``fit_stream`` receives a factory of chunk iterators and trains over the whole
+  stream itself (XGBoost through ``xgboost.DataIter``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mlaas4hep_lab.errors import ConfigError
+
+__all__ = ["Backend", "BACKENDS", "get_backend", "detect_backend", "ChunkSource"]
+
+# name -> "module:Class"; adapters are imported only when used
+BACKENDS: dict[str, str] = {
+    "keras": "mlaas4hep_lab.backends.keras:KerasBackend",
+    "torch": "mlaas4hep_lab.backends.torch:TorchBackend",
+    "sklearn": "mlaas4hep_lab.backends.sklearn:SklearnBackend",
+    "xgboost": "mlaas4hep_lab.backends.xgboost:XGBoostBackend",
+}
+
+# a callable returning a fresh iterator of (X, y, weight-or-None) numpy batches: one pass over a split
+ChunkSource = Callable[[], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]]
+
+
+class Backend(ABC):
+    """Adapter between the training loop and one ML framework.
+
+    Args:
+        model: the object the user's ``model(idim)`` returned (compiled Keras model, ``nn.Module``,
+            scikit-learn estimator, XGBoost model).
+        n_features: input dimension.
+        options: extras from model.py (e.g. ``loss``, ``optimizer`` for torch) and params
+            (``batch_size``, ``seed``).
+    """
+
+    name: ClassVar[str] = ""
+    extra: ClassVar[str] = ""       # pip extra that installs the framework
+    mode: ClassVar[str] = "batches"
+
+    def __init__(self, model: Any, n_features: int, options: dict[str, Any] | None = None):
+        self.model = model
+        self.n_features = int(n_features)
+        self.options = dict(options or {})
+
+    # -- detection ----------------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def accepts(cls, model: Any) -> bool:
+        """True when ``model`` is an object of this framework (checked without importing it needlessly:
+        look at ``type(model).__module__`` first)."""
+
+    # -- training -----------------------------------------------------------------------------------
+    def fit_chunk(self, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None, *, epochs: int,
+                  batch_size: int) -> dict[str, float]:
+        """Train on one chunk's training events for ``epochs`` epochs; return metrics (at least
+        ``loss``, the mean training loss of the last epoch, when the framework has one)."""
+        raise NotImplementedError(f"{self.name} backend does not train chunk by chunk (mode {self.mode!r})")
+
+    def fit_all(self, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None) -> dict[str, float]:
+        """Train once on the whole (accumulated) training split."""
+        raise NotImplementedError(f"{self.name} backend does not train on accumulated data (mode {self.mode!r})")
+
+    def fit_stream(self, train: ChunkSource, validation: ChunkSource | None, *, epochs: int,
+                   batch_size: int, on_round: Callable[[dict[str, float]], bool | None] | None = None
+                   ) -> dict[str, float]:
+        """Train over the whole stream; ``on_round`` receives metrics per boosting round/epoch and
+        returns True to stop early."""
+        raise NotImplementedError(f"{self.name} backend does not train over a stream (mode {self.mode!r})")
+
+    # -- inference ----------------------------------------------------------------------------------
+    @abstractmethod
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Signal scores in [0, 1], ``float32[n]``."""
+
+    # -- persistence --------------------------------------------------------------------------------
+    @abstractmethod
+    def save(self, directory: Path) -> dict[str, Any]:
+        """Write the model in its native format under ``directory``; return ``{"format": ..., "files": [...]}``."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, directory: Path, n_features: int, options: dict[str, Any] | None = None) -> Backend:
+        """Load what :meth:`save` wrote."""
+
+    def export(self, directory: Path) -> dict[str, Any]:
+        """Write an inference export (TF SavedModel for Keras, ONNX for the others where a converter
+        exists) under ``directory``; return ``{"format": ..., "path": ...}`` or
+        ``{"format": None, "reason": ...}`` when there is none."""
+        return {"format": None, "reason": f"no inference export for the {self.name} backend"}
+
+
+def _load_class(name: str) -> type[Backend]:
+    module, _, cls = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def get_backend(name: str) -> type[Backend]:
+    """The backend class registered as ``name``; unknown names list the valid ones."""
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}", key="backend")
+    return _load_class(name)
+
+
+def detect_backend(model: Any) -> str:
+    """Name of the backend that accepts ``model``; an unsupported object is a clear error."""
+    module = type(model).__module__.split(".")[0]
+    order = {"keras": "keras", "tensorflow": "keras", "tf_keras": "keras", "torch": "torch",
+             "sklearn": "sklearn", "xgboost": "xgboost"}
+    candidates = [order[module]] if module in order else list(BACKENDS)
+    for name in candidates:
+        try:
+            if _load_class(name).accepts(model):
+                return name
+        except ImportError:
+            continue
+    raise ConfigError(
+        f"model(idim) returned {type(model).__module__}.{type(model).__qualname__}, which no backend "
+        f"handles; return a compiled Keras model, a torch.nn.Module, a scikit-learn classifier or an "
+        f"XGBoost model (backends: {', '.join(BACKENDS)})",
+        key="model",
+    )

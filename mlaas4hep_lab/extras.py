@@ -1,0 +1,79 @@
+"""Optional frameworks, imported on first use with an install hint when missing.
+
+The engine never imports these at module level: ``import mlaas4hep_lab`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from mlaas4hep_lab.errors import MissingExtraError
+
+__all__ = ["tensorflow", "keras", "torch", "sklearn", "xgboost", "onnxruntime", "onnx", "matplotlib", "require"]
+
+_HINTS = {
+    "tensorflow": ("keras", "tensorflow-cpu"),
+    "keras": ("keras", "keras"),
+    "torch": ("torch", "torch==2.13.0 (install it first, pinned, to get the CPU wheel)"),
+    "sklearn": ("sklearn", "scikit-learn"),
+    "xgboost": ("xgboost", "xgboost-cpu"),
+    "onnxruntime": ("onnx", "onnxruntime"),
+    "onnx": ("onnx", "onnx"),
+    "matplotlib": ("plots", "matplotlib"),
+}
+
+
+def require(module: str) -> ModuleType:
+    """Import ``module`` or raise MissingExtraError saying which extra (or package) to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        top = module.split(".")[0]
+        extra, package = _HINTS.get(top, (None, top))
+        how = f'pip install "mlaas4hep-lab[{extra}]"' if extra else f"pip install {package}"
+        raise MissingExtraError(
+            f"{module} is needed here but cannot be imported ({err}). Install it with: {how} "
+            f"(or: pip install {package})"
+        ) from err
+
+
+def tensorflow() -> ModuleType:
+    return require("tensorflow")
+
+
+def keras() -> ModuleType:
+    return require("keras")
+
+
+def torch() -> ModuleType:
+    return require("torch")
+
+
+def sklearn() -> ModuleType:
+    return require("sklearn")
+
+
+def xgboost() -> ModuleType:
+    return require("xgboost")
+
+
+def onnxruntime() -> ModuleType:
+    return require("onnxruntime")
+
+
+def onnx() -> ModuleType:
+    return require("onnx")
+
+
+def matplotlib() -> ModuleType:
+    mpl = require("matplotlib")
+    if mpl.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        try:
+            import sys
+
+            if "matplotlib.pyplot" not in sys.modules and "ipykernel" not in sys.modules:
+                mpl.use("Agg")
+        except Exception:  # a backend already chosen by the user stays
+            pass
+    return mpl
