@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--fout", default="mlaas4hep-output", help="output folder (default: %(default)s)")
     wf.add_argument("--dry-run", action="store_true", help="build every chunk without training and report")
     wf.add_argument("--recompute-specs", action="store_true", help="ignore an existing specs file")
+    wf.add_argument("--resume", action="store_true", help="continue from the checkpoint in --fout")
+    wf.add_argument("--name", help="model name in the bundle (default: the model file's name)")
 
     sp = sub.add_parser("specs", help="run the first pass only and write specs.json")
     _add_inputs(sp, model=False)
@@ -52,10 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--events", type=int, default=None, help="events in total over all files")
     ex.add_argument("--seed", type=int, default=42)
 
-    demo = sub.add_parser("demo", help="write the Higgs-like example data and run the workflow on it")
+    pr = sub.add_parser("predict", help="score ROOT files with a model bundle (its own preprocessing)")
+    pr.add_argument("bundle", help="bundle directory or .tar.gz")
+    pr.add_argument("--files", nargs="+", required=True, help="ROOT files, or one files.txt")
+    pr.add_argument("--out", default="scores.csv", help="scores with identifiers: .csv or .root (default: %(default)s)")
+    pr.add_argument("--submission", help="also write the Higgs challenge submission CSV (EventId,RankOrder,Class)")
+    pr.add_argument("--threshold", type=float, help="score threshold for the submission (default: the bundle's best-AMS one)")
+    pr.add_argument("--chunk-size", type=int, default=100_000)
+
+    demo = sub.add_parser("demo", help="write example data and train a model on it (the README's first command)")
     demo.add_argument("--out", default="mlaas4hep-demo", help="folder (default: %(default)s)")
     demo.add_argument("--kind", choices=["higgs", "tth"], default="higgs")
     demo.add_argument("--events", type=int, default=None)
+    demo.add_argument("--backend", choices=["keras", "torch", "sklearn", "xgboost"], default="keras",
+                      help="model template to train (default: %(default)s)")
+    demo.add_argument("--epochs", type=int, default=None)
     return parser
 
 
@@ -83,12 +96,23 @@ def _workflow(args) -> int:
     specs = ensure_specs(inputs, specs_path, recompute=getattr(args, "recompute_specs", False))
     print(f"specs: {specs.n_features} features ({len(specs.fkeys)} flat, {len(specs.jkeys)} jagged branches), "
           f"{_events(specs)} events after cuts -> {specs_path}")
-    if not args.dry_run and args.model:
-        print("note: training is not available in this version yet (the trainer is the next milestone); "
-              "building every chunk as --dry-run does.", file=sys.stderr)
-    summary = dry_run(inputs, specs)
-    print("chunks that training would use:")
-    _print_summary(summary)
+    if args.dry_run or not args.model:
+        if not args.dry_run:
+            print("no --model given: building every chunk as --dry-run does", file=sys.stderr)
+        summary = dry_run(inputs, specs)
+        print("chunks that training would use:")
+        _print_summary(summary)
+        return 0
+    from mlaas4hep_lab.training.workflow import train
+
+    out = train(inputs, specs, args.model, fout, resume=args.resume, name=args.name)
+    m = out.metrics
+    print(f"trained {m.get('backend')} model on {m.get('events_seen', 0):,} events"
+          + (f" (stopped: {out.result.stopped})" if out.result.stopped else ""))
+    print(f"test split: {m.get('n_events', 0):,} events, AUC {m.get('auc', float('nan')):.4f}"
+          + (f", weighted AUC {m['weighted_auc']:.4f}" if "weighted_auc" in m else "")
+          + (f", best AMS {m['ams']:.3f} at score >= {m['ams_threshold']:.3f}" if "ams" in m else ""))
+    print(f"bundle: {out.bundle} (+ {out.bundle}.tar.gz); plots and metrics.json in {fout}")
     return 0
 
 
@@ -121,19 +145,41 @@ def _example(args) -> int:
     return 0
 
 
+def _predict(args) -> int:
+    from mlaas4hep_lab.training.predict import score_files
+
+    summary = score_files(args.bundle, args.files, args.out, submission=args.submission,
+                          threshold=args.threshold, chunk_size=args.chunk_size)
+    print(f"scored {summary['events']:,} events from {summary['files']} files -> {args.out}"
+          + (f"; submission -> {args.submission}" if args.submission else ""))
+    return 0
+
+
 def _demo(args) -> int:
     from mlaas4hep_lab.data import datasets
 
     out = Path(args.out)
     ds = datasets.write_example(args.kind, out / "data", args.events)
     print(f"example data: {len(ds.files)} files in {ds.directory}")
-    ns = argparse.Namespace(files=str(ds.files_txt), labels=str(ds.labels_txt), params=str(ds.params_json),
-                            preproc=str(ds.preproc_json) if ds.preproc_json else None, model=None,
-                            specs=None, fout=str(out / "output"), dry_run=True, recompute_specs=True)
+    from mlaas4hep_lab.training.model_file import template_path
+
+    params = json.loads(Path(ds.params_json).read_text())
+    if args.epochs is not None:
+        params["epochs"] = args.epochs
+    params_path = out / "params.json"
+    params_path.write_text(json.dumps(params, indent=1))
+    model = out / "model.py"
+    model.write_text(template_path(args.backend).read_text())
+    print(f"model: {model} (from the {args.backend} template); params: {params_path}")
+    ns = argparse.Namespace(files=str(ds.files_txt), labels=str(ds.labels_txt), params=str(params_path),
+                            preproc=str(ds.preproc_json) if ds.preproc_json else None, model=str(model),
+                            specs=None, fout=str(out / "output"), dry_run=False, recompute_specs=True,
+                            resume=False, name=f"{args.kind}-{args.backend}")
     return _workflow(ns)
 
 
-_COMMANDS = {"workflow": _workflow, "specs": _specs, "inspect": _inspect, "example": _example, "demo": _demo}
+_COMMANDS = {"workflow": _workflow, "specs": _specs, "inspect": _inspect, "example": _example,
+             "predict": _predict, "demo": _demo}
 
 
 def main(argv: list[str] | None = None) -> int:

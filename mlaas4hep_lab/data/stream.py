@@ -188,11 +188,16 @@ class ChunkStream:
     def __iter__(self) -> Iterator[Chunk]:
         epoch = self.epoch
         self.epoch += 1
+        return self.iterate(epoch)
+
+    def iterate(self, epoch: int = 0, start: int = 0) -> Iterator[Chunk]:
+        """Chunks ``start .. n_chunks-1`` of pass ``epoch`` (its shuffling), built ahead in a thread."""
+        ks = range(start, self.n_chunks)
         if self.params.prefetch <= 0:
-            for k in range(self.n_chunks):
+            for k in ks:
                 yield self.build(k, epoch)
             return
-        yield from _prefetched(lambda k: self.build(k, epoch), self.n_chunks, self.params.prefetch)
+        yield from _prefetched(lambda i: self.build(ks[i], epoch), len(ks), self.params.prefetch)
 
     def __len__(self) -> int:
         return self.n_chunks

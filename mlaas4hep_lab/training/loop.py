@@ -1,0 +1,333 @@
+"""The chunked trainer: feeds the user's model chunk by chunk, epoch by epoch, through its backend.
+
+Two schedules (params ``training``):
+
+* ``per_chunk`` (the original): one pass over the stream, ``epochs`` epochs on each chunk;
+* ``epochs``: ``epochs`` full passes over the stream, one epoch on each chunk per pass.
+
+After each chunk the model is validated on the chunk's validation events, a metric event is published
+and a checkpoint is written; ``resume=True`` continues after the last completed chunk. Backends that
+train over the whole stream (XGBoost) or on the accumulated training split (scikit-learn estimators
+without ``partial_fit``/``warm_start``) get the stream in those forms instead. At the end the test
+split is scored in one more pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlaas4hep_lab.backends.base import Backend, get_backend
+from mlaas4hep_lab.data.specs import Specs
+from mlaas4hep_lab.data.stream import Chunk, ChunkStream
+from mlaas4hep_lab.errors import ConfigError
+from mlaas4hep_lab.pipeline import Inputs
+from mlaas4hep_lab.training import evaluation
+from mlaas4hep_lab.training.checkpoint import Checkpoint
+from mlaas4hep_lab.training.events import EventBus, History, MetricEvent
+from mlaas4hep_lab.training.model_file import UserModel
+
+__all__ = ["Trainer", "TrainResult", "StopTraining"]
+
+log = logging.getLogger(__name__)
+_TRAIN_METRIC_SAMPLE = 20_000   # training AUC is measured on at most this many events of the chunk
+
+
+class StopTraining(Exception):
+    """Raised inside the loop when a stop was requested (the Stop button, early stopping)."""
+
+
+@dataclass
+class TrainResult:
+    backend: Backend
+    history: list[dict[str, Any]]
+    test: dict[str, np.ndarray]          # y, score, weight (or absent), ids (prefixed "id:")
+    metrics: dict[str, Any]
+    stopped: str = ""                    # "", "early_stopping" or "requested"
+    feature_names: list[str] = field(default_factory=list)
+
+
+class Trainer:
+    """Train ``user_model`` on the inputs' stream.
+
+    Args:
+        inputs, specs: the validated inputs and their specs (see :mod:`mlaas4hep_lab.pipeline`).
+        user_model: the loaded model.py (:func:`~mlaas4hep_lab.training.model_file.load_model_file`).
+        fout: output folder (checkpoints, ``metrics.jsonl``).
+        bus: where metric events go (a progress bar, a log, widgets subscribe to it).
+        resume: continue from the checkpoint in ``fout``; a changed configuration is an error.
+        stop: a threading.Event; when set, training stops after the current batch/chunk.
+
+    Example::
+
+        result = Trainer(inputs, specs, load_model_file("model.py", specs.n_features), "out").run()
+        result.metrics["auc"]
+    """
+
+    def __init__(self, inputs: Inputs, specs: Specs, user_model: UserModel, fout: str | Path,
+                 bus: EventBus | None = None, resume: bool = False, stop: threading.Event | None = None,
+                 checkpoints: bool = True):
+        self.inputs, self.specs, self.user_model = inputs, specs, user_model
+        self.params = inputs.params
+        self.fout = Path(fout)
+        self.bus = bus or EventBus()
+        self.history = History()
+        self.bus.subscribe(self.history)
+        self.resume, self.stop = resume, stop or threading.Event()
+        self.checkpoint = Checkpoint(self.fout) if checkpoints else None
+        self.stream = ChunkStream(inputs.files, inputs.labels, self.params, specs, inputs.preproc)
+        self.n_features = specs.n_features
+        options = dict(user_model.options, seed=self.params.seed, batch_size=self.params.batch_size,
+                       n_chunks=self.stream.n_chunks, model_source=user_model.source,
+                       model_path=str(user_model.path))
+        self.options = options
+        self.backend_cls = get_backend(user_model.backend)
+        self.backend: Backend = self.backend_cls(user_model.model, self.n_features, options)
+        self.fingerprint = self._fingerprint()
+        self.events_seen = 0
+        self._best = (float("inf"), 0)   # (best val_loss, validations since)
+        self._t0 = time.perf_counter()
+
+    # -- configuration identity (resume refuses a changed one) --------------------------------------
+    def _fingerprint(self) -> str:
+        p = self.params
+        payload = {"specs": self.specs.fingerprint or json.dumps(self.specs.features),
+                   "files": [str(f) for f in self.inputs.files], "labels": self.inputs.labels,
+                   "model": self.user_model.digest, "backend": self.user_model.backend,
+                   **{k: getattr(p, k) for k in ("epochs", "batch_size", "training", "chunk_size", "seed",
+                                                 "split", "shuffle", "nevts", "weight")}}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _restore(self) -> tuple[int, int]:
+        """(epoch, next chunk) to start from; loads the checkpoint's model when resuming."""
+        if not self.resume or self.checkpoint is None:
+            if self.checkpoint is not None:
+                self.checkpoint.clear()
+            return 0, 0
+        found = self.checkpoint.load()
+        if found is None:
+            log.warning("no checkpoint in %s: starting from the beginning", self.fout)
+            return 0, 0
+        state, model_dir = found
+        if state.get("fingerprint") != self.fingerprint:
+            changed = [k for k, v in state.get("config", {}).items() if self._config().get(k) != v]
+            raise ConfigError(
+                f"cannot resume from {self.checkpoint.path}: the configuration changed since it was written "
+                f"({', '.join(changed) or 'files, specs or model.py'}); rerun without --resume to start over, "
+                "or restore the original settings", key="resume")
+        self.backend = self.backend_cls.load(model_dir, self.n_features, self.options)
+        self.events_seen = int(state.get("events_seen", 0))
+        self._best = tuple(state.get("best", (float("inf"), 0)))
+        for event in state.get("history", []):
+            self.history.events.append(MetricEvent(**event))
+        if state.get("done"):
+            return -1, -1
+        return int(state["epoch"]), int(state["next_chunk"])
+
+    def _config(self) -> dict[str, Any]:
+        p = self.params
+        return {"model": self.user_model.digest, "backend": self.user_model.backend,
+                "files": [str(f) for f in self.inputs.files],
+                **{k: getattr(p, k) for k in ("epochs", "batch_size", "training", "chunk_size", "seed", "split",
+                                               "shuffle", "nevts", "weight")}}
+
+    def _save(self, epoch: int, next_chunk: int, done: bool = False) -> None:
+        if self.checkpoint is None:
+            return
+        self.checkpoint.save(self.backend, {
+            "fingerprint": self.fingerprint, "config": self._config(), "epoch": epoch, "next_chunk": next_chunk,
+            "done": done, "events_seen": self.events_seen, "best": list(self._best),
+            "history": [e.to_dict() for e in self.history.events],
+        })
+
+    # -- the run ----------------------------------------------------------------------------------
+    def _passes(self) -> tuple[int, int]:
+        """(passes over the stream, epochs on each chunk)."""
+        epochs = max(1, self.params.epochs)
+        return (1, epochs) if self.params.training == "per_chunk" else (epochs, 1)
+
+    def _expected_events(self) -> int:
+        passes, per_chunk = self._passes()
+        train_fraction = self.params.split[0]
+        return int(self.stream.n_events * train_fraction * passes * (per_chunk if self.backend.mode == "batches" else 1))
+
+    def _event(self, kind: str, **kw) -> MetricEvent:
+        elapsed = max(time.perf_counter() - self._t0, 1e-9)
+        event = MetricEvent(kind, n_chunks=self.stream.n_chunks, events_seen=self.events_seen,
+                            events_total=self._expected_events(), events_per_second=self.events_seen / elapsed, **kw)
+        self.bus.publish(event)
+        return event
+
+    def run(self) -> TrainResult:
+        start_epoch, start_chunk = self._restore()
+        self._event("start", message=f"{self.user_model.backend} backend ({self.backend.mode}), "
+                                     f"{self.n_features} features, {self.stream.n_chunks} chunks")
+        stopped = ""
+        try:
+            if start_epoch >= 0:
+                mode = self.backend.mode
+                if mode == "batches":
+                    self._run_batches(start_epoch, start_chunk)
+                elif mode == "accumulate":
+                    self._run_accumulate()
+                elif mode == "stream":
+                    self._run_stream()
+                else:
+                    raise ConfigError(f"backend {self.backend.name!r} has unknown mode {mode!r}")
+                self._save(0, 0, done=True)
+        except StopTraining as why:
+            stopped = str(why)
+            self._save(*self._position, done=stopped == "early_stopping")
+        test = self._score_test()
+        metrics = evaluation.evaluate(test["y"], test["score"], test.get("weight"),
+                                      test_fraction=self.params.split[2] or None)
+        metrics["backend"] = self.user_model.backend
+        metrics["events_seen"] = self.events_seen
+        self._event("end", metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                    message=stopped or "done")
+        self.stream.close()
+        return TrainResult(self.backend, [e.to_dict() for e in self.history.events], test, metrics, stopped,
+                           self.stream.feature_names)
+
+    _position = (0, 0)
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise StopTraining("requested")
+
+    def _run_batches(self, start_epoch: int, start_chunk: int) -> None:
+        passes, per_chunk = self._passes()
+        for epoch in range(start_epoch, passes):
+            first = start_chunk if epoch == start_epoch else 0
+            for chunk in self.stream.iterate(epoch, first):
+                self._position = (epoch, chunk.index)
+                self._check_stop()
+                train = chunk.subset("train")
+                fit_metrics: dict[str, float] = {}
+                if len(train):
+                    fit_metrics = self.backend.fit_chunk(train.X, train.y, train.weight, epochs=per_chunk,
+                                                         batch_size=self.params.batch_size)
+                    self.events_seen += len(train) * per_chunk
+                metrics = dict(fit_metrics, **self._train_metrics(train), **self._validate(chunk.subset("validation")))
+                self._position = (epoch, chunk.index + 1)
+                self._event("chunk", epoch=epoch, chunk=chunk.index, metrics=metrics)
+                self._save(epoch, chunk.index + 1)
+                self._early_stopping(metrics)
+            self._event("epoch", epoch=epoch, chunk=self.stream.n_chunks - 1,
+                        metrics=self.history.events[-1].metrics if self.history.events else {})
+
+    def _run_accumulate(self) -> None:
+        check = getattr(self.backend, "check_accumulate", None)
+        if check is not None:
+            check(int(self.stream.n_events * self.params.split[0] * 1.1), self.n_features)
+        parts = [self._check_stop() or c.subset("train") for c in self.stream.iterate(0)]
+        X = np.concatenate([p.X for p in parts]) if parts else np.zeros((0, self.n_features), np.float32)
+        y = np.concatenate([p.y for p in parts]) if parts else np.zeros(0, np.float32)
+        w = np.concatenate([p.weight for p in parts]) if parts and parts[0].weight is not None else None
+        del parts
+        fit_metrics = self.backend.fit_all(X, y, w)
+        self.events_seen += len(y)
+        del X, y, w
+        metrics = dict(fit_metrics, **self._validate_pass())
+        self._event("epoch", epoch=0, chunk=self.stream.n_chunks - 1, metrics=metrics)
+
+    def _source(self, split: str):
+        def factory() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+            for chunk in self.stream.iterate(0):
+                self._check_stop()
+                part = chunk.subset(split)
+                if len(part):
+                    if split == "train":
+                        self.events_seen += len(part)
+                    yield part.X, part.y, part.weight
+        return factory
+
+    def _run_stream(self) -> None:
+        passes, _ = self._passes()
+        rounds = [0]
+
+        def on_round(metrics: dict[str, float]) -> bool:
+            rounds[0] += 1
+            self._event("round", epoch=rounds[0], metrics=dict(metrics))
+            return self.stop.is_set()
+
+        has_val = self.params.split[1] > 0
+        fit_metrics = self.backend.fit_stream(self._source("train"), self._source("validation") if has_val else None,
+                                              epochs=passes, batch_size=self.params.batch_size, on_round=on_round)
+        self._check_stop()
+        self._event("epoch", epoch=0, metrics=dict(fit_metrics or {}))
+
+    # -- metrics ----------------------------------------------------------------------------------
+    def _train_metrics(self, train: Chunk) -> dict[str, float]:
+        if not len(train) or "auc" not in self.params.metrics:
+            return {}
+        part = train if len(train) <= _TRAIN_METRIC_SAMPLE else train.take(np.arange(_TRAIN_METRIC_SAMPLE))
+        score = self.backend.predict(part.X)
+        return {"auc": evaluation.auc(part.y, score, part.weight)}
+
+    def _validate(self, val: Chunk) -> dict[str, float]:
+        if not len(val):
+            return {}
+        score = self.backend.predict(val.X)
+        return self._scores_metrics(val.y, score, val.weight)
+
+    def _scores_metrics(self, y, score, weight) -> dict[str, float]:
+        out = {"val_loss": evaluation.log_loss(y, score, weight)}
+        if "accuracy" in self.params.metrics:
+            out["val_accuracy"] = evaluation.accuracy(y, score, weight)
+        if "auc" in self.params.metrics:
+            out["val_auc"] = evaluation.auc(y, score, weight)
+        return out
+
+    def _validate_pass(self) -> dict[str, float]:
+        ys, scores, weights = [], [], []
+        for X, y, w in self._source("validation")():
+            ys.append(y)
+            scores.append(self.backend.predict(X))
+            weights.append(w)
+        if not ys:
+            return {}
+        w = np.concatenate(weights) if weights[0] is not None else None
+        return self._scores_metrics(np.concatenate(ys), np.concatenate(scores), w)
+
+    def _early_stopping(self, metrics: dict[str, float]) -> None:
+        patience = self.params.early_stopping
+        loss = metrics.get("val_loss")
+        if not patience or loss is None or not np.isfinite(loss):
+            return
+        best, since = self._best
+        self._best = (loss, 0) if loss < best else (best, since + 1)
+        if self._best[1] >= patience:
+            raise StopTraining("early_stopping")
+
+    def _score_test(self) -> dict[str, np.ndarray]:
+        ys, scores, weights, ids, files, entries = [], [], [], {n: [] for n in self.stream.plan.ids}, [], []
+        for chunk in self.stream.iterate(0):
+            test = chunk.subset("test")
+            if not len(test):
+                continue
+            ys.append(test.y)
+            scores.append(self.backend.predict(test.X))
+            files.append(test.file_index)
+            entries.append(test.entry)
+            if test.weight is not None:
+                weights.append(test.weight)
+            for name in ids:
+                ids[name].append(test.ids[name])
+        cat = (lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype))
+        out = {"y": cat(ys, np.float32), "score": cat(scores, np.float32), "file_index": cat(files, np.int16),
+               "entry": cat(entries, np.int64)}
+        if weights:
+            out["weight"] = cat(weights, np.float32)
+        for name, parts in ids.items():
+            out[f"id:{name}"] = cat(parts, np.int64)
+        return out

@@ -1,0 +1,94 @@
+"""A whole training workflow: model.py -> trained model -> evaluation, plots -> model bundle.
+
+What ``mlaas4hep workflow`` runs, and what a notebook calls::
+
+    from mlaas4hep_lab.pipeline import load_inputs, ensure_specs
+    from mlaas4hep_lab.training.workflow import train
+    inputs = load_inputs("files.txt", "labels.txt", "params.json")
+    out = train(inputs, ensure_specs(inputs), "model.py", "out")
+    out.metrics["auc"], out.bundle
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlaas4hep_lab.bundle import write_bundle
+from mlaas4hep_lab.data.specs import Specs
+from mlaas4hep_lab.data.stream import ChunkStream
+from mlaas4hep_lab.pipeline import Inputs
+from mlaas4hep_lab.training import evaluation
+from mlaas4hep_lab.training.events import EventBus, JsonlLog, ProgressBar
+from mlaas4hep_lab.training.loop import Trainer, TrainResult
+from mlaas4hep_lab.training.model_file import load_model_file
+
+__all__ = ["train", "WorkflowResult", "make_plots"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkflowResult:
+    result: TrainResult
+    bundle: Path
+    metrics: dict[str, Any]
+    plots: list[Path]
+
+
+def make_plots(test: dict[str, np.ndarray], out: Path, params, stream: ChunkStream | None = None) -> list[Path]:
+    """ROC, score distributions, efficiency/purity, AMS (weighted data) and, for params hist "pdfs",
+    per-feature signal/background distributions."""
+    out.mkdir(parents=True, exist_ok=True)
+    y, score, w = test["y"], test["score"], test.get("weight")
+    files: list[Path] = []
+    if len(y) and len(np.unique(y)) > 1:
+        files += evaluation.plot_roc(y, score, w, out)
+        files += evaluation.plot_score_distributions(y, score, w, out)
+        files += evaluation.plot_efficiency_purity(y, score, w, out)
+        if w is not None:
+            files += evaluation.plot_ams_vs_threshold(y, score, w, out)
+    if params.hist == "pdfs" and stream is not None:
+        sample = stream.build(0)
+        files += evaluation.plot_feature_pdfs((sample.X, sample.y, stream.feature_names, sample.mask), out / "pdfs")
+    return [Path(f) for f in files]
+
+
+def train(inputs: Inputs, specs: Specs, model: str | Path, fout: str | Path, *, resume: bool = False,
+          bus: EventBus | None = None, stop: threading.Event | None = None, progress: bool | None = None,
+          name: str | None = None, plots: bool = True) -> WorkflowResult:
+    """Train the model of ``model`` (a model.py path) and write the bundle to ``fout/bundle``."""
+    fout = Path(fout)
+    fout.mkdir(parents=True, exist_ok=True)
+    user_model = load_model_file(model, specs.n_features)
+    bus = bus or EventBus()
+    unsubscribe = [bus.subscribe(JsonlLog(fout / "metrics.jsonl", append=resume))]
+    show = inputs.params.verbose > 0 if progress is None else progress
+    if show:
+        unsubscribe.append(bus.subscribe(ProgressBar(f"training ({user_model.backend})")))
+    try:
+        trainer = Trainer(inputs, specs, user_model, fout, bus=bus, resume=resume, stop=stop)
+        result = trainer.run()
+    finally:
+        for fn in unsubscribe:
+            fn()
+    plot_files: list[Path] = []
+    if plots:
+        try:
+            with ChunkStream(inputs.files, inputs.labels, inputs.params, specs, inputs.preproc) as stream:
+                plot_files = make_plots(result.test, fout / "plots", inputs.params, stream)
+        except ImportError as err:  # plots are optional (matplotlib)
+            log.warning("no plots: %s", err)
+    (fout / "metrics.json").write_text(json.dumps(result.metrics, indent=1, default=float))
+    files = [{"path": f["path"], "size": f.get("size"), "entries": f.get("entries")} for f in specs.files]
+    bundle = write_bundle(fout / "bundle", name=name or Path(user_model.path).stem, backend=result.backend,
+                          backend_name=user_model.backend, specs=specs, params=inputs.params,
+                          preproc=inputs.preproc, metrics=result.metrics, history=result.history,
+                          model_source=user_model.source, files=files, plots_dir=fout / "plots")
+    return WorkflowResult(result, bundle, result.metrics, plot_files)
