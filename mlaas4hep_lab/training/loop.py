@@ -323,7 +323,9 @@ class Trainer:
                 weights.append(test.weight)
             for name in ids:
                 ids[name].append(test.ids[name])
-        cat = (lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype))
+        def cat(parts: list[np.ndarray], dtype) -> np.ndarray:
+            return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
         out = {"y": cat(ys, np.float32), "score": cat(scores, np.float32), "file_index": cat(files, np.int16),
                "entry": cat(entries, np.int64)}
         if weights:
