@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def _events(specs) -> str:
     total = specs.events.get("total")
     return f"{total:,}" if total is not None else "(not recorded in this specs file)"
@@ -109,9 +113,9 @@ def _workflow(args) -> int:
     m = out.metrics
     print(f"trained {m.get('backend')} model on {m.get('events_seen', 0):,} events"
           + (f" (stopped: {out.result.stopped})" if out.result.stopped else ""))
-    print(f"test split: {m.get('n_events', 0):,} events, AUC {m.get('auc', float('nan')):.4f}"
-          + (f", weighted AUC {m['weighted_auc']:.4f}" if "weighted_auc" in m else "")
-          + (f", best AMS {m['ams']:.3f} at score >= {m['ams_threshold']:.3f}" if "ams" in m else ""))
+    print(f"test split: {m.get('n_events', 0):,} events, AUC {_num(m.get('auc'))}"
+          + (f", weighted AUC {m['auc_weighted']:.4f}" if m.get("auc_weighted") is not None else "")
+          + (f", best AMS {m['ams']:.3f} at score >= {m['ams_threshold']:.3f}" if m.get("ams") is not None else ""))
     print(f"bundle: {out.bundle} (+ {out.bundle}.tar.gz); plots and metrics.json in {fout}")
     return 0
 

@@ -67,13 +67,5 @@ def onnx() -> ModuleType:
 
 
 def matplotlib() -> ModuleType:
-    mpl = require("matplotlib")
-    if mpl.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        try:
-            import sys
-
-            if "matplotlib.pyplot" not in sys.modules and "ipykernel" not in sys.modules:
-                mpl.use("Agg")
-        except Exception:  # a backend already chosen by the user stays
-            pass
-    return mpl
+    # plots draw on standalone Figure objects (no pyplot state), so any backend, headless included, works
+    return require("matplotlib")

@@ -16,6 +16,8 @@ How a backend consumes the stream is its ``mode``:
 from __future__ import annotations
 
 import importlib
+import random
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +27,7 @@ import numpy as np
 
 from mlaas4hep_lab.errors import ConfigError
 
-__all__ = ["Backend", "BACKENDS", "get_backend", "detect_backend", "ChunkSource"]
+__all__ = ["Backend", "BACKENDS", "get_backend", "detect_backend", "ChunkSource", "seed_frameworks"]
 
 # name -> "module:Class"; adapters are imported only when used
 BACKENDS: dict[str, str] = {
@@ -34,6 +36,9 @@ BACKENDS: dict[str, str] = {
     "sklearn": "mlaas4hep_lab.backends.sklearn:SklearnBackend",
     "xgboost": "mlaas4hep_lab.backends.xgboost:XGBoostBackend",
 }
+
+# backend name -> the framework module whose global random state ``seed_frameworks`` seeds once imported
+_SEEDED_FRAMEWORKS = {"keras": "keras", "torch": "torch"}
 
 # a callable returning a fresh iterator of (X, y, weight-or-None) numpy batches: one pass over a split
 ChunkSource = Callable[[], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]]
@@ -65,6 +70,12 @@ class Backend(ABC):
     def accepts(cls, model: Any) -> bool:
         """True when ``model`` is an object of this framework (checked without importing it needlessly:
         look at ``type(model).__module__`` first)."""
+
+    @classmethod
+    def seed(cls, seed: int) -> None:
+        """Seed the framework's global random generators (weight initialisation, dropout). Tree models
+        take their seed from the estimator's own ``random_state``, so the default does nothing."""
+        return None
 
     # -- training -----------------------------------------------------------------------------------
     def fit_chunk(self, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None, *, epochs: int,
@@ -136,3 +147,22 @@ def detect_backend(model: Any) -> str:
         f"XGBoost model (backends: {', '.join(BACKENDS)})",
         key="model",
     )
+
+
+
+def seed_frameworks(seed: int) -> list[str]:
+    """Seed ``random``, numpy's global generator and every registered framework already imported.
+
+    Weight initialisation happens inside the user's ``model(idim)``, so a reproducible run calls this
+    after model.py has been imported (its framework is then in ``sys.modules``) and before ``model(idim)``
+    is called. Frameworks not yet imported are left alone (importing TensorFlow costs seconds).
+    Returns the names of the backends whose framework was seeded.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    seeded = []
+    for name, module in _SEEDED_FRAMEWORKS.items():
+        if sys.modules.get(module) is not None:
+            _load_class(name).seed(seed)
+            seeded.append(name)
+    return seeded
