@@ -12,7 +12,7 @@ from mlaas4hep_lab.errors import MissingExtraError
 
 __all__ = ["tensorflow", "keras", "torch", "sklearn", "xgboost", "onnxruntime", "onnx", "matplotlib", "require"]
 
-_HINTS = {
+HINTS = {
     "tensorflow": ("keras", "tensorflow-cpu"),
     "keras": ("keras", "keras"),
     "torch": ("torch", "torch==2.13.0 (install it first, pinned, to get the CPU wheel)"),
@@ -30,7 +30,7 @@ def require(module: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as err:
         top = module.split(".")[0]
-        extra, package = _HINTS.get(top, (None, top))
+        extra, package = HINTS.get(top, (None, top))
         how = f'pip install "mlaas4hep-lab[{extra}]"' if extra else f"pip install {package}"
         raise MissingExtraError(
             f"{module} is needed here but cannot be imported ({err}). Install it with: {how} "

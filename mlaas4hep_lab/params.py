@@ -51,6 +51,7 @@ class Params:
     weight: str = ""                    # branch holding per-event weights (kept out of the features)
     retries: int = 3                    # retries of transient remote read errors
     prefetch: int = 1                   # chunks prepared ahead in a background thread (0: none)
+    balance_weights: bool = True        # rescale training weights so each label's mean weight is 1
     early_stopping: int = 0             # stop after this many validations without a better val_loss (0: off)
 
     def __post_init__(self) -> None:

@@ -169,3 +169,11 @@ def toy_write_tree(tmp_path_factory):
         return toy_write(path, data, tree, rntuple, step)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def example_higgs(tmp_path_factory):
+    """The package's Higgs-like example data (30k events, two files) with its files.txt/labels.txt/params.json."""
+    from mlaas4hep_lab.data import datasets
+
+    return datasets.higgs(tmp_path_factory.mktemp("higgs"), n_events=30_000, seed=7)

@@ -149,7 +149,6 @@ def detect_backend(model: Any) -> str:
     )
 
 
-
 def seed_frameworks(seed: int) -> list[str]:
     """Seed ``random``, numpy's global generator and every registered framework already imported.
 

@@ -16,6 +16,9 @@ see all events at once). ``save`` writes a joblib pickle (and a skops file when 
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
 import inspect
 import json
 import math
@@ -29,7 +32,8 @@ from mlaas4hep_lab import extras
 from mlaas4hep_lab.backends.base import Backend
 from mlaas4hep_lab.errors import ConfigError
 
-__all__ = ["SklearnBackend", "STRATEGIES", "DEFAULT_MAX_ACCUMULATE_BYTES"]
+__all__ = ["SklearnBackend", "STRATEGIES", "DEFAULT_MAX_ACCUMULATE_BYTES", "ONNX_INPUT", "ONNX_OUTPUT",
+           "export_scored_onnx", "onnx_with_score", "write_verified_onnx", "log_loss"]
 
 STRATEGIES = ("partial_fit", "warm_start", "fit")
 DEFAULT_MAX_ACCUMULATE_BYTES = 4 * 1024**3
@@ -37,8 +41,8 @@ _DEFAULT_N_CHUNKS = 10          # when the trainer does not say how many chunks 
 _LOSS_SAMPLE = 10_000           # the training loss is measured on at most this many events
 _PROBE_ROWS = 512               # training rows kept to verify an ONNX export against the estimator
 _ONNX_TOLERANCE = 1e-4
-_ONNX_INPUT = "input"
-_ONNX_OUTPUT = "score"
+ONNX_INPUT = "features"
+ONNX_OUTPUT = "score"
 
 
 def _human_bytes(n: float) -> str:
@@ -154,11 +158,11 @@ class SklearnBackend(Backend):
             return f"{steps[-1][0]}__sample_weight"  # Pipeline routes step__param to the step
         return None
 
-    def _weights_ignored(self, weight: np.ndarray | None, supported: bool) -> bool:
+    def _weights_ignored(self, weight: np.ndarray | None, supported: bool, method: str = "fit") -> bool:
         if weight is None or supported:
             return False
         if not self._warned_weights:
-            warnings.warn(f"{self.estimator_name}.fit does not accept sample_weight: the event weights are "
+            warnings.warn(f"{self.estimator_name}.{method} does not accept sample_weight: the event weights are "
                           f"ignored in training (they still weight the reported loss)", UserWarning, stacklevel=3)
             self._warned_weights = True
         return True
@@ -205,7 +209,7 @@ class SklearnBackend(Backend):
 
     def _partial_fit_chunk(self, X, y, weight, *, epochs: int, batch_size: int) -> dict[str, float]:
         use_weight = self._partial_weight and weight is not None
-        self._weights_ignored(weight, self._partial_weight)
+        self._weights_ignored(weight, self._partial_weight, "partial_fit")
         n = len(X)
         calls = 0
         for _ in range(epochs):
@@ -348,6 +352,7 @@ class SklearnBackend(Backend):
     def load(cls, directory: Path, n_features: int, options: dict[str, Any] | None = None) -> SklearnBackend:
         """Load what :meth:`save` wrote. With ``options["safe_load"]`` the skops file is read and types
         outside skops' trusted set are refused; otherwise the joblib pickle is read (it runs code)."""
+        extras.sklearn()  # unpickling imports it anyway: fail first with the install hint
         directory = Path(directory)
         options = dict(options or {})
         meta_path = directory / "sklearn.json"
@@ -372,7 +377,7 @@ class SklearnBackend(Backend):
         return backend
 
     def export(self, directory: Path) -> dict[str, Any]:
-        """ONNX through skl2onnx (input ``input`` float32[N, n_features], output ``score`` float32[N]),
+        """ONNX through skl2onnx (input ``features`` float32[N, n_features], output ``score`` float32[N]),
         checked against :meth:`predict` with onnxruntime; ``{"format": None, "reason": ...}`` otherwise."""
         if not self.fitted:
             return {"format": None, "reason": f"{self.estimator_name} is not trained yet"}
@@ -385,10 +390,10 @@ class SklearnBackend(Backend):
         final = _final_step(self.model)
         options = {id(final): {"zipmap": False}} if self._is_classifier else None
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _int_missing_flags():
                 warnings.simplefilter("ignore")
                 onx = skl2onnx.to_onnx(
-                    self.model, initial_types=[(_ONNX_INPUT, data_types.FloatTensorType([None, self.n_features]))],
+                    self.model, initial_types=[(ONNX_INPUT, data_types.FloatTensorType([None, self.n_features]))],
                     options=options)
         except Exception as err:  # any converter failure means: no export for this estimator
             cause = err.__cause__ or err  # skl2onnx wraps the real error in a message dumping the tree
@@ -400,10 +405,10 @@ class SklearnBackend(Backend):
             decision = not hasattr(self.model, "predict_proba")
             classes = list(getattr(self.model, "classes_", [0, 1]))
             column = classes.index(1) if 1 in classes else 1
-            return export_scored_onnx(onx, "probabilities", columns=(column, 1 - column) if decision else (column,),
-                                      sigmoid=decision, predict=self.predict, X=self._probe_rows(),
-                                      directory=directory, what=self.estimator_name)
-        return export_scored_onnx(onx, onx.graph.output[0].name, columns=(None,), sigmoid=False, clip=True,
+            variants = ((column, True), (1 - column, True)) if decision else ((column, False),)
+            return export_scored_onnx(onx, "probabilities", variants=variants, predict=self.predict,
+                                      X=self._probe_rows(), directory=directory, what=self.estimator_name)
+        return export_scored_onnx(onx, onx.graph.output[0].name, variants=((None, False),), clip=True,
                                   predict=self.predict, X=self._probe_rows(), directory=directory,
                                   what=self.estimator_name)
 
@@ -411,6 +416,35 @@ class SklearnBackend(Backend):
         rng = np.random.default_rng(0)
         random_rows = rng.uniform(-0.5, 1.5, size=(256, self.n_features)).astype(np.float32)
         return random_rows if self._probe is None else np.concatenate([self._probe, random_rows])
+
+
+@contextlib.contextmanager
+def _int_missing_flags():
+    """skl2onnx 1.20 gives a leaf of a HistGradientBoosting tree the missing-value flag ``False`` (a Python
+    bool), which protobuf 7 refuses in an integer-list attribute, so the conversion fails. During the
+    conversion the flag is handed over as an int (0/1, what ONNX means by it); the export is verified
+    against the estimator afterwards in any case."""
+    try:
+        module = importlib.import_module("skl2onnx.common.tree_ensemble")
+    except ImportError:
+        yield
+        return
+    original = getattr(module, "add_node", None)
+    if original is None:
+        yield
+        return
+
+    @functools.wraps(original)
+    def add_node(*args: Any, **kwargs: Any) -> Any:
+        if "nodes_missing_value_tracks_true" in kwargs:
+            kwargs["nodes_missing_value_tracks_true"] = int(kwargs["nodes_missing_value_tracks_true"])
+        return original(*args, **kwargs)
+
+    module.add_node = add_node
+    try:
+        yield
+    finally:
+        module.add_node = original
 
 
 def _params_of(method: Any) -> set[str]:
@@ -432,7 +466,7 @@ def _rename_tensor(graph: Any, old: str, new: str) -> None:
 
 
 def onnx_with_score(model: Any, source: str, *, column: int | None, sigmoid: bool, clip: bool = False) -> Any:
-    """A copy of an ONNX model with an added output ``score`` float32[N]: column ``column`` of output
+    """A copy of an ONNX model whose only output is ``score`` float32[N]: column ``column`` of the tensor
     ``source`` (or ``source`` flattened), through a sigmoid when ``sigmoid``, clipped to [0, 1] when ``clip``."""
     onnx = extras.onnx()
     helper, tp = onnx.helper, onnx.TensorProto
@@ -440,8 +474,8 @@ def onnx_with_score(model: Any, source: str, *, column: int | None, sigmoid: boo
     out.CopyFrom(model)
     graph = out.graph
     used = {name for node in graph.node for name in (*node.input, *node.output)}
-    if _ONNX_OUTPUT in used and _ONNX_OUTPUT != source:  # an internal tensor already has the name
-        _rename_tensor(graph, _ONNX_OUTPUT, "mlaas4hep_internal_score")
+    if ONNX_OUTPUT in used and ONNX_OUTPUT != source:  # an internal tensor already has the name
+        _rename_tensor(graph, ONNX_OUTPUT, "mlaas4hep_internal_score")
     nodes, current = [], source
     if column is not None:
         graph.initializer.append(helper.make_tensor("mlaas4hep_column", tp.INT64, [], [int(column)]))
@@ -459,19 +493,22 @@ def onnx_with_score(model: Any, source: str, *, column: int | None, sigmoid: boo
                                   helper.make_tensor("mlaas4hep_hi", tp.FLOAT, [], [1.0])])
         nodes.append(helper.make_node("Clip", [current, "mlaas4hep_lo", "mlaas4hep_hi"], ["mlaas4hep_clipped"]))
         current = "mlaas4hep_clipped"
-    nodes.append(helper.make_node("Identity", [current], [_ONNX_OUTPUT]))
+    nodes.append(helper.make_node("Identity", [current], [ONNX_OUTPUT]))
     graph.node.extend(nodes)
-    graph.output.append(helper.make_tensor_value_info(_ONNX_OUTPUT, tp.FLOAT, [None]))
+    # one output, as the Keras and torch exports have: the converter's label/probabilities go
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(ONNX_OUTPUT, tp.FLOAT, [None]))
     return out
 
 
-def export_scored_onnx(model: Any, source: str, *, columns: tuple[int | None, ...], sigmoid: bool,
+def export_scored_onnx(model: Any, source: str, *, variants: tuple[tuple[int | None, bool], ...],
                        predict: Any, X: np.ndarray, directory: Path, what: str, clip: bool = False
                        ) -> dict[str, Any]:
-    """Add the ``score`` output (trying each of ``columns`` in turn), check it against ``predict(X)``
-    with onnxruntime and write ``directory/model.onnx`` only when they agree within 1e-4."""
+    """Add the ``score`` output, trying each ``(column, sigmoid)`` variant in turn (converters differ
+    in which column holds class 1 and whether a link function is applied), check it against
+    ``predict(X)`` with onnxruntime and write ``directory/model.onnx`` only when they agree within 1e-4."""
     result: dict[str, Any] = {"format": None, "reason": f"no ONNX export for {what}"}
-    for column in columns:
+    for column, sigmoid in variants:
         scored = onnx_with_score(model, source, column=column, sigmoid=sigmoid, clip=clip)
         result = write_verified_onnx(scored, predict, X, directory, what)
         if result["format"] is not None:
@@ -486,7 +523,7 @@ def write_verified_onnx(model: Any, predict: Any, X: np.ndarray, directory: Path
     payload = model.SerializeToString()
     try:
         session = ort.InferenceSession(payload, providers=["CPUExecutionProvider"])
-        got = session.run([_ONNX_OUTPUT], {_ONNX_INPUT: X})[0]
+        got = session.run([ONNX_OUTPUT], {ONNX_INPUT: X})[0]
     except Exception as err:
         return {"format": None, "reason": f"the ONNX export of {what} does not run in onnxruntime: "
                                           f"{type(err).__name__}: {str(err)[:300]}"}
@@ -498,5 +535,5 @@ def write_verified_onnx(model: Any, predict: Any, X: np.ndarray, directory: Path
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "model.onnx"
     path.write_bytes(payload)
-    return {"format": "onnx", "path": str(path), "input": _ONNX_INPUT, "output": _ONNX_OUTPUT,
+    return {"format": "onnx", "path": str(path), "input": ONNX_INPUT, "output": ONNX_OUTPUT,
             "max_abs_diff": diff}

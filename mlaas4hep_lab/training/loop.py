@@ -214,7 +214,8 @@ class Trainer:
                 train = chunk.subset("train")
                 fit_metrics: dict[str, float] = {}
                 if len(train):
-                    fit_metrics = self.backend.fit_chunk(train.X, train.y, train.weight, epochs=per_chunk,
+                    fit_metrics = self.backend.fit_chunk(train.X, train.y, self._train_weight(train.y, train.weight),
+                                                         epochs=per_chunk,
                                                          batch_size=self.params.batch_size)
                     self.events_seen += len(train) * per_chunk
                 metrics = dict(fit_metrics, **self._train_metrics(train), **self._validate(chunk.subset("validation")))
@@ -234,7 +235,7 @@ class Trainer:
         y = np.concatenate([p.y for p in parts]) if parts else np.zeros(0, np.float32)
         w = np.concatenate([p.weight for p in parts]) if parts and parts[0].weight is not None else None
         del parts
-        fit_metrics = self.backend.fit_all(X, y, w)
+        fit_metrics = self.backend.fit_all(X, y, self._train_weight(y, w))
         self.events_seen += len(y)
         del X, y, w
         metrics = dict(fit_metrics, **self._validate_pass())
@@ -248,7 +249,7 @@ class Trainer:
                 if len(part):
                     if split == "train":
                         self.events_seen += len(part)
-                    yield part.X, part.y, part.weight
+                    yield part.X, part.y, self._train_weight(part.y, part.weight)
         return factory
 
     def _run_stream(self) -> None:
@@ -265,6 +266,20 @@ class Trainer:
                                               epochs=passes, batch_size=self.params.batch_size, on_round=on_round)
         self._check_stop()
         self._event("epoch", epoch=0, metrics=dict(fit_metrics or {}))
+
+    def _train_weight(self, y: np.ndarray, weight: np.ndarray | None) -> np.ndarray | None:
+        """Physics weights rescaled per label to a mean of 1 (params ``balance_weights``): the Higgs
+        challenge's signal weights are ~1000x smaller than background ones, and a loss weighted by them
+        would learn to call everything background. Evaluation (AUC, AMS) keeps the raw weights."""
+        if weight is None or not self.params.balance_weights:
+            return weight
+        out = weight.astype(np.float32, copy=True)
+        for label in np.unique(y):
+            sel = y == label
+            mean = float(np.mean(np.abs(out[sel])))
+            if mean > 0:
+                out[sel] /= mean
+        return out
 
     # -- metrics ----------------------------------------------------------------------------------
     def _train_metrics(self, train: Chunk) -> dict[str, float]:

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlaas4hep_lab.backends.base import detect_backend
-from mlaas4hep_lab.errors import ConfigError, InputFileError
+from mlaas4hep_lab.backends.base import detect_backend, seed_frameworks
+from mlaas4hep_lab.errors import ConfigError, InputFileError, MissingExtraError
 
 __all__ = ["UserModel", "load_model_file", "TEMPLATES", "template_path"]
 
@@ -60,6 +60,17 @@ def _import(path: Path):
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)  # the user's own model file, run as a module by design
+    except ImportError as err:
+        top = (err.name or "").split(".")[0]
+        from mlaas4hep_lab import extras
+
+        if top in extras.HINTS:
+            try:
+                extras.require(top)
+            except MissingExtraError as missing:
+                raise MissingExtraError(f"{path} needs {top}: {missing}") from err
+        raise ConfigError(f"{path}: importing it raised {type(err).__name__}: {err}\n{_where(err, path)}",
+                          key="model") from err
     except SyntaxError as err:
         raise ConfigError(f"{path}: syntax error at line {err.lineno}: {err.msg}", key="model") from None
     except Exception as err:
@@ -73,7 +84,7 @@ def _where(err: BaseException, path: Path) -> str:
     return "\n".join(f"  {path.name}, line {f.lineno}: {f.line}" for f in frames[-3:])
 
 
-def load_model_file(path: str | Path, idim: int) -> UserModel:
+def load_model_file(path: str | Path, idim: int, seed: int | None = None) -> UserModel:
     """Import ``path``, call its ``model(idim)`` (or ``model()``), detect the backend.
 
     Example::
@@ -93,6 +104,8 @@ def load_model_file(path: str | Path, idim: int) -> UserModel:
             f"{path} defines no function `model`; it must define `def model(idim)` returning the model "
             f"(callables found: {', '.join(defined) or 'none'})", key="model",
         )
+    if seed is not None:  # weights are initialised inside model(idim): seed before calling it
+        seed_frameworks(seed)
     try:
         params = inspect.signature(factory).parameters
         obj = factory(idim) if len(params) >= 1 else factory()

@@ -66,7 +66,7 @@ def train(inputs: Inputs, specs: Specs, model: str | Path, fout: str | Path, *, 
     """Train the model of ``model`` (a model.py path) and write the bundle to ``fout/bundle``."""
     fout = Path(fout)
     fout.mkdir(parents=True, exist_ok=True)
-    user_model = load_model_file(model, specs.n_features)
+    user_model = load_model_file(model, specs.n_features, seed=inputs.params.seed)
     bus = bus or EventBus()
     unsubscribe = [bus.subscribe(JsonlLog(fout / "metrics.jsonl", append=resume))]
     show = inputs.params.verbose > 0 if progress is None else progress

@@ -1,0 +1,298 @@
+"""Keras 3 adapter: the original MLaaS4HEP contract (``def model(idim)`` returns a compiled Keras model).
+
+Keras (and TensorFlow under it) is imported on first use through :mod:`mlaas4hep_lab.extras`.
+
+How the model's output becomes a signal score (one rule, shared by :meth:`KerasBackend.predict` and both
+exports):
+
+* one unit (``Dense(1, activation="sigmoid")``): the unit's value;
+* two units (``Dense(2, activation="softmax")``): the second column, P(label 1);
+* a loss compiled with ``from_logits=True`` means the outputs are logits: a sigmoid (one unit) or a
+  softmax (two units) is applied first.
+
+Exports (:meth:`KerasBackend.export`): a TF SavedModel whose ``serve`` endpoint (also the
+``serving_default`` signature) takes ``features: float32[n, n_features]`` and returns the score
+``float32[n]``, and the same function as ``model.onnx`` (input ``features``, output ``score``) when
+tf2onnx is installed. Each is checked against :meth:`predict` before it is reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlaas4hep_lab import extras
+from mlaas4hep_lab.backends.base import Backend
+from mlaas4hep_lab.errors import ConfigError
+
+__all__ = ["KerasBackend"]
+
+_MODEL_FILE = "model.keras"
+_SAVEDMODEL_DIR = "saved_model"
+_ONNX_FILE = "model.onnx"
+_EXPORT_TOLERANCE = 1e-5
+_PREDICT_BATCH = 8192
+# model.fit arguments the backend sets itself; fit_options from model.py may add others (callbacks, ...)
+_OWN_FIT_ARGS = ("x", "y", "sample_weight", "epochs", "batch_size")
+
+
+class KerasBackend(Backend):
+    """Adapter for a compiled Keras 3 model (``mode = "batches"``: ``model.fit`` on each chunk).
+
+    Options used: ``seed`` (``keras.utils.set_random_seed``: dropout, shuffling), ``fit_options`` (a dict
+    from model.py passed on to ``model.fit``, e.g. ``{"class_weight": {0: 1.0, 1: 5.0}}``),
+    ``predict_batch_size`` (default 8192), ``custom_objects`` (for :meth:`load` of models with custom
+    layers).
+    """
+
+    name = "keras"
+    extra = "keras"
+    mode = "batches"
+
+    def __init__(self, model: Any, n_features: int, options: dict[str, Any] | None = None):
+        super().__init__(model, n_features, options)
+        fit_options = self.options.get("fit_options") or {}
+        if not isinstance(fit_options, dict):
+            raise ConfigError(f"fit_options in model.py must be a dict, not {type(fit_options).__name__}",
+                              key="fit_options")
+        clash = sorted(set(fit_options) & set(_OWN_FIT_ARGS))
+        if clash:
+            raise ConfigError(f"fit_options may not set {', '.join(clash)}: the training loop sets them "
+                              f"(epochs and batch_size come from params.json)", key="fit_options")
+        self._fit_options = fit_options
+        if self.options.get("seed") is not None:
+            self.seed(int(self.options["seed"]))
+
+    # -- detection ----------------------------------------------------------------------------------
+    @classmethod
+    def accepts(cls, model: Any) -> bool:
+        if (type(model).__module__.split(".")[0] not in ("keras", "tensorflow", "tf_keras")
+                and sys.modules.get("keras") is None):
+            return False  # a Keras model, even a user's subclass, needs keras imported
+        return isinstance(model, extras.keras().Model)
+
+    @classmethod
+    def seed(cls, seed: int) -> None:
+        extras.keras().utils.set_random_seed(int(seed) % 2**32)
+
+    # -- training -----------------------------------------------------------------------------------
+    def fit_chunk(self, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None, *, epochs: int,
+                  batch_size: int) -> dict[str, float]:
+        """``model.fit`` on one chunk; returns the last epoch's mean loss and compiled metrics."""
+        if not getattr(self.model, "compiled", False) or getattr(self.model, "optimizer", None) is None:
+            raise ConfigError(
+                "model(idim) returned a Keras model that is not compiled; call "
+                "model.compile(optimizer=keras.optimizers.Adam(1e-3), loss='binary_crossentropy', "
+                "metrics=['accuracy']) before returning it", key="model")
+        X, y = self._inputs(X), np.ascontiguousarray(y, dtype=np.float32).reshape(-1)
+        if len(X) == 0:
+            return {"loss": float("nan")}
+        if weight is not None:
+            weight = np.ascontiguousarray(weight, dtype=np.float32).reshape(-1)
+        # numpy float32 arrays of a fixed feature width: the traced train function is reused across chunks
+        kwargs = {"verbose": 0, "shuffle": True, **self._fit_options}
+        history = self.model.fit(X, y, sample_weight=weight, epochs=int(epochs), batch_size=int(batch_size),
+                                 **kwargs)
+        metrics = {name: float(values[-1]) for name, values in history.history.items() if values}
+        metrics.setdefault("loss", float("nan"))  # epochs=0
+        return metrics
+
+    # -- inference ----------------------------------------------------------------------------------
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        X = self._inputs(X)
+        if len(X) == 0:
+            return np.zeros(0, dtype=np.float32)
+        batch = int(self.options.get("predict_batch_size") or _PREDICT_BATCH)
+        out = np.asarray(self.model.predict(X, batch_size=batch, verbose=0))
+        return np.clip(self._score_numpy(out), 0.0, 1.0).astype(np.float32, copy=False)
+
+    def _inputs(self, X: np.ndarray) -> np.ndarray:
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"expected features of shape (n, {self.n_features}), got {X.shape}")
+        return X
+
+    def _from_logits(self) -> bool:
+        loss = getattr(self.model, "loss", None)
+        get_config = getattr(loss, "get_config", None)
+        if callable(get_config):
+            with contextlib.suppress(Exception):
+                return bool(get_config().get("from_logits", False))
+        return False
+
+    def _check_width(self, width: int | None) -> None:
+        if width not in (1, 2):
+            raise ConfigError(
+                f"the Keras model has {width} outputs per event; a binary classifier needs one (sigmoid) "
+                f"or two (softmax, column 1 = signal)", key="model")
+
+    def _score_numpy(self, out: np.ndarray) -> np.ndarray:
+        out = out.reshape(len(out), -1)
+        self._check_width(out.shape[1])
+        if self._from_logits():
+            if out.shape[1] == 1:
+                return 1.0 / (1.0 + np.exp(-out[:, 0].astype(np.float64)))
+            shifted = out - out.max(axis=1, keepdims=True)
+            e = np.exp(shifted.astype(np.float64))
+            return e[:, 1] / e.sum(axis=1)
+        return out[:, 0] if out.shape[1] == 1 else out[:, 1]
+
+    def _score_model(self):
+        """A functional Keras model ``features -> score float32[n]`` wrapping the user's model (for export)."""
+        keras = extras.keras()
+        ops = keras.ops
+        width = int(np.prod(np.shape(self.model(np.zeros((1, self.n_features), np.float32), training=False))[1:]))
+        self._check_width(width)
+        from_logits = self._from_logits()
+
+        def score(t):
+            t = ops.reshape(t, (-1, width))
+            if from_logits:
+                t = ops.sigmoid(t) if width == 1 else ops.softmax(t, axis=-1)
+            return t[:, 0] if width == 1 else t[:, 1]
+
+        inp = keras.Input((self.n_features,), name="features", dtype="float32")
+        out = keras.layers.Lambda(score, name="score")(self.model(inp, training=False))
+        return keras.Model(inp, out, name="mlaas4hep_score")
+
+    # -- persistence --------------------------------------------------------------------------------
+    def save(self, directory: Path) -> dict[str, Any]:
+        """Write ``model.keras`` (architecture, weights, compile settings and optimizer state)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            with warnings.catch_warnings():  # Keras' own numpy-2 copy-keyword notice, nothing to act on
+                warnings.filterwarnings("ignore", message=".*copy keyword", category=DeprecationWarning)
+                self.model.save(directory / _MODEL_FILE)
+        except Exception as err:
+            raise ConfigError(
+                f"cannot save the Keras model to {directory / _MODEL_FILE}: {type(err).__name__}: {err}. "
+                f"Custom layers must be registered with @keras.saving.register_keras_serializable() and "
+                f"implement get_config()", key="model") from err
+        return {"format": "keras", "files": [_MODEL_FILE]}
+
+    @classmethod
+    def load(cls, directory: Path, n_features: int, options: dict[str, Any] | None = None) -> KerasBackend:
+        keras = extras.keras()
+        path = Path(directory) / _MODEL_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no Keras model in {directory}: {_MODEL_FILE} is missing")
+        custom = (options or {}).get("custom_objects")
+        model = keras.models.load_model(path, custom_objects=custom, compile=True)
+        return cls(model, n_features, options)
+
+    # -- export -------------------------------------------------------------------------------------
+    def export(self, directory: Path) -> dict[str, Any]:
+        """Write ``saved_model/`` (format ``"tf-savedmodel"``) and, when tf2onnx is installed, ``model.onnx``.
+
+        Returns ``{"format", "path", "input", "output", "exports": [...], "failed": [...]}``: the first
+        working export is the main one; ``exports`` lists every one that works (with ``max_abs_diff``
+        against :meth:`predict`), ``failed`` the others with their reason. ``{"format": None, "reason"}``
+        when none works.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = _probe(self.n_features)
+        expected = self.predict(probe)
+        try:
+            wrapper = self._score_model()
+        except Exception as err:
+            return {"format": None, "reason": f"cannot wrap the model for export: {type(err).__name__}: {err}"}
+        exports, failed = [], []
+        for fmt, target, write, run in (
+            ("tf-savedmodel", directory / _SAVEDMODEL_DIR, _write_savedmodel, _run_savedmodel),
+            ("onnx", directory / _ONNX_FILE, _write_onnx, _run_onnx),
+        ):
+            try:
+                write(wrapper, target)
+                got = run(target, probe)
+                diff = float(np.max(np.abs(got.reshape(-1) - expected))) if len(expected) else 0.0
+                if not diff <= _EXPORT_TOLERANCE:
+                    raise ValueError(f"its scores differ from predict() by up to {diff:.3g} "
+                                     f"(tolerance {_EXPORT_TOLERANCE})")
+                exports.append({"format": fmt, "path": str(target), "input": "features", "output": "score",
+                                "max_abs_diff": diff})
+            except Exception as err:
+                _remove(target)
+                failed.append({"format": fmt, "reason": f"{type(err).__name__}: {err}"})
+        if not exports:
+            reasons = "; ".join(f"{f['format']}: {f['reason']}" for f in failed)
+            return {"format": None, "reason": f"no working export ({reasons})", "failed": failed}
+        return {**exports[0], "exports": exports, "failed": failed}
+
+
+def _probe(n_features: int) -> np.ndarray:
+    """Deterministic inputs on which an export is compared with predict()."""
+    rng = np.random.default_rng(12345)
+    return np.concatenate([rng.uniform(0.0, 1.0, (200, n_features)),
+                           rng.normal(0.0, 2.0, (57, n_features))]).astype(np.float32)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the converters' progress logging and numpy-2 deprecation chatter."""
+    loggers = [logging.getLogger(n) for n in ("tf2onnx", "tensorflow", "absl")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _write_savedmodel(wrapper, target: Path) -> None:
+    _remove(target)
+    with _quiet():
+        wrapper.export(str(target), format="tf_saved_model", verbose=False)
+
+
+def _run_savedmodel(target: Path, X: np.ndarray) -> np.ndarray:
+    tf = extras.tensorflow()
+    loaded = tf.saved_model.load(str(target))
+    return np.asarray(loaded.serve(tf.constant(X)))
+
+
+def _write_onnx(wrapper, target: Path) -> None:
+    _remove(target)
+    extras.require("tf2onnx")  # Keras converts through tf2onnx; say which package is missing
+    with _quiet():
+        wrapper.export(str(target), format="onnx", verbose=False)
+    onnx = extras.onnx()
+    graph_model = onnx.load(str(target))
+    _rename_output(graph_model.graph, "score")
+    onnx.save(graph_model, str(target))
+
+
+def _rename_output(graph, new: str) -> None:
+    """Give the single graph output a stable name (tf2onnx calls it ``Identity:0``)."""
+    old = graph.output[0].name
+    if old == new:
+        return
+    for node in graph.node:
+        node.output[:] = [new if o == old else o for o in node.output]
+        node.input[:] = [new if i == old else i for i in node.input]
+    graph.output[0].name = new
+
+
+def _run_onnx(target: Path, X: np.ndarray) -> np.ndarray:
+    ort = extras.onnxruntime()
+    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(["score"], {"features": X})[0])

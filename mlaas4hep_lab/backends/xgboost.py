@@ -1,0 +1,398 @@
+"""XGBoost adapter: one model trained over the whole stream, never refitted per chunk.
+
+The chunk stream reaches XGBoost through an ``xgboost.DataIter`` whose ``next`` pulls the next chunk from
+the :data:`~mlaas4hep_lab.backends.base.ChunkSource` iterator and whose ``reset`` starts a new pass.
+``xgboost.QuantileDMatrix`` sketches the feature quantiles over a few passes and keeps only the binned
+matrix (one byte per value), so the float events are never all in memory at once; with
+``options["external_memory"]`` an ``ExtMemQuantileDMatrix`` keeps even the bins on disk.
+
+model.py returns an ``xgboost.XGBClassifier`` (or an ``XGBRegressor`` with a logistic objective) or a dict
+of booster parameters (``n_estimators`` / ``num_boost_round`` and ``early_stopping_rounds`` allowed in it).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlaas4hep_lab import extras
+from mlaas4hep_lab.backends.base import Backend, ChunkSource
+from mlaas4hep_lab.backends.sklearn import ONNX_INPUT, export_scored_onnx
+from mlaas4hep_lab.errors import ConfigError
+
+__all__ = ["XGBoostBackend"]
+
+_OBJECTIVES = ("binary:logistic", "reg:logistic", "binary:logitraw")
+_DEFAULT_ROUNDS = 100
+_PROBE_ROWS = 512
+# keys that mark a plain dict as XGBoost booster parameters
+_PARAM_KEYS = {"objective", "booster", "eta", "learning_rate", "max_depth", "n_estimators", "num_boost_round",
+               "tree_method", "max_bin", "min_child_weight", "subsample", "colsample_bytree", "gamma",
+               "reg_lambda", "lambda", "reg_alpha", "alpha", "eval_metric", "scale_pos_weight"}
+
+
+@functools.cache
+def _iterator_class() -> type:
+    """The DataIter subclass, defined on first use so that xgboost is imported only then."""
+    xgb = extras.xgboost()
+
+    class ChunkIter(xgb.DataIter):
+        """Feeds XGBoost one chunk per ``next``; ``reset`` starts a new pass over the ChunkSource."""
+
+        def __init__(self, source: ChunkSource, n_features: int, what: str, *, cache_prefix: str | None = None,
+                     probe: Callable[[np.ndarray], None] | None = None):
+            self._source, self._n_features, self._what = source, n_features, what
+            self._iterator = None
+            self._weighted: bool | None = None
+            self._probe = probe
+            self.n_next = self.n_reset = self.passes = 0
+            self.events_last_pass = self._events = 0
+            super().__init__(cache_prefix=cache_prefix, release_data=True)
+
+        def next(self, input_data: Callable[..., None]) -> bool:
+            self.n_next += 1
+            if self._iterator is None:
+                self._iterator = iter(self._source())
+                self.passes += 1
+                self._events = 0
+            for X, y, weight in self._iterator:
+                if len(X) == 0:
+                    continue
+                X = np.asarray(X, dtype=np.float32)
+                if X.ndim != 2 or X.shape[1] != self._n_features:
+                    raise ConfigError(f"XGBoost {self._what} stream: expected events x {self._n_features} "
+                                      f"features, got a chunk of shape {X.shape}", key="features")
+                input_data(data=X, label=np.asarray(y, dtype=np.float32).reshape(-1),
+                           weight=self._weight(weight, len(X)))
+                if self._probe is not None:
+                    self._probe(X)
+                self._events += len(X)
+                return True
+            self.events_last_pass = self._events
+            return False
+
+        def _weight(self, weight: np.ndarray | None, n: int) -> np.ndarray | None:
+            if self._weighted is None:
+                self._weighted = weight is not None
+            if weight is None:
+                return np.ones(n, dtype=np.float32) if self._weighted else None
+            if not self._weighted:
+                raise ConfigError(f"XGBoost {self._what} stream: event weights appeared after chunks without "
+                                  f"them; give weights for every chunk or for none", key="weight")
+            return np.asarray(weight, dtype=np.float32).reshape(-1)
+
+        def reset(self) -> None:
+            self.n_reset += 1
+            self._iterator = None
+
+        @property
+        def stats(self) -> dict[str, int]:
+            return {"passes": self.passes, "next": self.n_next, "reset": self.n_reset,
+                    "events": self.events_last_pass}
+
+    return ChunkIter
+
+
+def _round_callback(on_round: Callable[[dict[str, float]], bool | None] | None, history: list[dict[str, float]]):
+    xgb = extras.xgboost()
+
+    class RoundCallback(xgb.callback.TrainingCallback):
+        """After each boosting round: record the metrics, hand them to ``on_round``, stop when it says so."""
+
+        def after_iteration(self, model: Any, epoch: int, evals_log: dict[str, dict[str, list]]) -> bool:
+            metrics: dict[str, float] = {"round": float(epoch + 1)}
+            for data_name, by_metric in evals_log.items():
+                for metric, values in by_metric.items():
+                    value = values[-1]
+                    metrics[f"{data_name}_{metric}"] = float(value[0] if isinstance(value, tuple) else value)
+            if "train_logloss" in metrics:
+                metrics["loss"] = metrics["train_logloss"]
+            if "validation_logloss" in metrics:
+                metrics["val_loss"] = metrics["validation_logloss"]
+            history.append(metrics)
+            return bool(on_round(dict(metrics))) if on_round is not None else False
+
+    return RoundCallback()
+
+
+def _json_safe(params: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            continue  # e.g. missing=nan, the default anyway
+        if value is None or isinstance(value, (str, int, float, bool)):
+            out[key] = value
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float, bool)) for v in value):
+            out[key] = list(value)
+    return out
+
+
+class XGBoostBackend(Backend):
+    """Adapter for XGBoost (mode ``"stream"``: :meth:`fit_stream` trains over the whole stream).
+
+    Options read (from params or model.py's ``fit_options``): ``seed``, ``early_stopping_rounds``,
+    ``n_estimators`` (overrides the model's), ``external_memory`` (bool), ``cache_dir`` (for the external
+    memory pages; a temporary folder by default, removed after training), ``eval_train`` (default True:
+    report training metrics each round).
+    """
+
+    name = "xgboost"
+    extra = "xgboost"
+    mode = "stream"
+
+    def __init__(self, model: Any, n_features: int, options: dict[str, Any] | None = None):
+        super().__init__(model, n_features, options)
+        self.params, self.n_estimators, self.early_stopping_rounds = self._read_params(model)
+        self._missing = self.params.pop("missing", None)  # a DMatrix setting, not a booster parameter
+        self.booster: Any = None
+        self.history: list[dict[str, float]] = []
+        self.stream_stats: dict[str, dict[str, int]] = {}
+        self.best_iteration: int | None = None
+        self._probe: np.ndarray | None = None
+
+    def _opt(self, key: str, default: Any) -> Any:
+        if key in self.options:
+            return self.options[key]
+        return (self.options.get("fit_options") or {}).get(key, default)
+
+    @classmethod
+    def accepts(cls, model: Any) -> bool:
+        if isinstance(model, dict):
+            return bool(_PARAM_KEYS & set(model)) and all(isinstance(k, str) for k in model)
+        if type(model).__module__.split(".")[0] != "xgboost":
+            return False
+        return hasattr(model, "get_xgb_params")
+
+    def _read_params(self, model: Any) -> tuple[dict[str, Any], int, int | None]:
+        if isinstance(model, dict):
+            params = dict(model)
+            rounds = params.pop("n_estimators", None)
+            rounds = params.pop("num_boost_round", rounds)
+            stopping = params.pop("early_stopping_rounds", None)
+        else:
+            params = {k: v for k, v in model.get_xgb_params().items() if v is not None}
+            rounds = getattr(model, "n_estimators", None)
+            stopping = getattr(model, "early_stopping_rounds", None)
+            missing = getattr(model, "missing", np.nan)
+            if missing is not None and not (isinstance(missing, float) and math.isnan(missing)):
+                params["missing"] = missing
+        rounds = self._opt("n_estimators", rounds)
+        stopping = self._opt("early_stopping_rounds", stopping)
+        params.setdefault("objective", "binary:logistic")
+        if params["objective"] not in _OBJECTIVES:
+            raise ConfigError(
+                f"XGBoost objective {params['objective']!r} does not give a signal probability; use "
+                f"XGBClassifier (objective 'binary:logistic') or XGBRegressor(objective='reg:logistic')",
+                key="objective")
+        if params.get("tree_method", "hist") not in ("hist", "auto"):
+            warnings.warn(f"tree_method {params['tree_method']!r} replaced by 'hist': training over a "
+                          f"stream needs the quantile (hist) method", UserWarning, stacklevel=3)
+        params["tree_method"] = "hist"
+        seed = self._opt("seed", None)
+        if seed is not None and "random_state" not in params and "seed" not in params:
+            params["seed"] = int(seed)
+        metrics = params.get("eval_metric") or ["logloss", "auc"]
+        params["eval_metric"] = [metrics] if isinstance(metrics, str) else list(metrics)
+        return params, int(rounds if rounds is not None else _DEFAULT_ROUNDS), \
+            (int(stopping) if stopping else None)
+
+    # -- training -------------------------------------------------------------------------------------
+    def fit_chunk(self, X, y, weight, *, epochs: int = 1, batch_size: int | None = None) -> dict[str, float]:
+        raise NotImplementedError(
+            "the xgboost backend trains one model over the whole stream (mode 'stream'): call fit_stream "
+            "with a ChunkSource; refitting per chunk would forget the previous chunks")
+
+    def fit_all(self, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None) -> dict[str, float]:
+        """Train on in-memory arrays (a stream of one chunk)."""
+        return self.fit_stream(lambda: iter([(X, y, weight)]), None, epochs=1, batch_size=len(X))
+
+    def _keep_probe(self, X: np.ndarray) -> None:
+        have = 0 if self._probe is None else len(self._probe)
+        if have < _PROBE_ROWS:
+            rows = np.array(X[: _PROBE_ROWS - have], dtype=np.float32)
+            self._probe = rows if self._probe is None else np.concatenate([self._probe, rows])
+
+    def fit_stream(self, train: ChunkSource, validation: ChunkSource | None = None, *, epochs: int = 1,
+                   batch_size: int | None = None,
+                   on_round: Callable[[dict[str, float]], bool | None] | None = None) -> dict[str, float]:
+        """Boost ``n_estimators`` rounds over the whole training stream (``epochs`` and ``batch_size`` do not
+        apply: each round already sees every event). ``on_round(metrics)`` is called after each round with
+        ``round``, ``train_logloss``/``train_auc``, ``validation_logloss``/``validation_auc`` (``loss`` and
+        ``val_loss`` as aliases) and stops training when it returns True. Early stopping (on the validation
+        logloss, keeping the best model) when ``early_stopping_rounds`` is set and a validation stream given."""
+        external = bool(self._opt("external_memory", False))
+        cache_root = None
+        if external:
+            cache_root = tempfile.mkdtemp(prefix="mlaas4hep-xgb-", dir=self._opt("cache_dir", None))
+        self.history = []
+        try:
+            n_events = self._train(train, validation, on_round, cache_root)
+        finally:
+            # the matrices (which own the page files) are gone once _train has returned
+            if cache_root is not None:
+                shutil.rmtree(cache_root, ignore_errors=True)
+        best = self.booster.attr("best_iteration")
+        self.best_iteration = int(best) if best is not None else None
+        result = dict(self.history[-1]) if self.history else {}
+        result.update({"rounds": float(self.booster.num_boosted_rounds()), "n_events": float(n_events)})
+        if self.best_iteration is not None:
+            result["best_iteration"] = float(self.best_iteration)
+        return result
+
+    def _train(self, train: ChunkSource, validation: ChunkSource | None,
+               on_round: Callable[[dict[str, float]], bool | None] | None, cache_root: str | None) -> int:
+        xgb = extras.xgboost()
+        ChunkIter = _iterator_class()
+        build = self._matrix_builder(xgb, external=cache_root is not None)
+
+        def prefix(name: str) -> str | None:
+            return None if cache_root is None else str(Path(cache_root) / name)
+
+        train_iter = ChunkIter(train, self.n_features, "training", probe=self._keep_probe,
+                               cache_prefix=prefix("train"))
+        dtrain = build(train_iter, None)
+        if train_iter.events_last_pass == 0:
+            raise ConfigError("XGBoost: the training stream is empty (no events in any chunk)", key="nevts")
+        evals = [(dtrain, "train")] if self._opt("eval_train", True) else []
+        val_iter = None
+        if validation is not None:
+            val_iter = ChunkIter(validation, self.n_features, "validation", cache_prefix=prefix("validation"))
+            dval = build(val_iter, dtrain)
+            if val_iter.events_last_pass:
+                evals.append((dval, "validation"))
+        callbacks = [_round_callback(on_round, self.history)]
+        if self.early_stopping_rounds:
+            if any(name == "validation" for _, name in evals):
+                metric = "logloss" if "logloss" in self.params["eval_metric"] else None
+                callbacks.append(xgb.callback.EarlyStopping(
+                    rounds=self.early_stopping_rounds, metric_name=metric, data_name="validation",
+                    save_best=True))
+            else:
+                warnings.warn("early_stopping_rounds is set but there is no validation stream: training "
+                              "runs all n_estimators rounds", UserWarning, stacklevel=3)
+        self.booster = xgb.train(self.params, dtrain, num_boost_round=self.n_estimators, evals=evals,
+                                 callbacks=callbacks, verbose_eval=False)
+        self.stream_stats = {"train": train_iter.stats}
+        if val_iter is not None:
+            self.stream_stats["validation"] = val_iter.stats
+        return train_iter.events_last_pass
+
+    def _matrix_builder(self, xgb: Any, external: bool) -> Callable[[Any, Any], Any]:
+        max_bin = int(self.params.get("max_bin", 256))
+        kwargs: dict[str, Any] = {"max_bin": max_bin}
+        if self._missing is not None:
+            kwargs["missing"] = self._missing
+
+        def build(iterator: Any, ref: Any) -> Any:
+            if external:
+                return xgb.ExtMemQuantileDMatrix(iterator, ref=ref, **kwargs)
+            return xgb.QuantileDMatrix(iterator, ref=ref, **kwargs)
+
+        return build
+
+    # -- inference ------------------------------------------------------------------------------------
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Signal score ``float32[n]`` from the Booster (``inplace_predict``; sigmoid for ``binary:logitraw``)."""
+        if self.booster is None:
+            raise RuntimeError("the XGBoost model is not trained yet: call fit_stream first")
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ConfigError(f"XGBoost: expected events x {self.n_features} features, got an array of shape "
+                              f"{X.shape}", key="features")
+        if len(X) == 0:
+            return np.zeros(0, dtype=np.float32)
+        kwargs = {"missing": self._missing} if self._missing is not None else {}
+        score = np.asarray(self.booster.inplace_predict(X, **kwargs), dtype=np.float64).reshape(-1)
+        if self.params["objective"] == "binary:logitraw":
+            score = 0.5 * (1.0 + np.tanh(0.5 * score))
+        return score.astype(np.float32)
+
+    # -- persistence ----------------------------------------------------------------------------------
+    def save(self, directory: Path) -> dict[str, Any]:
+        """``model.json`` (the Booster's own JSON) and ``xgboost.json`` (parameters, rounds, wrapper)."""
+        if self.booster is None:
+            raise RuntimeError("the XGBoost model is not trained yet: nothing to save")
+        xgb = extras.xgboost()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.booster.save_model(directory / "model.json")
+        wrapper = None if isinstance(self.model, dict) else type(self.model).__name__
+        meta = {
+            "backend": self.name, "xgboost_version": xgb.__version__, "n_features": self.n_features,
+            "params": _json_safe(self.params), "n_estimators": self.n_estimators,
+            "early_stopping_rounds": self.early_stopping_rounds, "best_iteration": self.best_iteration,
+            "rounds": self.booster.num_boosted_rounds(), "missing": self._missing,
+            "wrapper": wrapper,
+            "wrapper_params": None if wrapper is None else _json_safe(self.model.get_params()),
+        }
+        (directory / "xgboost.json").write_text(json.dumps(meta, indent=2))
+        return {"format": "xgboost-json", "files": ["model.json", "xgboost.json"]}
+
+    @classmethod
+    def load(cls, directory: Path, n_features: int, options: dict[str, Any] | None = None) -> XGBoostBackend:
+        xgb = extras.xgboost()
+        directory = Path(directory)
+        meta_path = directory / "xgboost.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        model: Any = dict(meta.get("params") or {"objective": "binary:logistic"})
+        model["n_estimators"] = meta.get("n_estimators", _DEFAULT_ROUNDS)
+        wrapper = meta.get("wrapper")
+        if wrapper and hasattr(xgb, wrapper):
+            model = getattr(xgb, wrapper)(**(meta.get("wrapper_params") or {}))
+        backend = cls(model, n_features, options)
+        backend.params = dict(meta.get("params") or backend.params)
+        backend._missing = meta.get("missing")
+        backend.booster = xgb.Booster()
+        backend.booster.load_model(directory / "model.json")
+        backend.best_iteration = meta.get("best_iteration")
+        return backend
+
+    def export(self, directory: Path) -> dict[str, Any]:
+        """ONNX through onnxmltools (input ``features`` float32[N, n_features], output ``score`` float32[N]),
+        checked against :meth:`predict` with onnxruntime; ``{"format": None, "reason": ...}`` otherwise."""
+        if self.booster is None:
+            return {"format": None, "reason": "the XGBoost model is not trained yet"}
+        try:
+            convert = extras.require("onnxmltools.convert")
+            data_types = extras.require("onnxmltools.convert.common.data_types")
+        except ImportError:
+            return {"format": None,
+                    "reason": "onnxmltools is not installed (pip install onnxmltools==1.16.0) -- no ONNX export"}
+        # onnxmltools 1.16 mistranslates reg:logistic (base_score left in probability space, no link):
+        # the same trees under binary:logistic predict exactly the same probabilities and convert well
+        # (binary:logitraw keeps base_score as a margin: it becomes the matching probability)
+        booster = self.booster.copy()
+        switch: dict[str, Any] = {"objective": "binary:logistic"}
+        if self.params["objective"] == "binary:logitraw":
+            config = json.loads(booster.save_config())["learner"]["learner_model_param"]
+            margin = float(str(config["base_score"]).strip("[]").split(",")[0])
+            switch["base_score"] = 1.0 / (1.0 + math.exp(-margin))
+        booster.set_param(switch)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                onx = convert.convert_xgboost(
+                    booster, initial_types=[(ONNX_INPUT, data_types.FloatTensorType([None, self.n_features]))])
+        except Exception as err:  # any converter failure means: no export for this model
+            return {"format": None, "reason": f"onnxmltools cannot convert this XGBoost model: "
+                                              f"{type(err).__name__}: {str(err)[:300]}"}
+        outputs = [o.name for o in onx.graph.output]
+        if "probabilities" in outputs:
+            source, variants = "probabilities", ((1, False), (1, True))
+        else:  # regression-style output: one column, the margin or the probability
+            source, variants = outputs[0], ((None, False), (None, True))
+        rng = np.random.default_rng(0)
+        X = rng.uniform(-0.5, 1.5, size=(256, self.n_features)).astype(np.float32)
+        if self._probe is not None:
+            X = np.concatenate([self._probe, X])
+        return export_scored_onnx(onx, source, variants=variants, predict=self.predict, X=X,
+                                  directory=directory, what="the XGBoost model")

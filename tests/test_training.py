@@ -1,0 +1,273 @@
+"""The trainer end to end on real ROOT files: schedules, metric events, stop, early stopping, resume
+after a real kill, bad model files, bundle and predict."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlaas4hep_lab.errors import ConfigError, MissingExtraError
+from mlaas4hep_lab.params import load_params
+from mlaas4hep_lab.pipeline import ensure_specs, load_inputs
+from mlaas4hep_lab.training.events import EventBus
+from mlaas4hep_lab.training.loop import Trainer
+from mlaas4hep_lab.training.model_file import load_model_file
+from mlaas4hep_lab.training.workflow import train
+
+TORCH_SMALL = '''
+import torch
+from torch import nn
+
+def model(idim):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(idim, 32), nn.ReLU(), nn.Linear(32, 1))
+'''
+
+
+def inputs_for(ds, **overrides):
+    params = json.loads(Path(ds.params_json).read_text())
+    params.update(verbose=0, **overrides)
+    return load_inputs(ds.files_txt, ds.labels_txt, params)
+
+
+@pytest.fixture
+def torch_model(tmp_path):
+    path = tmp_path / "model.py"
+    path.write_text(TORCH_SMALL)
+    return path
+
+
+def test_per_chunk_schedule_trains_each_chunk_epochs_times(example_higgs, torch_model, tmp_path):
+    inputs = inputs_for(example_higgs, chunk_size=10_000, epochs=8, training="per_chunk", weight="")
+    specs = ensure_specs(inputs, progress=False)
+    user = load_model_file(torch_model, specs.n_features)
+    bus = EventBus()
+    seen = []
+    bus.subscribe(seen.append)
+    result = Trainer(inputs, specs, user, tmp_path / "out", bus=bus).run()
+    chunks = [e for e in seen if e.kind == "chunk"]
+    assert [e.chunk for e in chunks] == [0, 1, 2]
+    train_events = 30_000 * inputs.params.split[0]
+    assert abs(result.metrics["events_seen"] - 8 * train_events) < 0.05 * 8 * train_events
+    assert all(0 <= e.metrics["val_auc"] <= 1 and e.metrics["val_loss"] > 0 for e in chunks)
+    assert seen[0].kind == "start" and seen[-1].kind == "end"
+    assert result.metrics["auc"] > 0.65  # well above chance; quality is measured in test_backend_quality
+    # the test split is scored once: every test event exactly once
+    assert len(result.test["y"]) == result.metrics["n_events"]
+    pairs = set(zip(result.test["file_index"].tolist(), result.test["entry"].tolist()))
+    assert len(pairs) == len(result.test["y"])
+
+
+def test_epochs_schedule_makes_full_passes(example_higgs, torch_model, tmp_path):
+    inputs = inputs_for(example_higgs, chunk_size=10_000, epochs=3, training="epochs")
+    specs = ensure_specs(inputs, progress=False)
+    bus = EventBus()
+    seen = []
+    bus.subscribe(seen.append)
+    Trainer(inputs, specs, load_model_file(torch_model, specs.n_features), tmp_path / "o", bus=bus).run()
+    chunks = [(e.epoch, e.chunk) for e in seen if e.kind == "chunk"]
+    assert chunks == [(ep, k) for ep in range(3) for k in range(3)]
+    assert [e.epoch for e in seen if e.kind == "epoch"] == [0, 1, 2]
+
+
+def test_stop_request_stops_within_one_chunk(example_higgs, torch_model, tmp_path):
+    inputs = inputs_for(example_higgs, chunk_size=3_000, epochs=1)
+    specs = ensure_specs(inputs, progress=False)
+    stop = threading.Event()
+    bus = EventBus()
+    chunks = []
+
+    def on_event(event):
+        if event.kind == "chunk":
+            chunks.append(event.chunk)
+            stop.set()
+
+    bus.subscribe(on_event)
+    result = Trainer(inputs, specs, load_model_file(torch_model, specs.n_features), tmp_path / "o",
+                     bus=bus, stop=stop).run()
+    assert result.stopped == "requested"
+    assert chunks == [0]
+    assert result.metrics["n_events"] > 0  # the model trained so far is still evaluated
+
+
+def test_early_stopping(example_higgs, tmp_path):
+    model = tmp_path / "model.py"
+    # a learning rate so large that validation loss cannot keep improving
+    model.write_text(TORCH_SMALL + "\ndef optimizer(parameters):\n    return torch.optim.SGD(parameters, lr=50.0)\n")
+    inputs = inputs_for(example_higgs, chunk_size=2_000, epochs=1, early_stopping=2)
+    specs = ensure_specs(inputs, progress=False)
+    result = Trainer(inputs, specs, load_model_file(model, specs.n_features), tmp_path / "o").run()
+    assert result.stopped == "early_stopping"
+    assert len([h for h in result.history if h["kind"] == "chunk"]) < 15
+
+
+def test_metrics_jsonl_and_bundle(example_higgs, torch_model, tmp_path):
+    inputs = inputs_for(example_higgs, chunk_size=10_000, epochs=1)
+    specs = ensure_specs(inputs, progress=False)
+    out = train(inputs, specs, torch_model, tmp_path / "out", progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["kind"] for ln in lines][0] == "start" and lines[-1]["kind"] == "end"
+    assert sum(ln["kind"] == "chunk" for ln in lines) == 3
+    bundle = out.bundle
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["backend"] == "torch" and manifest["features"] == specs.features
+    assert manifest["input_shape"] == [None, specs.n_features]
+    assert manifest["metrics"]["auc"] == pytest.approx(out.metrics["auc"])
+    assert manifest["software"]["torch"]
+    for name in ("specs.json", "params.json", "preproc.json", "metrics.json", "model.py"):
+        assert (bundle / name).is_file(), name
+    assert Path(f"{bundle}.tar.gz").stat().st_size > 1000
+    # weighted data: AMS reported, plots written
+    assert out.metrics["ams"] > 0 and 0 <= out.metrics["ams_threshold"] <= 1
+    assert (tmp_path / "out" / "plots" / "roc.png").is_file() or any(p.suffix == ".png" for p in out.plots)
+
+
+def test_bundle_scores_equal_the_trainers(example_higgs, torch_model, tmp_path):
+    import uproot
+
+    from mlaas4hep_lab.bundle import Bundle
+
+    inputs = inputs_for(example_higgs, chunk_size=10_000, epochs=1, shuffle=False)
+    specs = ensure_specs(inputs, progress=False)
+    out = train(inputs, specs, torch_model, tmp_path / "out", progress=False, plots=False)
+    test = out.result.test
+    bundle = Bundle.load(f"{out.bundle}.tar.gz")
+    f = inputs.files[0]
+    arrays = uproot.open(f)["events"].arrays()
+    scores, keep = bundle.predict_arrays(arrays)
+    assert keep.all()
+    sel = test["file_index"] == 0
+    np.testing.assert_allclose(scores[test["entry"][sel]], test["score"][sel], atol=1e-6)
+    bundle.close()
+
+
+def test_predict_command_writes_scores_and_submission(example_higgs, torch_model, tmp_path):
+    from mlaas4hep_lab.cli import main
+
+    inputs = inputs_for(example_higgs, chunk_size=10_000, epochs=1)
+    specs = ensure_specs(inputs, progress=False)
+    out = train(inputs, specs, torch_model, tmp_path / "out", progress=False, plots=False)
+    csv_path, sub = tmp_path / "scores.csv", tmp_path / "submission.csv"
+    rc = main(["predict", str(out.bundle), "--files", str(example_higgs.files_txt), "--out", str(csv_path),
+               "--submission", str(sub)])
+    assert rc == 0
+    rows = csv_path.read_text().splitlines()
+    assert rows[0] == "file,entry,EventId,score,passes_cuts" and len(rows) == 30_001
+    lines = sub.read_text().splitlines()
+    assert lines[0] == "EventId,RankOrder,Class" and len(lines) == 30_001
+    ranks = sorted(int(line.split(",")[1]) for line in lines[1:])
+    assert ranks == list(range(1, 30_001))
+    rc = main(["predict", str(out.bundle), "--files", *map(str, example_higgs.files), "--out",
+               str(tmp_path / "scores.root")])
+    import uproot
+
+    assert uproot.open(tmp_path / "scores.root")["scores"].num_entries == 30_000
+
+
+# -- bad model files --------------------------------------------------------------------------------
+@pytest.mark.parametrize("source, message", [
+    ("def build(idim):\n    return None\n", "defines no function `model`"),
+    ("def model(idim):\n    raise RuntimeError('boom in the model')\n", "boom in the model"),
+    ("def model(idim):\n    return {'not': 'a model'}\n", "which no backend handles"),
+    ("def model(idim):\n    return None\n", "returned None"),
+    ("def model(idim)\n    return 1\n", "syntax error at line 1"),
+    ("import not_a_module_xyz\ndef model(idim):\n    return 1\n", "not_a_module_xyz"),
+])
+def test_bad_model_files(tmp_path, source, message):
+    path = tmp_path / "model.py"
+    path.write_text(source)
+    with pytest.raises(ConfigError, match=message):
+        load_model_file(path, 10)
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(OSError, match="model file not found"):
+        load_model_file(tmp_path / "nope.py", 10)
+
+
+def test_backend_framework_not_installed_says_which_extra(tmp_path):
+    model = tmp_path / "model.py"
+    model.write_text("import xgboost\ndef model():\n    return xgboost.XGBClassifier()\n")
+    code = (
+        "import sys\n"
+        "sys.modules['xgboost'] = None  # as if xgboost were not installed\n"
+        "from mlaas4hep_lab.errors import MissingExtraError\n"
+        "from mlaas4hep_lab.training.model_file import load_model_file\n"
+        "try:\n"
+        f"    load_model_file({str(model)!r}, 10)\n"
+        "except MissingExtraError as err:\n"
+        "    print('MISSING', err)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "MISSING" in out and "mlaas4hep-lab[xgboost]" in out
+    assert issubclass(MissingExtraError, ImportError)
+
+
+def test_unknown_backend_lists_valid_ones():
+    from mlaas4hep_lab.backends.base import get_backend
+
+    with pytest.raises(ConfigError, match="keras, torch, sklearn, xgboost"):
+        get_backend("theano")
+
+
+# -- resume -----------------------------------------------------------------------------------------
+def _workflow_cmd(ds, params, model, fout, *extra):
+    return [sys.executable, "-m", "mlaas4hep_lab.cli", "workflow", "--files", str(ds.files_txt), "--labels",
+            str(ds.labels_txt), "--params", str(params), "--model", str(model), "--fout", str(fout), *extra]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_trains_every_chunk_exactly_once(example_higgs, torch_model, tmp_path):
+    params = json.loads(Path(example_higgs.params_json).read_text())
+    params.update(chunk_size=1_000, epochs=20, verbose=0, training="per_chunk", prefetch=0)
+    p = tmp_path / "params.json"
+    p.write_text(json.dumps(params))
+    fout = tmp_path / "out"
+    proc = subprocess.Popen(_workflow_cmd(example_higgs, p, torch_model, fout), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    state = fout / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 120
+    killed_at = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state.is_file():
+            try:
+                done = json.loads(state.read_text())["next_chunk"]
+            except (json.JSONDecodeError, KeyError, FileNotFoundError):
+                done = 0
+            if done >= 3:
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed_at = done
+                break
+        time.sleep(0.05)
+    proc.wait(timeout=30)
+    assert killed_at is not None, f"training ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    assert proc.returncode == -signal.SIGKILL
+    resumed = subprocess.run(_workflow_cmd(example_higgs, p, torch_model, fout, "--resume"),
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    history = json.loads((fout / "bundle" / "history.json").read_text())
+    trained = [h["chunk"] for h in history if h["kind"] == "chunk"]
+    assert trained == list(range(30)), trained  # none lost, none trained twice
+    assert "AUC" in resumed.stdout
+
+
+def test_resume_with_changed_configuration_is_refused(example_higgs, torch_model, tmp_path):
+    inputs = inputs_for(example_higgs, chunk_size=10_000, epochs=1)
+    specs = ensure_specs(inputs, progress=False)
+    Trainer(inputs, specs, load_model_file(torch_model, specs.n_features), tmp_path / "o").run()
+    changed = inputs_for(example_higgs, chunk_size=10_000, epochs=1, batch_size=64)
+    with pytest.raises(ConfigError, match="configuration changed.*batch_size"):
+        Trainer(changed, specs, load_model_file(torch_model, specs.n_features), tmp_path / "o", resume=True).run()
+
+
+def test_params_early_stopping_key():
+    assert load_params({"early_stopping": 3}).early_stopping == 3
