@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import importlib
 
+try:  # The XRootD client library must be loaded before TensorFlow: the other order crashes (SIGSEGV)
+    import XRootD.client  # noqa: F401  on the first root:// read. 11 ms, and only when installed.
+except ImportError:
+    pass
+
 __version__ = "0.1.0"
 
 _LAZY = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -187,6 +188,7 @@ _COMMANDS = {"workflow": _workflow, "specs": _specs, "inspect": _inspect, "examp
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, when Keras is used
     argv = list(sys.argv[1:] if argv is None else argv)
     original = ("--files", "--labels", "--params", "--model", "--preproc", "--fout")
     if not any(a in _COMMANDS for a in argv) and any(a.split("=", 1)[0] in original for a in argv):

@@ -39,10 +39,14 @@ def require(module: str) -> ModuleType:
 
 
 def tensorflow() -> ModuleType:
+    import mlaas4hep_lab  # noqa: F401  loads the XRootD client first (see mlaas4hep_lab/__init__.py)
+
     return require("tensorflow")
 
 
 def keras() -> ModuleType:
+    import mlaas4hep_lab  # noqa: F401
+
     return require("keras")
 
 

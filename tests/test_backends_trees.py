@@ -348,7 +348,7 @@ def test_xgboost_save_load_round_trip_and_onnx(stream, model, tmp_path):
 
 
 MEMORY_SCRIPT = textwrap.dedent('''
-    import resource, sys
+    import sys, threading, time
     import numpy as np
     import psutil
     from mlaas4hep_lab import extras
@@ -371,7 +371,18 @@ MEMORY_SCRIPT = textwrap.dedent('''
     X, y, _ = chunk(99)
     XGBoostBackend(params, FEATURES).fit_all(X[:2000], y[:2000], None)  # load the library, small peak
     del X, y
-    base = psutil.Process().memory_info().rss / 1024  # KiB, as ru_maxrss
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    high = [base]
+    done = threading.Event()
+
+    def sample():  # the resident size's high-water mark during training only (ru_maxrss would also
+        while not done.is_set():  # count peaks from before, e.g. while importing libraries)
+            high[0] = max(high[0], proc.memory_info().rss)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     if sys.argv[1] == "stream":
         XGBoostBackend(params, FEATURES).fit_stream(source, None)
     else:
@@ -379,7 +390,9 @@ MEMORY_SCRIPT = textwrap.dedent('''
         X, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         del parts
         XGBoostBackend(params, FEATURES).fit_all(X, y, None)
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+    done.set()
+    sampler.join()
+    print((high[0] - base) / 2**20)
 ''')
 
 

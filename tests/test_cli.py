@@ -126,11 +126,16 @@ def test_inspect(toy_data, capsys):
 
 
 def test_original_style_without_subcommand(toy_data, tmp_path, capsys):
+    """The original workflow.py call trains end to end and writes the bundle."""
     fout = tmp_path / "out"
-    rc, out, err = run_main([*inputs(toy_data), "--model=model.py", f"--fout={fout}"], capsys)
+    model = tmp_path / "model.py"
+    model.write_text("import torch\nfrom torch import nn\n\n"
+                     "def model(idim):\n    return nn.Sequential(nn.Linear(idim, 16), nn.ReLU(), nn.Linear(16, 1))\n")
+    rc, out, err = run_main([*inputs(toy_data), f"--model={model}", f"--fout={fout}"], capsys)
     assert rc == 0, err
-    assert summary(out)["events_read"] == "10000"
+    assert "trained torch model on" in out and "AUC" in out
     assert (fout / "specs.json").is_file()
+    assert (fout / "bundle" / "manifest.json").is_file() and (fout / "bundle.tar.gz").is_file()
 
 
 def test_original_style_with_options_in_another_order(toy_data, tmp_path, capsys):

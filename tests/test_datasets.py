@@ -235,7 +235,7 @@ def test_text_files_and_params(higgs_ds):
         "nevts": -1, "shuffle": True, "chunk_size": 50_000, "epochs": 5, "batch_size": 256,
         "identifier": ["EventId"], "branch": "events", "selected_branches": [],
         "exclude_branches": ["Weight"], "hist": "", "redirector": "", "verbose": 1, "seed": 42,
-        "missing_values": [-999.0], "weight": "Weight",
+        "missing_values": [-999.0], "weight": "Weight", "normalization": "standard",
     }
 
 

@@ -383,3 +383,33 @@ def test_xrootd_server_is_read_only(xrootd_base):
     status, _ = f.open(xrootd_base.file("new.root"), OpenFlags.NEW, timeout=10)
     assert not status.ok
     assert not (xrootd_base.folder / "new.root").exists()
+
+
+def test_root_url_after_tensorflow_was_imported(tmp_path):
+    """Importing TensorFlow before the XRootD client crashes the first root:// read; the package loads the
+    XRootD client first. Run in a fresh process: the user imports the package, then Keras, then reads."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("xrootd") is None and __import__("os").environ.get("MLAAS4HEP_REQUIRE_SERVERS") != "1":
+        pytest.skip("xrootd server binary not installed (apt-get install xrootd-server)")
+    data = tmp_path / "data"
+    data.mkdir()
+    with uproot.recreate(data / "a.root") as f:
+        f.mktree("events", {"x": np.float32})
+        f["events"].extend({"x": np.arange(10, dtype=np.float32)})
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import mlaas4hep_lab, keras\n"
+        "from servers import xrootd_server\n"
+        "from mlaas4hep_lab.data.reader import TreeReader\n"
+        f"with xrootd_server({str(data)!r}) as url:\n"
+        "    r = TreeReader(url.rstrip('/') + '//a.root', 'events')\n"
+        "    print('SUM', float(r.read(['x'], 0, 10)['x'].to_numpy().sum()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "SUM 45.0" in out.stdout

@@ -234,7 +234,7 @@ def higgs(directory, n_events: int = 100_000, signal_fraction: float = 0.35, see
         _write_tree(path, types, slices(), len(_slice_sizes(n)), comp)
 
     params = _params(50_000, ["EventId"], ["Weight"], seed,
-                     {"missing_values": [-999.0], "weight": "Weight"})
+                     {"missing_values": [-999.0], "weight": "Weight", "normalization": "standard"})
     return _write_texts(directory, "Higgs-challenge-like", seed, layout, params, None)
 
 
