@@ -39,7 +39,7 @@ from mlaas4hep_lab.training.model_file import UserModel
 __all__ = ["Trainer", "TrainResult", "StopTraining"]
 
 log = logging.getLogger(__name__)
-_TRAIN_METRIC_SAMPLE = 20_000   # training AUC is measured on at most this many events of the chunk
+_TRAIN_METRIC_SAMPLE = 5_000    # training AUC, when the framework does not report it, on this many events
 
 
 class StopTraining(Exception):
@@ -218,7 +218,8 @@ class Trainer:
                                                          epochs=per_chunk,
                                                          batch_size=self.params.batch_size)
                     self.events_seen += len(train) * per_chunk
-                metrics = dict(fit_metrics, **self._train_metrics(train), **self._validate(chunk.subset("validation")))
+                train_metrics = {} if "auc" in fit_metrics else self._train_metrics(train)
+                metrics = dict(fit_metrics, **train_metrics, **self._validate(chunk.subset("validation")))
                 self._position = (epoch, chunk.index + 1)
                 self._event("chunk", epoch=epoch, chunk=chunk.index, metrics=metrics)
                 self._save(epoch, chunk.index + 1)
