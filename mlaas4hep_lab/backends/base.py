@@ -15,9 +15,12 @@ How a backend consumes the stream is its ``mode``:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import random
 import sys
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -165,3 +168,19 @@ def seed_frameworks(seed: int) -> list[str]:
             _load_class(name).seed(seed)
             seeded.append(name)
     return seeded
+
+
+@contextlib.contextmanager
+def quiet(*loggers: str):
+    """Silence converters' and exporters' progress logging and deprecation chatter while exporting."""
+    found = [logging.getLogger(n) for n in loggers]
+    levels = [lg.level for lg in found]
+    for lg in found:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(found, levels):
+            lg.setLevel(level)

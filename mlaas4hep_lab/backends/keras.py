@@ -19,7 +19,6 @@ tf2onnx is installed. Each is checked against :meth:`predict` before it is repor
 from __future__ import annotations
 
 import contextlib
-import logging
 import shutil
 import sys
 import warnings
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep_lab import extras
-from mlaas4hep_lab.backends.base import Backend
+from mlaas4hep_lab.backends.base import Backend, quiet
 from mlaas4hep_lab.errors import ConfigError
 
 __all__ = ["KerasBackend"]
@@ -244,20 +243,8 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-@contextlib.contextmanager
 def _quiet():
-    """Silence the converters' progress logging and numpy-2 deprecation chatter."""
-    loggers = [logging.getLogger(n) for n in ("tf2onnx", "tensorflow", "absl")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+    return quiet("tf2onnx", "tensorflow", "absl")
 
 
 def _write_savedmodel(wrapper, target: Path) -> None:

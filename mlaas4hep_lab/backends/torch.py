@@ -40,13 +40,11 @@ weights, finite with the negative weights of NLO generators.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import hashlib
 import importlib.util
 import inspect
-import logging
 import sys
 import warnings
 from pathlib import Path
@@ -55,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep_lab import extras
-from mlaas4hep_lab.backends.base import Backend
+from mlaas4hep_lab.backends.base import Backend, quiet
 from mlaas4hep_lab.errors import ConfigError
 
 __all__ = ["TorchBackend"]
@@ -516,17 +514,5 @@ def _probe(n_features: int) -> np.ndarray:
                            rng.normal(0.0, 2.0, (57, n_features))]).astype(np.float32)
 
 
-@contextlib.contextmanager
 def _quiet():
-    """Silence the exporter's registry chatter (torchvision ops) and deprecation warnings."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+    return quiet("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")
