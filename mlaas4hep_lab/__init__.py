@@ -7,6 +7,10 @@ The public API is loaded lazily so that ``import mlaas4hep_lab`` costs only nump
 from __future__ import annotations
 
 import importlib
+import warnings
+
+# XRootD's exit hook scans every live object; with torch loaded that trips a torch deprecation warning
+warnings.filterwarnings("ignore", category=FutureWarning, module="XRootD.client.finalize")
 
 try:  # The XRootD client library must be loaded before TensorFlow: the other order crashes (SIGSEGV)
     import XRootD.client  # noqa: F401  on the first root:// read. 11 ms, and only when installed.

@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--backend", choices=["keras", "torch", "sklearn", "xgboost"], default="keras",
                       help="model template to train (default: %(default)s)")
     demo.add_argument("--epochs", type=int, default=None)
+    _add_remote_commands(sub)
     return parser
 
 
@@ -183,8 +184,75 @@ def _demo(args) -> int:
     return _workflow(ns)
 
 
+# --- client of the inference service: push, models, predict-remote -----------------------------
+
+def _add_remote_commands(sub) -> None:
+    def service(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", required=True, help="the inference service, e.g. http://127.0.0.1:8083")
+        p.add_argument("--token", help="token (default: env MLAAS4HEP_TOKEN, else JUPYTERHUB_API_TOKEN)")
+
+    push = sub.add_parser("push", help="upload a model bundle to the inference service")
+    push.add_argument("bundle", help="bundle directory or .tar.gz")
+    service(push)
+    push.add_argument("--name", help="model name on the service (default: the bundle's)")
+    push.add_argument("--version", type=int, help="version number (default: the next one)")
+    push.add_argument("--shared", action="store_true", help="let every user of the service predict with it")
+
+    models = sub.add_parser("models", help="list the models on the inference service")
+    service(models)
+    models.add_argument("--name", help="only models with this name")
+    models.add_argument("--tag", help="only models with this tag (latest, prod, ...)")
+    models.add_argument("--json", action="store_true", help="print the service's JSON answer")
+
+    rp = sub.add_parser("predict-remote", help="score ROOT files with a served model (raw events in batches)")
+    rp.add_argument("model", help="model name (owner/name for a model another user shared)")
+    service(rp)
+    rp.add_argument("--files", nargs="+", required=True, help="ROOT files, or one files.txt")
+    rp.add_argument("--out", default="scores.csv", help="CSV of scores (default: %(default)s)")
+    rp.add_argument("--tree", help="tree to read (default: the model's)")
+    rp.add_argument("--version", help="model version (default: latest)")
+    rp.add_argument("--batch-size", type=int, default=5_000, help="events per request (default: %(default)s)")
+
+
+def _client(args):
+    from mlaas4hep_lab.serving.client import Client
+
+    return Client(args.url, token=args.token)
+
+
+def _push(args) -> int:
+    answer = _client(args).upload(args.bundle, name=args.name, version=args.version, shared=args.shared)
+    print(json.dumps(answer, indent=1) if not isinstance(answer, str) else answer)
+    return 0
+
+
+def _models(args) -> int:
+    answer = _client(args).models(name=args.name, tag=args.tag)
+    rows = answer.get("models", answer) if isinstance(answer, dict) else answer
+    if args.json or not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        print(json.dumps(answer, indent=1))
+        return 0
+    from mlaas4hep_lab.data.reader import format_table
+
+    header = ["name", "owner", "version", "backend", "tags", "shared"]
+    table = [[r.get(h, "") if not isinstance(r.get(h), list) else ",".join(map(str, r[h])) for h in header]
+             for r in rows]
+    print(format_table(table, header) if table else "(no models)")
+    return 0
+
+
+def _predict_remote(args) -> int:
+    from mlaas4hep_lab.serving.client import score_files
+
+    summary = score_files(_client(args), args.model, args.files, args.out, tree=args.tree,
+                          batch_size=args.batch_size, version=args.version)
+    print(f"scored {summary['events']:,} events from {summary['files']} files with {args.model} -> {args.out}")
+    return 0
+
+
 _COMMANDS = {"workflow": _workflow, "specs": _specs, "inspect": _inspect, "example": _example,
-             "predict": _predict, "demo": _demo}
+             "predict": _predict, "demo": _demo,
+             "push": _push, "models": _models, "predict-remote": _predict_remote}
 
 
 def main(argv: list[str] | None = None) -> int:
