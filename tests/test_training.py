@@ -111,7 +111,7 @@ def test_early_stopping(example_higgs, tmp_path):
 
 
 def test_metrics_jsonl_and_bundle(example_higgs, torch_model, tmp_path):
-    inputs = inputs_for(example_higgs, chunk_size=10_000, epochs=1)
+    inputs = inputs_for(example_higgs, chunk_size=10_000, epochs=1, hist="pdfs")
     specs = ensure_specs(inputs, progress=False)
     out = train(inputs, specs, torch_model, tmp_path / "out", progress=False)
     lines = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
@@ -128,7 +128,12 @@ def test_metrics_jsonl_and_bundle(example_higgs, torch_model, tmp_path):
     assert Path(f"{bundle}.tar.gz").stat().st_size > 1000
     # weighted data: AMS reported, plots written
     assert out.metrics["ams"] > 0 and 0 <= out.metrics["ams_threshold"] <= 1
-    assert (tmp_path / "out" / "plots" / "roc.png").is_file() or any(p.suffix == ".png" for p in out.plots)
+    assert (tmp_path / "out" / "plots" / "roc.png").is_file() and (tmp_path / "out" / "plots" / "roc.pdf").is_file()
+    # params hist "pdfs": one distribution per feature, and all of them in one PDF
+    pdfs = tmp_path / "out" / "plots" / "pdfs"
+    assert len(list(pdfs.glob("pdf_*.png"))) == specs.n_features
+    assert len(list(pdfs.glob("*.pdf"))) == 1
+    assert (bundle / "plots" / "roc.png").is_file()
 
 
 def test_bundle_scores_equal_the_trainers(example_higgs, torch_model, tmp_path):
