@@ -31,7 +31,11 @@ _LAZY = {
     "Vectorizer": "mlaas4hep_lab.data.vectorize",
     "ChunkStream": "mlaas4hep_lab.data.stream",
     "Chunk": "mlaas4hep_lab.data.stream",
-    "Dataset": "mlaas4hep_lab.data.sources",
+    "load_inputs": "mlaas4hep_lab.pipeline",
+    "ensure_specs": "mlaas4hep_lab.pipeline",
+    "train": "mlaas4hep_lab.training.workflow",
+    "Trainer": "mlaas4hep_lab.training.loop",
+    "Bundle": "mlaas4hep_lab.bundle",
     "datasets": "mlaas4hep_lab.data.datasets",
     "errors": "mlaas4hep_lab.errors",
 }

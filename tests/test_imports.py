@@ -78,3 +78,16 @@ def test_no_module_calls_eval_or_exec():
         if hits:
             found[str(path.relative_to(PACKAGE))] = hits
     assert found == {}
+
+
+def test_every_public_name_resolves_without_frameworks():
+    code = (
+        "import sys, mlaas4hep_lab as m\n"
+        "for name in m.__all__:\n"
+        "    getattr(m, name)\n"
+        "heavy = [x for x in ('tensorflow', 'torch', 'xgboost', 'keras', 'sklearn', 'ipywidgets', 'fastapi')\n"
+        "         if x in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
