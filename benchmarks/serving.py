@@ -219,7 +219,8 @@ def _wrk_load(url: str, bodies: list[str], clients: int, seconds: float, threads
         cmd = ["wrk", f"-t{threads}", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
                "--latency", "-s", str(script), url]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    m = re.search(r"(\d+) requests in ([\d.]+\w+),", out)
+    requests, seconds = int(m.group(1)), _ms(m.group(2)) / 1e3
     errors = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
     if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
         errors += sum(int(g) for g in m.groups())
@@ -276,15 +277,19 @@ def main() -> None:
         log = tmp / "server.log"
         for runtime in args.runtimes.split(","):
             store = tmp / f"store-{runtime}"
+            # upload through a server of its own, so that every measured server starts the same way: the
+            # model loaded from the store at start-up, nothing else done in the process before the load
+            server = Server(store, tokens, log, ["--runtime", runtime])
+            try:
+                tarball = shutil.make_archive(str(tmp / "bundle"), "gztar", bundle.parent, "bundle")
+                server.call("POST", "/upload", Path(tarball).read_bytes(), "application/gzip")
+            finally:
+                server.stop()
             for batching in args.batching.split(","):
                 extra = ["--runtime", runtime, *([] if batching == "on" else ["--no-batching"])]
                 extra += args.server_args.split()
                 server = Server(store, tokens, log, extra)
                 try:
-                    if not (store / "bench" / MODEL_NAME).exists():
-                        with tempfile.TemporaryDirectory() as t2:
-                            tarball = shutil.make_archive(str(Path(t2) / "bundle"), "gztar", bundle.parent, "bundle")
-                            server.call("POST", "/upload", Path(tarball).read_bytes(), "application/gzip")
                     for route in args.routes.split(","):
                         path, bodies = request_bodies(route, features, rows)
                         server.call("POST", path, bodies[0].encode())  # warm-up (and a check that it works)

@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="model template to train (default: %(default)s)")
     demo.add_argument("--epochs", type=int, default=None)
     _add_remote_commands(sub)
+    _add_serve(sub)
     return parser
 
 
@@ -195,7 +196,7 @@ def _add_remote_commands(sub) -> None:
     push.add_argument("bundle", help="bundle directory or .tar.gz")
     service(push)
     push.add_argument("--name", help="model name on the service (default: the bundle's)")
-    push.add_argument("--version", type=int, help="version number (default: the next one)")
+    push.add_argument("--version", help="version (default: the next number); an existing one is replaced")
     push.add_argument("--shared", action="store_true", help="let every user of the service predict with it")
 
     models = sub.add_parser("models", help="list the models on the inference service")
@@ -211,7 +212,9 @@ def _add_remote_commands(sub) -> None:
     rp.add_argument("--out", default="scores.csv", help="CSV of scores (default: %(default)s)")
     rp.add_argument("--tree", help="tree to read (default: the model's)")
     rp.add_argument("--version", help="model version (default: latest)")
-    rp.add_argument("--batch-size", type=int, default=5_000, help="events per request (default: %(default)s)")
+    rp.add_argument("--batch-size", type=int, default=2_000, help="events per request; halved when the service "
+                    "says a request is too large (default: %(default)s)")
+    rp.add_argument("--max-events", type=int, help="read at most this many events of each file")
 
 
 def _client(args):
@@ -222,7 +225,12 @@ def _client(args):
 
 def _push(args) -> int:
     answer = _client(args).upload(args.bundle, name=args.name, version=args.version, shared=args.shared)
-    print(json.dumps(answer, indent=1) if not isinstance(answer, str) else answer)
+    if not isinstance(answer, dict) or "ref" not in answer:
+        print(json.dumps(answer, indent=1))
+        return 0
+    print(f"uploaded {answer['ref']} version {answer.get('version')} ({answer.get('backend')} model, "
+          f"{answer.get('runtime')} runtime, {len(answer.get('features') or [])} features"
+          + (", shared" if answer.get("shared") else "") + f"); tags {answer.get('tags')}")
     return 0
 
 
@@ -234,9 +242,16 @@ def _models(args) -> int:
         return 0
     from mlaas4hep_lab.data.reader import format_table
 
-    header = ["name", "owner", "version", "backend", "tags", "shared"]
-    table = [[r.get(h, "") if not isinstance(r.get(h), list) else ",".join(map(str, r[h])) for h in header]
-             for r in rows]
+    header = ["ref", "latest", "versions", "tags", "backend", "runtime", "shared"]
+
+    def cell(value) -> str:
+        if isinstance(value, dict):
+            return ",".join(f"{k}={v}" for k, v in value.items())
+        if isinstance(value, list):
+            return ",".join(map(str, value))
+        return "" if value is None else str(value)
+
+    table = [[cell(r.get(h)) for h in header] for r in rows]
     print(format_table(table, header) if table else "(no models)")
     return 0
 
@@ -245,14 +260,71 @@ def _predict_remote(args) -> int:
     from mlaas4hep_lab.serving.client import score_files
 
     summary = score_files(_client(args), args.model, args.files, args.out, tree=args.tree,
-                          batch_size=args.batch_size, version=args.version)
+                          batch_size=args.batch_size, version=args.version, max_events=args.max_events)
     print(f"scored {summary['events']:,} events from {summary['files']} files with {args.model} -> {args.out}")
+    return 0
+
+
+def _add_serve(sub) -> None:
+    sv = sub.add_parser("serve", help="run the inference service (TFaaS + Open Inference Protocol v2) over a model store",
+                        description="Defaults come from environment variables (see mlaas4hep_lab/serving/settings.py); "
+                                    "a flag wins over its variable.")
+    sv.add_argument("--host", help="interface to listen on (default: 127.0.0.1) [MLAAS4HEP_HOST]")
+    sv.add_argument("--port", type=int, help="port (default: 8083) [MLAAS4HEP_PORT]")
+    sv.add_argument("--store", help="model store folder (default: mlaas4hep-store) [MLAAS4HEP_STORE]")
+    sv.add_argument("--tokens", help='tokens file {"user": "token", ...} [MLAAS4HEP_TOKENS]')
+    sv.add_argument("--runtime", choices=["auto", "onnx", "tf"], help="preferred runtime (default: auto = ONNX "
+                    "when the bundle has model.onnx, else the TF SavedModel) [MLAAS4HEP_RUNTIME]")
+    sv.add_argument("--no-batching", dest="batching", action="store_false", default=None,
+                    help="one forward pass per request [MLAAS4HEP_BATCHING=0]")
+    sv.add_argument("--max-batch", type=int, help="rows per forward pass (default: 512) [MLAAS4HEP_MAX_BATCH]")
+    sv.add_argument("--max-delay-ms", type=float, help="how long a batch waits for more requests (default: 0) "
+                    "[MLAAS4HEP_MAX_DELAY_MS]")
+    sv.add_argument("--queue-size", type=int, help="requests waiting per model before 503 (default: 4096)")
+    sv.add_argument("--inference-threads", type=int, help="threads running forward passes (default: 2)")
+    sv.add_argument("--runtime-threads", type=int, help="intra-op threads of each model (default: 1)")
+    sv.add_argument("--inline-rows", type=int, help="requests of at most this many rows that find a tiny model "
+                    "idle are scored on the event loop: lower latency for a lone client, less throughput "
+                    "under load (default: 0) [MLAAS4HEP_INLINE_ROWS]")
+    sv.add_argument("--workers", type=int, help="server processes sharing the store (default: 1)")
+    sv.add_argument("--max-body", type=int, dest="max_body_bytes", help="JSON body cap in bytes (default: 1 MiB)")
+    sv.add_argument("--max-upload", type=int, dest="max_upload_bytes", help="upload cap in bytes (default: 500 MiB)")
+    sv.add_argument("--prefix", help="URL prefix of every route [JUPYTERHUB_SERVICE_PREFIX]")
+    sv.add_argument("--oidc-issuer", help="accept OIDC access tokens (JWT) of this issuer [MLAAS4HEP_OIDC_ISSUER]")
+    sv.add_argument("--oidc-audience", help="audience the JWTs must carry [MLAAS4HEP_OIDC_AUDIENCE]")
+    sv.add_argument("--oidc-jwks-url", help="JWKS URL (default: from the issuer's discovery document)")
+    sv.add_argument("--oidc-username-claim", help="claim naming the user (default: preferred_username)")
+    sv.add_argument("--no-auth", dest="allow_anonymous", action="store_true", default=None,
+                    help="development only: requests without a token act as user 'anonymous'")
+    sv.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def _serve(args) -> int:
+    from mlaas4hep_lab.serving.settings import Settings
+
+    names = ("host", "port", "runtime", "batching", "max_batch", "max_delay_ms", "queue_size", "inference_threads",
+             "runtime_threads", "inline_rows", "workers", "max_body_bytes", "max_upload_bytes", "prefix",
+             "oidc_issuer", "oidc_audience", "oidc_jwks_url", "oidc_username_claim", "allow_anonymous", "log_level")
+    settings = Settings.from_env(store_dir=args.store, tokens_file=args.tokens,
+                                 **{n: getattr(args, n) for n in names})
+    if not settings.auth_configured():
+        print("error: no way to authenticate users: give --tokens FILE, --oidc-issuer/--oidc-jwks-url, run as a "
+              "JupyterHub service (JUPYTERHUB_API_URL), or --no-auth for development", file=sys.stderr)
+        return 2
+    from mlaas4hep_lab.auth import Authenticator
+    from mlaas4hep_lab.serving.app import serve
+
+    methods = Authenticator.from_settings(settings).methods  # a broken tokens file fails here, before binding
+    print(f"mlaas4hep inference service on http://{settings.host}:{settings.port}{settings.prefix} "
+          f"(store {settings.store_dir}, runtime {settings.runtime}, "
+          f"batching {'on' if settings.batching else 'off'}, auth: {', '.join(methods)})", flush=True)
+    serve(settings)
     return 0
 
 
 _COMMANDS = {"workflow": _workflow, "specs": _specs, "inspect": _inspect, "example": _example,
              "predict": _predict, "demo": _demo,
-             "push": _push, "models": _models, "predict-remote": _predict_remote}
+             "push": _push, "models": _models, "predict-remote": _predict_remote, "serve": _serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,9 @@ HINTS = {
     "onnxruntime": ("onnx", "onnxruntime"),
     "onnx": ("onnx", "onnx"),
     "matplotlib": ("plots", "matplotlib"),
+    "fastapi": ("serve", "fastapi"),
+    "uvicorn": ("serve", "uvicorn"),
+    "jwt": ("serve", "PyJWT"),
 }
 
 

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mlaas4hep_lab.errors import MLaaSError
+from mlaas4hep_lab.errors import InputFileError, MLaaSError
 
 __all__ = ["Client", "ServiceError", "default_token", "score_files", "tar_directory"]
 
@@ -54,8 +54,11 @@ def default_token() -> tuple[str | None, str]:
 
 
 def _quote(name: str) -> str:
-    # owner/name stays a path of two segments; anything else is escaped
-    return urllib.parse.quote(str(name), safe="/")
+    """A model reference as one URL path segment: ``owner/name`` is sent as ``owner:name``."""
+    name = str(name)
+    if "/" in name and ":" not in name:
+        name = name.replace("/", ":", 1)
+    return urllib.parse.quote(name, safe=":")
 
 
 def _tolist(values):
@@ -190,12 +193,19 @@ class Client:
             conn = self._connection(timeout)
             reused = self._local.used
             try:
-                conn.request(method, target, body=body, headers=headers)
+                try:
+                    conn.request(method, target, body=body, headers=headers)
+                except (BrokenPipeError, ConnectionResetError):
+                    # the service may have answered before reading the whole body (413) and closed the
+                    # connection: its answer is still there to read; if not, the error below applies
+                    pass
                 resp = conn.getresponse()
                 payload = resp.read()
             except _RETRYABLE as err:
                 self.close()
-                if reused and attempt == 0:  # a keep-alive connection the server had closed: once more
+                # a keep-alive connection the server had closed while idle: once more on a new one (not for
+                # uploads, which must never be applied twice)
+                if reused and attempt == 0 and not path.startswith("/upload"):
                     continue
                 raise ServiceError(f"{method} {url}: the service closed the connection ({err})", url=url) from err
             except (OSError, http.client.HTTPException) as err:
@@ -230,7 +240,7 @@ class Client:
 
     # ------------------------------------------------------------------ model store (TFaaS routes)
 
-    def upload(self, bundle: str | Path, name: str | None = None, version: int | None = None,
+    def upload(self, bundle: str | Path, name: str | None = None, version: int | str | None = None,
                shared: bool = False) -> Any:
         """Upload a model bundle (directory, tarred on the fly, or ``.tar.gz``); return the server's answer
         (name, owner, version, ...). ``name`` overrides the manifest's name, ``version`` its version;
@@ -241,7 +251,7 @@ class Client:
         elif path.is_file():
             data = path.read_bytes()
         else:
-            raise ServiceError(f"bundle {path} not found (give a bundle directory or its .tar.gz)")
+            raise InputFileError(f"bundle {path} not found (give a bundle directory or its .tar.gz)", str(path))
         answer = self.request("POST", "/upload", data=data, content_type="application/gzip",
                               query={"name": name, "version": version, "shared": bool(shared) or None},
                               timeout=self.upload_timeout)
@@ -252,14 +262,25 @@ class Client:
         """The models this user can see (own and shared), optionally filtered by name or tag."""
         return self.request("GET", "/models", query={"name": name, "tag": tag})
 
-    def delete(self, name: str) -> Any:
-        """Delete a model (all its versions) of this user."""
+    def delete(self, name: str, version: int | str | None = None) -> Any:
+        """Delete one of this user's models (every version), or only ``version``."""
         self._features.pop(name, None)
+        if version is not None:
+            return self.request("DELETE", self._model_path(name, version))
         return self.request("DELETE", f"/delete/{_quote(name)}")
 
-    def params(self, name: str) -> Any:
-        """The model's manifest, params and specs as the service keeps them."""
-        return self.request("GET", f"/params/{_quote(name)}")
+    def share(self, name: str, shared: bool = True) -> Any:
+        """Let every user of the service read (predict, metadata) this model of yours, or stop it."""
+        return self.request("POST", f"{self._model_path(name)}/share", json_body={"shared": bool(shared)})
+
+    def tag(self, name: str, tag: str, version: int | str | None) -> Any:
+        """Point ``tag`` (e.g. ``prod``) at ``version`` of your model; ``version=None`` removes the tag."""
+        return self.request("POST", f"{self._model_path(name)}/tags",
+                            json_body={"tag": tag, "version": None if version is None else str(version)})
+
+    def params(self, name: str, version: int | str | None = None) -> Any:
+        """The model's manifest, params, preproc and specs (default: the latest version)."""
+        return self.request("GET", f"/params/{_quote(name)}", query={"version": version})
 
     # ------------------------------------------------------------------ predictions
 
@@ -317,27 +338,35 @@ class Client:
             raise ServiceError(f"infer on {name!r} answered no outputs: {answer}", url=self.url)
         return np.asarray(outputs[0]["data"], dtype=np.float32).reshape(-1)
 
-    def predict_events(self, name: str, events, *, version: int | str | None = None, with_keep: bool = False):
+    def predict_events(self, name: str, events, *, version: int | str | None = None, with_keep: bool = False,
+                       batch_size: int | None = None):
         """Scores of raw events (``{branch: per-event values or lists}``, an awkward record array, or the
         output of ``tree.arrays()``): the service applies the bundle's own cuts, new branches and
         normalisation, so the scores equal ``Bundle.predict_arrays`` in a notebook. With ``with_keep``,
-        return ``(scores, keep)`` (``keep``: the events passing the bundle's cuts)."""
-        import numpy as np
+        return ``(scores, keep)`` (``keep``: the events passing the bundle's cuts).
 
+        Events are sent in requests of ``batch_size`` events (default: all in one); a request the service
+        refuses as too large (413) is split in halves."""
         if hasattr(events, "fields") and not isinstance(events, Mapping):  # awkward record array
             events = {f: events[f] for f in events.fields}
+        if not events:
+            raise ValueError("no branches in events")
+        n = len(next(iter(events.values())))
+        state = {"batch": max(1, batch_size or n)}
+        scores, keep = _predict_batches(self, name, dict(events), n, version, state)
+        return (scores, keep) if with_keep else scores
+
+    def _events_request(self, name: str, events: Mapping, version: int | str | None):
+        import numpy as np
+
         body = {"events": {str(k): _tolist(v) for k, v in events.items()}}
-        if version is not None:
-            body["version"] = version
         answer = self.request("POST", self._events_path(name, version), json_body=body)
         keep = None
         if isinstance(answer, dict):
             keep = answer.get("keep", answer.get("passes_cuts"))
             answer = answer.get("scores", answer.get("predictions"))
         scores = np.asarray(answer, dtype=np.float32).reshape(-1)
-        if with_keep:
-            return scores, (np.asarray(keep, dtype=bool) if keep is not None else np.ones(len(scores), bool))
-        return scores
+        return scores, (np.asarray(keep, dtype=bool) if keep is not None else np.ones(len(scores), bool))
 
     # ------------------------------------------------------------------ metadata and health
 
@@ -390,13 +419,40 @@ def _model_inputs(client: Client, name: str) -> tuple[list[str] | None, str | No
     return (list(branches) if branches else None), tree, ([ids] if isinstance(ids, str) else list(ids))
 
 
+def _predict_batches(client: Client, name: str, events: dict, n: int, version, state: dict):
+    """Scores and keep of ``n`` events, sent in requests of at most ``state["batch"]`` events; a request
+    the service refuses as too large (413) is split in halves, and later requests stay that small."""
+    import numpy as np
+
+    scores, keeps, start = [], [], 0
+    while start < n:
+        stop = min(n, start + state["batch"])
+        try:
+            s, k = client._events_request(name, {b: v[start:stop] for b, v in events.items()}, version)
+        except ServiceError as err:
+            if err.status == 413 and stop - start > 1:
+                state["batch"] = max(1, (stop - start) // 2)
+                continue
+            raise
+        if len(s) != stop - start:
+            raise ServiceError(f"{name!r} answered {len(s)} scores for {stop - start} events", url=client.url)
+        scores.append(s)
+        keeps.append(k)
+        start = stop
+    if not scores:
+        return np.zeros(0, np.float32), np.zeros(0, bool)
+    return np.concatenate(scores), np.concatenate(keeps)
+
+
 def score_files(client: Client, name: str, files: Sequence[str], out: str | Path, *, tree: str | None = None,
-                batch_size: int = 5_000, version: int | str | None = None) -> dict[str, Any]:
+                batch_size: int = 2_000, version: int | str | None = None,
+                max_events: int | None = None) -> dict[str, Any]:
     """Read ROOT files locally, send their raw events in batches to the service's raw-events route and
     write one CSV row per event: ``file, entry, <identifiers>, score, passes_cuts``.
 
-    ``files`` are paths/URLs or one files.txt. Only the branches the model needs (as its metadata says)
-    are read and sent. Returns ``{"files": n, "events": n}``."""
+    ``files`` are paths/URLs or one files.txt; ``max_events`` caps the events read from each file.
+    Only the branches the model needs (as its metadata says) are read and sent; a batch larger than the
+    service's body limit is split. Returns ``{"files": n, "events": n}``."""
     import csv
 
     import numpy as np
@@ -413,6 +469,7 @@ def score_files(client: Client, name: str, files: Sequence[str], out: str | Path
     branches, model_tree, ids = _model_inputs(client, name)
     tree = tree or model_tree or "events"
     total = 0
+    state = {"batch": batch_size}
     with open(out, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["file", "entry", *ids, "score", "passes_cuts"])
@@ -422,12 +479,10 @@ def score_files(client: Client, name: str, files: Sequence[str], out: str | Path
                 reader.check(wanted, f"the inputs of model {name!r}")
                 present_ids = [b for b in ids if b in reader.branches]
                 read = sorted(set(wanted) | set(present_ids))
-                for first, arrays in reader.iterate(read, batch_size):
-                    scores, keep = client.predict_events(name, {b: arrays[b] for b in wanted}, version=version,
-                                                         with_keep=True)
-                    if len(scores) != len(arrays):
-                        raise ServiceError(f"{name!r} answered {len(scores)} scores for {len(arrays)} events "
-                                           f"(entries {first}.. of {path})", url=client.url)
+                stop = reader.num_entries if max_events is None else min(reader.num_entries, max_events)
+                for first, arrays in reader.iterate(read, max(batch_size, 1), entry_stop=stop):
+                    scores, keep = _predict_batches(client, name, {b: arrays[b] for b in wanted}, len(arrays),
+                                                    version, state)
                     cols = [np.full(len(scores), i), np.arange(first, first + len(scores))]
                     cols += [_flat_numpy(arrays[b]) if b in present_ids else np.full(len(scores), "")
                              for b in ids]

@@ -1,0 +1,476 @@
+"""Request and response models of the inference service (pydantic), the body parser, and the
+conversion of validated requests into the ``float32[N, F]`` rows a runtime scores.
+
+Bodies are read as bytes, parsed with orjson, checked for nesting depth and validated against these
+models in strict mode (numbers must be JSON numbers; booleans and strings are not numbers). Every
+refusal is a :class:`~mlaas4hep_lab.serving.BadRequest` (400) or 422 with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mlaas4hep_lab.errors import MLaaSError, close_matches
+from mlaas4hep_lab.serving import BadRequest, ServingError
+
+__all__ = ["parse_body", "check_depth", "JsonRequest", "InferInput", "InferRequest", "RequestedOutput",
+           "InferOutput", "InferResponse", "EventsRequest", "EventsResponse", "TagRequest", "ShareRequest",
+           "ModelSummary", "ModelMetadata", "TensorMetadata", "ServerMetadata", "UploadResponse",
+           "DeleteResponse", "ErrorResponse", "Health", "Ready", "WhoAmI", "BODY_MODELS", "json_matrix",
+           "infer_matrix", "events_matrix", "read_upload", "Upload", "body_doc", "model_metadata"]
+
+M = TypeVar("M", bound=BaseModel)
+Version = Annotated[str | int, Field(description="a version (e.g. 3) or a tag (latest, prod)")]
+Rows = list[float] | list[list[float]]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+# -- TFaaS -----------------------------------------------------------------------------------------
+class JsonRequest(_Strict):
+    """``POST /json``: model inputs by feature name. ``values`` is one event (a list) or a list of events;
+    ``keys`` names each value's feature, in any order (None: the model's feature order)."""
+
+    model: str = Field(min_length=1, max_length=300, description="name, or owner:name / owner/name")
+    keys: list[str] | None = None
+    values: Rows
+    version: Version | None = None
+
+
+# -- Open Inference Protocol v2 ----------------------------------------------------------------------
+class InferInput(_Strict):
+    name: str
+    shape: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, max_length=8)
+    datatype: str
+    data: Rows
+    parameters: dict[str, Any] | None = None
+
+
+class RequestedOutput(_Strict):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(_Strict):
+    id: str | None = None
+    inputs: list[InferInput] = Field(min_length=1)
+    outputs: list[RequestedOutput] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class InferOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[float]
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[InferOutput]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any] | None = None
+
+
+class ModelMetadata(BaseModel):
+    """OIP model metadata plus what a client needs to build inputs (features, raw input branches)."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    owner: str
+    ref: str
+    version: str
+    tags: dict[str, str]
+    shared: bool
+    features: list[str]
+    input_branches: list[str] = []
+    tree: str | None = None
+    identifier: list[str] = []
+    backend: str | None = None
+    created: str | None = None
+    uploaded: str | None = None
+    labels: dict[str, Any] | None = None
+    metrics: dict[str, Any] = {}
+    parameters: dict[str, Any] = {}
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+# -- raw events ------------------------------------------------------------------------------------
+FlatOrJagged = list[float | bool] | list[list[float | bool]]
+
+
+class EventsRequest(_Strict):
+    """Raw events: ``{"events": {branch: [value per event] or [[values], ...]}}`` (columns) or
+    ``{"events": [{branch: value or [values]}, ...]}`` (one object per event)."""
+
+    events: dict[str, FlatOrJagged] | list[dict[str, float | bool | list[float | bool]]]
+    version: Version | None = None
+    id: str | None = None
+
+
+class EventsResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    scores: list[float]
+    keep: list[bool] = Field(description="whether each event passes the bundle's cuts (all are scored)")
+
+
+# -- store -----------------------------------------------------------------------------------------
+class TagRequest(_Strict):
+    tag: str = Field(min_length=1, max_length=128)
+    version: Version | None = Field(default=None, description="the version to tag; null removes the tag")
+
+
+class ShareRequest(_Strict):
+    shared: bool = True
+
+
+class ModelSummary(BaseModel):
+    name: str
+    owner: str
+    ref: str
+    shared: bool
+    tags: dict[str, str]
+    versions: list[str]
+    latest: str | None
+    backend: str | None = None
+    runtime: str | None = None
+    n_features: int = 0
+    created: str | None = None
+    uploaded: str | None = None
+
+
+class UploadResponse(ModelSummary):
+    version: str
+    features: list[str]
+
+
+class DeleteResponse(BaseModel):
+    deleted: str
+    versions: list[str]
+    model: ModelSummary | None = None
+
+
+class Health(BaseModel):
+    live: bool = True
+
+
+class Ready(BaseModel):
+    name: str | None = None
+    version: str | None = None
+    ready: bool
+
+
+class WhoAmI(BaseModel):
+    name: str
+    source: str
+    groups: list[str]
+
+
+# -- uploads ---------------------------------------------------------------------------------------
+UPLOAD_FIELDS = ("bundle", "file", "tarball", "archive", "model")
+
+
+@dataclass
+class Upload:
+    """An upload written to ``path`` (the caller removes it), with the form's or the query's fields."""
+
+    path: str
+    name: str | None
+    version: str | None
+    shared: bool | None
+    bare: bool = False  # a bare model file of the original TFaaS form, not a bundle tarball
+    params: dict[str, Any] | None = None
+    labels: list[str] | None = None
+
+
+async def read_upload(request, staging: Path, name: str | None, version: str | None,
+                      shared: bool | None) -> Upload:
+    """Stream ``POST /upload`` to a file under ``staging``: the body itself (a bundle tarball), or the
+    file field of a multipart form (``bundle``, ``file``, ``model``...) with its text fields ``name``,
+    ``version``, ``shared`` and, as the original TFaaS form has them, ``params`` and ``labels`` files."""
+    fd, path = tempfile.mkstemp(prefix="upload-", suffix=".bin", dir=staging)
+    os.close(fd)
+    upload = Upload(path, name or None, version or None, shared)
+    form = None
+    try:
+        with open(path, "wb") as out:
+            if request.headers.get("content-type", "").startswith("multipart/form-data"):
+                form = await request.form(max_files=8, max_fields=32)
+                field = next((form[k] for k in UPLOAD_FIELDS if hasattr(form.get(k), "read")), None)
+                if field is None:
+                    raise BadRequest(f"the form has no model file (fields {', '.join(UPLOAD_FIELDS)})")
+                text = {k: v.strip() for k, v in form.items() if isinstance(v, str) and v.strip()}
+                upload.name, upload.version = text.get("name", upload.name), text.get("version", upload.version)
+                if "shared" in text:
+                    upload.shared = text["shared"].lower() in ("1", "true", "yes", "on")
+                await asyncio.to_thread(shutil.copyfileobj, field.file, out, 1 << 20)
+            else:
+                async for chunk in request.stream():
+                    out.write(chunk)
+        if os.path.getsize(path) == 0:
+            raise BadRequest("empty upload: send a bundle .tar.gz as the body or in a form field 'bundle'")
+        if form is not None and not await asyncio.to_thread(tarfile.is_tarfile, path):
+            upload.bare = True
+            upload.params, upload.labels = await _form_extras(form)
+        return upload
+    except BaseException:
+        os.unlink(path)
+        raise
+    finally:
+        if form is not None:
+            await form.close()
+
+
+async def _form_extras(form) -> tuple[dict[str, Any] | None, list[str] | None]:
+    params = labels = None
+    if hasattr(form.get("params"), "read"):
+        try:
+            params = orjson.loads(await form["params"].read(1 << 20))
+        except orjson.JSONDecodeError as err:
+            raise BadRequest(f"params is not JSON: {err}") from None
+        if not isinstance(params, dict):
+            raise BadRequest("params must be a JSON object")
+    if hasattr(form.get("labels"), "read"):
+        raw = (await form["labels"].read(1 << 20)).decode("utf-8", "replace")
+        labels = [line.strip() for line in raw.splitlines() if line.strip()][:1000]
+    return params, labels
+
+
+# bodies parsed by parse_body (their schemas are added to the OpenAPI document by the app)
+BODY_MODELS = (JsonRequest, InferRequest, EventsRequest, TagRequest, ShareRequest)
+
+
+def body_doc(model: type) -> dict[str, Any]:
+    """OpenAPI requestBody of a route that parses its body itself (orjson, depth check, strict model)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
+def model_metadata(name: str, state: dict[str, Any], version: str, platform: str) -> dict[str, Any]:
+    """The OIP model metadata (plus features, raw input branches, tags...) of a stored version."""
+    info = state["versions"][version]
+    features = info.get("features") or []
+    params = {"features": features, "input_branches": info.get("input_branches") or [],
+              "tree": info.get("tree"), "identifier": info.get("identifier") or []}
+    return {"name": name, "versions": sorted(state["versions"], key=lambda v: (not v.isdigit(), v.zfill(12))),
+            "platform": platform, "owner": state["owner"],
+            "ref": f"{state['owner']}:{state['name']}", "version": version, "tags": state["tags"],
+            "shared": bool(state.get("shared")),
+            "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, len(features)],
+                        "parameters": {"features": features}}],
+            "outputs": [{"name": "score", "datatype": "FP32", "shape": [-1]}],
+            **params, "backend": info.get("backend"), "created": info.get("created"),
+            "uploaded": info.get("uploaded"), "labels": info.get("labels"), "metrics": info.get("metrics") or {},
+            "parameters": params}
+
+
+def check_depth(obj: Any, limit: int) -> None:
+    """Refuse JSON nested deeper than ``limit`` (iteratively: no recursion to exhaust)."""
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            raise BadRequest(f"JSON nested deeper than {limit} levels")
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, (list, dict)):
+                stack.append((child, depth + 1))
+
+
+def load_json(body: bytes, max_depth: int) -> Any:
+    """Parse a JSON body (orjson) and check its nesting depth."""
+    if not body:
+        raise BadRequest("empty body: a JSON document is needed")
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise BadRequest(f"body is not valid JSON: {err}") from None
+    # a document with fewer brackets than the limit cannot be nested deeper: skip the walk
+    if isinstance(obj, (list, dict)) and body.count(b"[") + body.count(b"{") > max_depth:
+        check_depth(obj, max_depth)
+    return obj
+
+
+def parse_body(body: bytes, model: type[M], max_depth: int) -> M:
+    """Validate a JSON body against ``model``; 400 for bad JSON, 422 naming the wrong fields."""
+    obj = load_json(body, max_depth)
+    if not isinstance(obj, dict):
+        raise ServingError(f"body must be a JSON object ({model.__name__})", 422)
+    try:
+        return model.model_validate(obj)
+    except ValidationError as err:
+        raise ServingError(f"invalid {model.__name__}: {summarize(err)}", 422) from None
+
+
+def summarize(err: ValidationError, limit: int = 3) -> str:
+    """The first errors of a pydantic ValidationError, as 'field.path: message'."""
+    parts, seen = [], set()
+    for e in err.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and "[" in p)) or "body"
+        if loc in seen:
+            continue
+        seen.add(loc)
+        parts.append(f"{loc}: {e['msg']}")
+        if len(parts) == limit:
+            break
+    more = err.error_count() - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+# -- request bodies -> float32[N, F] model inputs ----------------------------------------------------
+_F32_MAX = float(np.finfo(np.float32).max)
+_UNSEEN = object()
+
+
+def _finite32(X: np.ndarray, what: str) -> np.ndarray:
+    if X.dtype != np.float32:
+        if X.size and not np.all(np.abs(X) <= _F32_MAX):
+            raise BadRequest(f"{what}: values must be finite numbers within the float32 range")
+        X = X.astype(np.float32)
+    elif X.size and not np.all(np.isfinite(X)):
+        raise BadRequest(f"{what}: values must be finite numbers within the float32 range")
+    return X
+
+
+def json_matrix(req: JsonRequest, model) -> np.ndarray:
+    """``/json`` values, reordered from ``keys`` to the model's feature order."""
+    rows = req.values if req.values and isinstance(req.values[0], list) else [req.values]
+    try:
+        X = np.asarray(rows, dtype=np.float64)
+    except ValueError:
+        raise BadRequest("every event in 'values' needs the same number of values") from None
+    n_features = len(model.features)
+    if req.keys is None:
+        if X.shape[1] != n_features:
+            raise BadRequest(f"{X.shape[1]} values per event, but model {model.ref!r} takes {n_features} "
+                             f"features; send 'keys' naming them, or all {n_features} in the model's order")
+        return _finite32(X, "values")
+    keys = req.keys
+    if X.shape[1] != len(keys):
+        raise BadRequest(f"{len(keys)} keys but {X.shape[1]} values per event")
+    order = model.key_orders.get(tuple(keys), _UNSEEN)
+    if order is _UNSEEN:
+        order = _key_order(keys, model)
+        if len(model.key_orders) < 64:
+            model.key_orders[tuple(keys)] = order
+    X = _finite32(X, "values")
+    return X if order is None else X[:, order]
+
+
+def _key_order(keys: list[str], model) -> np.ndarray | None:
+    index = model.index
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise BadRequest(f"keys repeat {dup[:5]}")
+    unknown = [k for k in keys if k not in index]
+    if unknown:
+        hints = {k: close_matches(k, model.features, 1) for k in unknown[:5]}
+        said = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
+        raise BadRequest(f"unknown keys for model {model.ref!r}: {said}")
+    missing = [f for f in model.features if f not in set(keys)]
+    if missing:
+        raise BadRequest(f"keys lack features of model {model.ref!r}: {missing[:10]}"
+                         + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
+    # column j of the model's input is the value at position pos[j] of each event
+    pos = {k: i for i, k in enumerate(keys)}
+    order = np.array([pos[f] for f in model.features])
+    return None if np.array_equal(order, np.arange(len(order))) else order
+
+
+def infer_matrix(req: InferRequest, model) -> np.ndarray:
+    """The one OIP input ``features`` (FP32/FP64, shape [N, F], data flat or nested) as float32[N, F]."""
+    if len(req.inputs) != 1:
+        raise BadRequest(f"expected one input 'features', got {len(req.inputs)}")
+    t = req.inputs[0]
+    if t.name not in ("features", getattr(model.runtime, "input_name", "features")):
+        raise BadRequest(f"unknown input {t.name!r}; model {model.ref!r} takes one input 'features'")
+    if t.datatype not in ("FP32", "FP64"):
+        raise BadRequest(f"input datatype {t.datatype!r} is not supported; use FP32 or FP64")
+    n_features = len(model.features)
+    if len(t.shape) != 2 or t.shape[1] != n_features:
+        raise BadRequest(f"input shape {t.shape}: model {model.ref!r} takes [N, {n_features}]")
+    if req.outputs and any(o.name != "score" for o in req.outputs):
+        raise BadRequest("the only output is 'score'")
+    try:
+        X = np.asarray(t.data, dtype=np.float64)  # FP32 too: out-of-range values are refused, not cast to inf
+    except (ValueError, OverflowError):
+        raise BadRequest("input data: nested lists must all have the same length") from None
+    n = t.shape[0]
+    if X.size != n * n_features or (X.ndim == 2 and X.shape != (n, n_features)):
+        raise BadRequest(f"input data holds {X.size} values in shape {list(X.shape)}; shape {t.shape} "
+                         f"needs {n * n_features}")
+    return _finite32(X.reshape(n, n_features), "input data")
+
+
+def events_matrix(events, model) -> tuple[np.ndarray, np.ndarray]:
+    """Raw events -> (float32[N, F] in the model's input order, keep[N]) with the bundle's preprocessing."""
+    import awkward as ak
+
+    if isinstance(events, list):
+        if not events:
+            raise BadRequest("no events")
+        names = list(events[0])
+        for i, event in enumerate(events):
+            if event.keys() != events[0].keys():
+                raise BadRequest(f"event {i} has branches {sorted(event)[:10]}, event 0 has {sorted(names)[:10]}")
+        events = {b: [e[b] for e in events] for b in names}
+    if not events:
+        raise BadRequest("no branches in 'events'")
+    lengths = {b: len(v) for b, v in events.items()}
+    if len(set(lengths.values())) != 1:
+        raise BadRequest(f"branches have different numbers of events: {dict(list(lengths.items())[:10])}")
+    columns = {}
+    for branch, values in events.items():
+        if values and isinstance(values[0], list):
+            if not all(isinstance(v, list) for v in values):
+                raise BadRequest(f"branch {branch!r} mixes lists and single values")
+            counts = np.fromiter(map(len, values), np.int64, len(values))
+            content = np.asarray([x for v in values for x in v], dtype=np.float64)
+            columns[branch] = ak.unflatten(content, counts)
+        else:
+            if any(isinstance(v, list) for v in values):
+                raise BadRequest(f"branch {branch!r} mixes lists and single values")
+            columns[branch] = np.asarray(values, dtype=np.float64)
+    try:
+        X, _, keep = model.bundle.vectorize(ak.Array(columns))
+    except MLaaSError as err:
+        raise BadRequest(str(err)) from None
+    except Exception as err:  # awkward/numpy refusals of odd input: the client's problem, not a crash
+        raise BadRequest(f"cannot preprocess these events: {type(err).__name__}: {err}") from None
+    if model.raw_order is not None:
+        X = X[:, model.raw_order]
+    return X, keep

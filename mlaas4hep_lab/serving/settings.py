@@ -1,0 +1,153 @@
+"""Settings of the inference service, each with its environment-variable default.
+
+``Settings.from_env()`` reads the environment; ``mlaas4hep serve`` builds the same object from its flags
+(a flag wins over the variable). Every field is documented where it is declared.
+
+Example::
+
+    settings = Settings.from_env(store_dir="/srv/models", tokens={"alice": "tok-a"})
+    app = create_app(settings)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlaas4hep_lab.errors import ConfigError
+
+__all__ = ["Settings", "RUNTIMES", "SETTINGS_ENV"]
+
+RUNTIMES = ("auto", "onnx", "tf")
+SETTINGS_ENV = "MLAAS4HEP_SERVE_SETTINGS"  # JSON of the settings, passed to uvicorn worker processes
+MiB = 1 << 20
+
+
+def _env(name: str, default: Any, kind: type = str) -> Any:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        if kind is bool:
+            if raw.strip().lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(raw)
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        return kind(raw)
+    except ValueError as err:
+        raise ConfigError(f"cannot read {raw!r} as {kind.__name__}", key=name, source="environment") from err
+
+
+def _prefix(raw: str) -> str:
+    """``/services/tfaas/`` -> ``/services/tfaas``; ``/`` or empty -> ``""``."""
+    raw = (raw or "").strip()
+    if not raw or raw == "/":
+        return ""
+    return "/" + raw.strip("/")
+
+
+@dataclass
+class Settings:
+    """How ``mlaas4hep serve`` runs. Environment variables in brackets give the defaults."""
+
+    # -- where and how it listens
+    store_dir: Path = field(default_factory=lambda: Path(_env("MLAAS4HEP_STORE", "mlaas4hep-store")))
+    host: str = field(default_factory=lambda: _env("MLAAS4HEP_HOST", "127.0.0.1"))
+    port: int = field(default_factory=lambda: _env("MLAAS4HEP_PORT", 8083, int))
+    # uvicorn worker processes; each has its own batching queue, all share the store on disk [MLAAS4HEP_WORKERS]
+    workers: int = field(default_factory=lambda: _env("MLAAS4HEP_WORKERS", 1, int))
+    # URL prefix of every route; JupyterHub sets it for hub-managed services [JUPYTERHUB_SERVICE_PREFIX]
+    prefix: str = field(default_factory=lambda: _prefix(_env("JUPYTERHUB_SERVICE_PREFIX", "")))
+    log_level: str = field(default_factory=lambda: _env("MLAAS4HEP_LOG_LEVEL", "warning"))
+
+    # -- authentication (any number of methods may be on together)
+    # JSON file {"alice": "tok-a", ...} or {"tokens": {...}} [MLAAS4HEP_TOKENS]
+    tokens_file: Path | None = field(default_factory=lambda: _env("MLAAS4HEP_TOKENS", None, Path))
+    tokens: dict[str, str] = field(default_factory=dict)  # user -> token, beside (or instead of) the file
+    # JupyterHub API, when run as a hub service: tokens are checked with GET {url}/user [JUPYTERHUB_API_URL]
+    hub_api_url: str | None = field(default_factory=lambda: _env("JUPYTERHUB_API_URL", None))
+    hub_api_token: str | None = field(default_factory=lambda: _env("JUPYTERHUB_API_TOKEN", None))
+    hub_cache_ttl: float = field(default_factory=lambda: _env("MLAAS4HEP_HUB_CACHE_TTL", 60.0, float))
+    # scopes one of which a hub token must carry, comma-separated (e.g. access:services!service=tfaas);
+    # empty: any valid token of a hub user [MLAAS4HEP_HUB_SCOPES]
+    hub_scopes: tuple[str, ...] = field(default_factory=lambda: tuple(
+        s.strip() for s in _env("MLAAS4HEP_HUB_SCOPES", "").split(",") if s.strip()))
+    # OIDC access tokens (JWT): issuer, audience, JWKS URL (default: from the issuer's discovery document)
+    oidc_issuer: str | None = field(default_factory=lambda: _env("MLAAS4HEP_OIDC_ISSUER", None))
+    oidc_audience: str | None = field(default_factory=lambda: _env("MLAAS4HEP_OIDC_AUDIENCE", None))
+    oidc_jwks_url: str | None = field(default_factory=lambda: _env("MLAAS4HEP_OIDC_JWKS_URL", None))
+    oidc_username_claim: str = field(default_factory=lambda: _env("MLAAS4HEP_OIDC_USERNAME_CLAIM",
+                                                                  "preferred_username"))
+    oidc_groups_claim: str = field(default_factory=lambda: _env("MLAAS4HEP_OIDC_GROUPS_CLAIM", "groups"))
+    oidc_algorithms: tuple[str, ...] = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")
+    oidc_leeway: float = 30.0  # seconds of clock skew accepted on exp/nbf/iat
+    # development only: requests without a token act as user "anonymous" [MLAAS4HEP_NO_AUTH]
+    allow_anonymous: bool = field(default_factory=lambda: _env("MLAAS4HEP_NO_AUTH", False, bool))
+
+    # -- models
+    runtime: str = field(default_factory=lambda: _env("MLAAS4HEP_RUNTIME", "auto"))  # auto | onnx | tf
+    runtime_threads: int = field(default_factory=lambda: _env("MLAAS4HEP_RUNTIME_THREADS", 1, int))
+    preload: bool = True  # load the tagged versions of every model at start, not at first request
+
+    # -- dynamic batching
+    batching: bool = field(default_factory=lambda: _env("MLAAS4HEP_BATCHING", True, bool))
+    max_batch: int = field(default_factory=lambda: _env("MLAAS4HEP_MAX_BATCH", 512, int))  # rows per pass
+    # how long a batch waits for more requests after its first one; 0: take what is queued, no wait
+    max_delay_ms: float = field(default_factory=lambda: _env("MLAAS4HEP_MAX_DELAY_MS", 0.0, float))
+    queue_size: int = field(default_factory=lambda: _env("MLAAS4HEP_QUEUE_SIZE", 4096, int))  # full -> 503
+    inference_threads: int = field(default_factory=lambda: _env("MLAAS4HEP_INFERENCE_THREADS", 2, int))
+    # requests of at most this many rows that find their model idle are scored on the event loop itself,
+    # when a one-row pass takes < 0.1 ms: lowest latency for a lone client, less throughput under load
+    # (the passes no longer overlap with the HTTP work); 0: always in the inference threads
+    inline_rows: int = field(default_factory=lambda: _env("MLAAS4HEP_INLINE_ROWS", 0, int))
+
+    # -- limits
+    max_body_bytes: int = field(default_factory=lambda: _env("MLAAS4HEP_MAX_BODY", 1 * MiB, int))
+    max_upload_bytes: int = field(default_factory=lambda: _env("MLAAS4HEP_MAX_UPLOAD", 500 * MiB, int))
+    max_json_depth: int = 32
+    max_tar_members: int = 10_000
+    max_tar_bytes: int = 2 << 30  # unpacked size of an uploaded bundle
+
+    def __post_init__(self) -> None:
+        self.store_dir = Path(self.store_dir)
+        self.tokens_file = Path(self.tokens_file) if self.tokens_file else None
+        self.prefix = _prefix(self.prefix)
+        self.oidc_algorithms = tuple(self.oidc_algorithms)
+        self.hub_scopes = tuple(self.hub_scopes)
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"unknown runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}",
+                              key="runtime")
+        for name in ("port", "workers", "runtime_threads", "max_batch", "queue_size", "inference_threads",
+                     "max_body_bytes", "max_upload_bytes", "max_json_depth", "max_tar_members", "max_tar_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "port" else 1):
+                raise ConfigError(f"must be a positive integer, not {value!r}", key=name)
+        if self.max_delay_ms < 0 or self.inline_rows < 0 or self.hub_cache_ttl < 0:
+            raise ConfigError("max_delay_ms, inline_rows and hub_cache_ttl must not be negative")
+        if not isinstance(self.tokens, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                        for k, v in self.tokens.items()):
+            raise ConfigError("must map user names to token strings", key="tokens")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Settings from the environment, with ``overrides`` (None values are ignored)."""
+        return cls(**{k: v for k, v in overrides.items() if v is not None})
+
+    def auth_configured(self) -> bool:
+        return bool(self.tokens_file or self.tokens or self.hub_api_url or self.oidc_issuer
+                    or self.oidc_jwks_url or self.allow_anonymous)
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        data["store_dir"] = str(self.store_dir)
+        data["tokens_file"] = str(self.tokens_file) if self.tokens_file else None
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,545 @@
+"""The model store on disk: ``<root>/<owner>/<name>/<version>/`` (one extracted bundle each).
+
+``<root>/<owner>/<name>/model.json`` holds the model's state: versions (with metadata from the manifest
+and a ``stamp`` that changes on every upload), tags (``latest`` moves on each upload; others such as
+``prod`` are set by the owner) and whether the model is shared. All state is on disk, written atomically
+(temporary file + rename), so a restarted server serves what it served before; ``<root>/.generation``
+changes on every change, so several server processes over one store see each other's uploads.
+
+An upload is checked (tar members, sizes), extracted into ``<root>/.staging``, loaded (runtime built and
+a test prediction made), and only then moved into place and activated: until that moment the previous
+version keeps serving, and a model that cannot be served is refused with the reason.
+
+Models belong to their uploader. Others may read (predict, metadata) a model only when it is shared, and
+address it as ``owner:name`` (``owner/name`` is accepted in request bodies, ``owner%2Fname`` in URLs).
+Only the owner may delete, tag or share it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import threading
+import time
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from mlaas4hep_lab.bundle import Bundle, safe_extract
+from mlaas4hep_lab.errors import MLaaSError
+from mlaas4hep_lab.serving import BadRequest, Forbidden, NotFound
+from mlaas4hep_lab.serving.runtime import (
+    PLATFORMS,
+    RUNTIME_ORDER,
+    Runtime,
+    build_runtime,
+    find_exports,
+    onnx_bundle,
+    probe_runtime,
+)
+
+__all__ = ["ModelStore", "LoadedModel", "check_archive", "split_ref", "NAME_PATTERN"]
+
+log = logging.getLogger(__name__)
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$"
+_NAME = re.compile(NAME_PATTERN)
+_STATE = "model.json"
+_GENERATION = ".generation"
+_MANAGED_TAGS = ("latest",)
+_MAX_JSON_BYTES = 64 << 20
+_MAX_FEATURES = 1_000_000
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _version_key(v: str) -> tuple:
+    return (0, int(v), "") if v.isdigit() else (1, 0, v)
+
+
+def split_ref(ref: str, default_owner: str) -> tuple[str, str]:
+    """``name`` -> (default_owner, name); ``owner:name`` or ``owner/name`` -> (owner, name)."""
+    for sep in (":", "/"):
+        if sep in ref:
+            owner, _, name = ref.partition(sep)
+            return owner, name
+    return default_owner, ref
+
+
+def check_archive(path: Path, max_members: int, max_bytes: int) -> None:
+    """Refuse a tarball with absolute or ``..`` paths, links, devices, sparse files, too many members or
+    too much content. Reads the headers one by one, so a tar of a million members costs no memory."""
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            count = total = 0
+            for member in tar:
+                count += 1
+                if count > max_members:
+                    raise BadRequest(f"the archive has more than {max_members} members")
+                name = member.name
+                parts = PurePosixPath(name.replace("\\", "/")).parts
+                if (not name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts
+                        or "\x00" in name):
+                    raise BadRequest(f"refused archive member {name!r}: absolute path or '..'")
+                if member.issym() or member.islnk():
+                    raise BadRequest(f"refused archive member {name!r}: links are not allowed")
+                if member.isdev():
+                    raise BadRequest(f"refused archive member {name!r}: devices and FIFOs are not allowed")
+                if member.issparse() or not (member.isfile() or member.isdir()):
+                    raise BadRequest(f"refused archive member {name!r}: only plain files and folders")
+                total += member.size
+                if total > max_bytes:
+                    raise BadRequest(f"the archive unpacks to more than {max_bytes} bytes")
+            if count == 0:
+                raise BadRequest("the archive is empty")
+    except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as err:
+        if isinstance(err, BadRequest):
+            raise
+        raise BadRequest(f"not a readable tar archive (.tar, .tar.gz): {err}") from err
+
+
+@dataclass
+class LoadedModel:
+    """A version ready to serve: its bundle (preprocessing), runtime and, once used, its batcher."""
+
+    owner: str
+    name: str
+    version: str
+    stamp: str
+    bundle: Bundle
+    runtime: Runtime
+    features: list[str]
+    raw_order: np.ndarray | None = None  # columns of Bundle.vectorize output in the model's input order
+    batcher: Any = None
+    index: dict[str, int] = field(default_factory=dict)
+    key_orders: dict[tuple, Any] = field(default_factory=dict)  # /json keys -> column order (cache)
+
+    def __post_init__(self) -> None:
+        self.index = {f: i for i, f in enumerate(self.features)}
+
+    @property
+    def ref(self) -> str:
+        return f"{self.owner}:{self.name}"
+
+    def retire(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+
+class ModelStore:
+    """Versions, tags and sharing of models on disk, and the loaded runtimes of those being served.
+
+    Args:
+        root: the store's folder (created when missing).
+        runtime: ``auto``, ``onnx`` or ``tf``; runtime_threads: intra-op threads of each runtime.
+        max_members, max_bytes: caps on an uploaded archive.
+    """
+
+    def __init__(self, root: str | Path, runtime: str = "auto", runtime_threads: int = 1,
+                 max_members: int = 10_000, max_bytes: int = 2 << 30):
+        self.root = Path(root).resolve()
+        self.runtime, self.runtime_threads = runtime, runtime_threads
+        self.max_members, self.max_bytes = max_members, max_bytes
+        self.root.mkdir(parents=True, exist_ok=True)
+        for scratch in (".staging", ".trash"):
+            (self.root / scratch).mkdir(exist_ok=True)
+            for left in (self.root / scratch).iterdir():  # left over by a killed process (not a live upload)
+                if time.time() - left.stat().st_mtime > 3600:
+                    shutil.rmtree(left, ignore_errors=True) if left.is_dir() else left.unlink(missing_ok=True)
+        self._lock = threading.RLock()
+        self._load_locks: dict[tuple[str, str, str], threading.Lock] = {}
+        self._index: dict[tuple[str, str], dict[str, Any]] = {}
+        self._loaded: dict[tuple[str, str, str], LoadedModel] = {}
+        self._generation: tuple | None = None
+        self._generation_file = str(self.root / _GENERATION)
+        self.reload()
+
+    # -- state on disk ----------------------------------------------------------------------------
+    def _stat_generation(self) -> tuple | None:
+        try:
+            st = os.stat(self._generation_file)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def refresh(self) -> None:
+        """Re-read the state when another process changed it (cheap: one stat)."""
+        if self._stat_generation() != self._generation:
+            self.reload()
+
+    def reload(self) -> None:
+        with self._lock:
+            self._generation = self._stat_generation()
+            index = {}
+            for state_file in sorted(self.root.glob(f"*/*/{_STATE}")):
+                owner, name = state_file.parent.parent.name, state_file.parent.name
+                try:
+                    state = json.loads(state_file.read_text())
+                    state.update(owner=owner, name=name)
+                    state.setdefault("tags", {}), state.setdefault("versions", {})
+                    state.setdefault("shared", False)
+                except (OSError, ValueError, AttributeError) as err:
+                    log.error("skipping %s: %s", state_file, err)
+                    continue
+                index[(owner, name)] = state
+            self._index = index
+            for key, model in list(self._loaded.items()):
+                info = index.get(key[:2], {}).get("versions", {}).get(key[2])
+                if info is None or info.get("stamp") != model.stamp:
+                    self._loaded.pop(key).retire()
+
+    def _write_state(self, state: dict[str, Any]) -> None:
+        folder = self.root / state["owner"] / state["name"]
+        folder.mkdir(parents=True, exist_ok=True)
+        _atomic_write(folder / _STATE, json.dumps(state, indent=1))
+        self._bump()
+
+    def _bump(self) -> None:
+        _atomic_write(self.root / _GENERATION, uuid.uuid4().hex)
+        self._generation = self._stat_generation()
+
+    # -- lookup -----------------------------------------------------------------------------------
+    def find(self, user: str, ref: str, version: str | None = None) -> tuple[dict[str, Any], str]:
+        """(model state, version) of ``ref`` as ``user`` sees it; ``version`` may be a tag (default
+        ``latest``). Raises NotFound for models that do not exist or are not shared with ``user``."""
+        owner, name = split_ref(ref, user)
+        state = self._index.get((owner, name))
+        if state is None or (owner != user and not state.get("shared")):
+            hint = ""
+            if owner == user and ":" not in ref and "/" not in ref:
+                others = sorted(f"{o}:{n}" for (o, n), s in self._index.items()
+                                if n == name and o != user and s.get("shared"))
+                if others:
+                    hint = f"; models of other users are addressed as owner:name, e.g. {others[0]!r}"
+            raise NotFound(f"model {ref!r} not found (or not shared with you){hint}")
+        want = "latest" if version in (None, "") else str(version)
+        resolved = state["tags"].get(want, want)
+        if resolved not in state["versions"]:
+            raise NotFound(f"model {ref!r} has no version or tag {want!r}; versions "
+                           f"{sorted(state['versions'], key=_version_key)}, tags {state['tags']}")
+        return state, resolved
+
+    def owned(self, user: str, ref: str) -> dict[str, Any]:
+        """The state of a model ``user`` may change (their own); 403 for others' shared models."""
+        owner, name = split_ref(ref, user)
+        state = self._index.get((owner, name))
+        if state is None or (owner != user and not state.get("shared")):
+            raise NotFound(f"model {ref!r} not found (or not shared with you)")
+        if owner != user:
+            raise Forbidden(f"model {ref!r} belongs to {owner!r}; only the owner may change it")
+        return state
+
+    @property
+    def loaded_count(self) -> int:
+        return len(self._loaded)
+
+    def loaded(self, owner: str, name: str, version: str) -> LoadedModel | None:
+        """The loaded model when it is current, without blocking; None when it must be loaded."""
+        model = self._loaded.get((owner, name, version))
+        if model is None:
+            return None
+        info = self._index.get((owner, name), {}).get("versions", {}).get(version)
+        return model if info is not None and info.get("stamp") == model.stamp else None
+
+    def load(self, owner: str, name: str, version: str) -> LoadedModel:
+        """Load a stored version (blocking: run it in a thread)."""
+        key = (owner, name, version)
+        with self._lock:
+            lock = self._load_locks.setdefault(key, threading.Lock())
+        with lock:
+            model = self.loaded(*key)
+            if model is not None:
+                return model
+            info = self._index.get((owner, name), {}).get("versions", {}).get(version)
+            if info is None:
+                raise NotFound(f"model {owner}:{name} has no version {version!r}")
+            model = self._build(self.root / owner / name / version, owner, name, version, info["stamp"])
+            with self._lock:
+                if self.loaded(*key) is None and self._index.get((owner, name), {}).get(
+                        "versions", {}).get(version, {}).get("stamp") == model.stamp:
+                    old = self._loaded.get(key)
+                    self._loaded[key] = model
+                    if old is not None:
+                        old.retire()
+            return self._loaded.get(key, model)
+
+    def preload(self) -> None:
+        """Load the tagged versions of every model (errors are logged; those models answer 4xx)."""
+        for (owner, name), state in list(self._index.items()):
+            for version in sorted(set(state["tags"].values())):
+                try:
+                    self.load(owner, name, version)
+                except Exception as err:  # one broken model must not stop the server
+                    log.error("cannot load %s:%s version %s: %s", owner, name, version, err)
+
+    def _build(self, path: Path, owner: str, name: str, version: str, stamp: str) -> LoadedModel:
+        _precheck(path)
+        try:
+            bundle = Bundle(path)
+            features = bundle.manifest.get("features")
+            if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
+                raise BadRequest("manifest 'features' must be a non-empty list of names")
+            names = bundle.vectorizer.names
+        except BadRequest:
+            raise
+        except (MLaaSError, KeyError, TypeError, ValueError, AttributeError, OSError) as err:
+            raise BadRequest(f"not a usable model bundle: {type(err).__name__}: {err}") from err
+        if sorted(names) != sorted(features) or len(set(features)) != len(features):
+            raise BadRequest("manifest 'features' do not match the bundle's specs.json")
+        order = None if names == features else np.array([names.index(f) for f in features])
+        runtime = build_runtime(path, bundle.manifest, len(features), self.runtime, self.runtime_threads)
+        probe_runtime(runtime)
+        return LoadedModel(owner, name, version, stamp, bundle, runtime, list(features), order)
+
+    # -- listing ----------------------------------------------------------------------------------
+    def visible(self, user: str, name: str | None = None, tag: str | None = None,
+                owner: str | None = None) -> list[dict[str, Any]]:
+        """Models ``user`` may use: their own and those shared with everyone; ``name`` matches a part of
+        the name (case-insensitive), ``tag`` keeps models with that tag, ``owner`` one owner's."""
+        out = []
+        for (o, n), state in sorted(self._index.items()):
+            if o != user and not state.get("shared"):
+                continue
+            if (name and name.lower() not in n.lower()) or (tag and tag not in state["tags"]) or (
+                    owner and owner != o):
+                continue
+            out.append(self.summary(state))
+        return out
+
+    def served_runtime(self, state: dict[str, Any], version: str) -> tuple[str | None, str]:
+        """(runtime kind, OIP platform) serving a version in this process: the loaded one, else the one
+        the runtime preference would pick among the bundle's exports."""
+        model = self.loaded(state["owner"], state["name"], version)
+        if model is not None:
+            return model.runtime.kind, model.runtime.platform
+        info = state["versions"].get(version, {})
+        exports = info.get("exports") or [info.get("runtime")]
+        kind = next((k for k in RUNTIME_ORDER[self.runtime] if k in exports), None)
+        return kind, PLATFORMS.get(kind, "")
+
+    def summary(self, state: dict[str, Any]) -> dict[str, Any]:
+        versions = sorted(state["versions"], key=_version_key)
+        latest = state["tags"].get("latest")
+        info = state["versions"].get(latest, {})
+        return {"name": state["name"], "owner": state["owner"], "ref": f"{state['owner']}:{state['name']}",
+                "shared": bool(state.get("shared")), "tags": dict(state["tags"]), "versions": versions,
+                "latest": latest, "backend": info.get("backend"),
+                "runtime": self.served_runtime(state, latest)[0] if latest else None,
+                "n_features": len(info.get("features") or []), "created": info.get("created"),
+                "uploaded": info.get("uploaded")}
+
+    # -- changes ----------------------------------------------------------------------------------
+    def ingest(self, user: str, archive: str | Path, name: str | None = None, version: str | None = None,
+               shared: bool | None = None) -> dict[str, Any]:
+        """Check, extract, load and test an uploaded bundle tarball, then activate it (blocking).
+        ``version`` None takes the next integer; an existing version is replaced."""
+        archive = Path(archive)
+        check_archive(archive, self.max_members, self.max_bytes)
+        staging = Path(tempfile.mkdtemp(prefix="upload-", dir=self.root / ".staging"))
+        try:
+            try:
+                bundle_dir = safe_extract(archive, staging / "x", self.max_members, self.max_bytes)
+            except MLaaSError as err:
+                raise BadRequest(str(err)) from err
+            if not (bundle_dir / "manifest.json").is_file():
+                raise BadRequest("the archive holds no model bundle (manifest.json at its top or in its one folder)")
+            return self.activate(user, bundle_dir, name, version, shared, archive=archive)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def ingest_onnx(self, user: str, model_file: str | Path, name: str | None, version: str | None = None,
+                    shared: bool | None = None, params: dict[str, Any] | None = None,
+                    labels: list[str] | None = None) -> dict[str, Any]:
+        """A bare ONNX model of the original TFaaS form, wrapped in a minimal bundle, then activated."""
+        name = name or (params or {}).get("name")
+        if not isinstance(name, str) or not name:
+            raise BadRequest("give the model a 'name' (form field or params.json)")
+        staging = Path(tempfile.mkdtemp(prefix="upload-", dir=self.root / ".staging"))
+        try:
+            folder = onnx_bundle(staging / "bundle", Path(model_file), name, params, labels)
+            return self.activate(user, folder, name, version, shared, archive=Path(model_file))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def activate(self, user: str, bundle_dir: Path, name: str | None = None, version: str | None = None,
+                 shared: bool | None = None, archive: Path | None = None) -> dict[str, Any]:
+        """Load and test the bundle in ``bundle_dir`` (moved into the store) and make it the latest."""
+        try:
+            manifest = json.loads((bundle_dir / "manifest.json").read_text())
+        except (OSError, ValueError) as err:
+            raise BadRequest(f"manifest.json is not readable JSON: {err}") from err
+        if not isinstance(manifest, dict):
+            raise BadRequest("manifest.json must hold an object")
+        name = name or manifest.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise BadRequest(f"model name {name!r} is not usable: 1-128 letters, digits, '_', '.', '+', '-', "
+                             "starting with a letter or digit (give 'name' with the upload)")
+        if version is not None and (not _NAME.match(str(version)) or str(version) in self._tag_names()):
+            raise BadRequest(f"version {version!r} is not usable (letters, digits, _ . + -; not a tag name)")
+        model = self._build(bundle_dir, user, name, "", "")  # the test before anything changes
+        digest = _sha256(archive) if archive is not None else None
+        with self._commit():
+            old_state = self._index.get((user, name))
+            state = json.loads(json.dumps(old_state)) if old_state else {
+                "owner": user, "name": name, "shared": False, "tags": {}, "versions": {}, "next_version": 1}
+            version = str(version) if version is not None else str(max(
+                [state.get("next_version", 1)] + [int(v) + 1 for v in state["versions"] if v.isdigit()]))
+            if version in state["tags"]:
+                raise BadRequest(f"version {version!r} would be hidden by the tag of the same name")
+            final = self.root / user / name / version
+            final.parent.mkdir(parents=True, exist_ok=True)
+            trash = None
+            if final.exists():
+                trash = Path(tempfile.mkdtemp(dir=self.root / ".trash"))
+                os.replace(final, trash / "old")
+            os.replace(bundle_dir, final)
+            model.bundle.path, model.version, model.stamp = final, version, uuid.uuid4().hex
+            state["versions"][version] = {
+                "stamp": model.stamp, "uploaded": _now(), "uploader": user, "sha256": digest,
+                "bundle_name": manifest.get("name"), "bundle_version": manifest.get("version"),
+                "backend": manifest.get("backend"), "created": manifest.get("created"),
+                "features": model.features, "labels": manifest.get("labels"),
+                "metrics": manifest.get("metrics") if isinstance(manifest.get("metrics"), dict) else {},
+                "runtime": model.runtime.kind, "platform": model.runtime.platform,
+                "exports": sorted(find_exports(final, manifest)),
+                "input_branches": model.bundle.input_branches(), "tree": model.bundle.specs.tree,
+                "identifier": list(model.bundle.specs.identifier or [])}
+            state["tags"]["latest"] = version
+            if version.isdigit():
+                state["next_version"] = max(state.get("next_version", 1), int(version) + 1)
+            if shared is not None:
+                state["shared"] = bool(shared)
+            self._write_state(state)
+            self._index = {**self._index, (user, name): state}
+            old = self._loaded.pop((user, name, version), None)
+            self._loaded[(user, name, version)] = model
+        if old is not None:
+            old.retire()
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+        log.info("activated %s:%s version %s (%s)", user, name, version, model.runtime.kind)
+        return {**self.summary(state), "version": version, "features": model.features}
+
+    def _tag_names(self) -> set[str]:
+        return {"latest", "prod"}
+
+    @contextlib.contextmanager
+    def _commit(self):
+        """Serialise changes: between threads (a lock) and between server processes (a file lock)."""
+        with self._lock, open(self.root / ".lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                self.refresh()
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def delete(self, user: str, ref: str, version: str | None = None) -> dict[str, Any]:
+        """Delete a model (every version) or one version (or the version a tag points to)."""
+        with self._commit():
+            state = json.loads(json.dumps(self.owned(user, ref)))
+            key = (state["owner"], state["name"])
+            folder = self.root / key[0] / key[1]
+            trash = Path(tempfile.mkdtemp(dir=self.root / ".trash"))
+            if version is not None:
+                _, version = self.find(user, ref, version)
+                del state["versions"][version]
+            if version is None or not state["versions"]:  # the whole model goes
+                removed = [version] if version is not None else sorted(state["versions"], key=_version_key)
+                self._index = {k: v for k, v in self._index.items() if k != key}
+                if folder.exists():
+                    os.replace(folder, trash / "model")
+                self._bump()
+                remaining = None
+            else:
+                removed = [version]
+                state["tags"] = {t: v for t, v in state["tags"].items() if v != version}
+                state["tags"].setdefault("latest", sorted(state["versions"], key=_version_key)[-1])
+                if (folder / version).exists():
+                    os.replace(folder / version, trash / "version")
+                self._write_state(state)
+                self._index = {**self._index, key: state}
+                remaining = state
+            for v in removed:
+                model = self._loaded.pop((*key, v), None)
+                if model is not None:
+                    model.retire()
+        shutil.rmtree(trash, ignore_errors=True)
+        return {"deleted": f"{key[0]}:{key[1]}", "versions": removed,
+                "model": self.summary(remaining) if remaining else None}
+
+    def set_tag(self, user: str, ref: str, tag: str, version: str | None) -> dict[str, Any]:
+        """Point ``tag`` at ``version`` (a version or another tag); None removes the tag."""
+        if not isinstance(tag, str) or not _NAME.match(tag) or tag in _MANAGED_TAGS:
+            raise BadRequest(f"tag {tag!r} cannot be set: 'latest' moves by itself; names are letters, digits, "
+                             "_ . + -")
+        with self._commit():
+            state = json.loads(json.dumps(self.owned(user, ref)))
+            if tag in state["versions"]:
+                raise BadRequest(f"tag {tag!r} would hide the version of the same name")
+            if version is None:
+                state["tags"].pop(tag, None)
+            else:
+                _, resolved = self.find(user, ref, version)
+                state["tags"][tag] = resolved
+            self._write_state(state)
+            self._index = {**self._index, (state["owner"], state["name"]): state}
+        return self.summary(state)
+
+    def set_shared(self, user: str, ref: str, shared: bool) -> dict[str, Any]:
+        with self._commit():
+            state = json.loads(json.dumps(self.owned(user, ref)))
+            state["shared"] = bool(shared)
+            self._write_state(state)
+            self._index = {**self._index, (state["owner"], state["name"]): state}
+        return self.summary(state)
+
+
+def _precheck(path: Path) -> None:
+    """Sizes an uploaded bundle may not exceed before it is parsed (JSON files, feature count): a specs
+    file asking for a billion padded slots would otherwise exhaust the memory while being loaded."""
+    for name in ("manifest.json", "specs.json", "params.json", "preproc.json"):
+        file = path / name
+        if file.is_file() and file.stat().st_size > _MAX_JSON_BYTES:
+            raise BadRequest(f"{name} is larger than {_MAX_JSON_BYTES} bytes")
+    try:
+        specs = json.loads((path / "specs.json").read_text())
+        jdim, fkeys = specs.get("jdim", {}), specs.get("fkeys", [])
+        width = len(fkeys) + sum(int(v) for v in jdim.values())
+        if any(int(v) < 0 for v in jdim.values()):
+            raise ValueError("negative jagged length")
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        raise BadRequest(f"specs.json is missing or malformed: {err}") from err
+    if width > _MAX_FEATURES:
+        raise BadRequest(f"the bundle has {width} features, more than this service takes ({_MAX_FEATURES})")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
