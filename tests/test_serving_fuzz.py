@@ -10,6 +10,7 @@ correctly afterwards. Example counts and time are bounded (``FUZZ_EXAMPLES`` exa
 
 from __future__ import annotations
 
+import copy
 import http.client
 import io
 import json
@@ -166,7 +167,7 @@ _good_versions = st.sampled_from([None, "1", "2", "latest", 1])
 @st.composite
 def _mutated(draw, valid):
     """A valid body with one part replaced by junk, removed, or one element added."""
-    body = draw(valid)
+    body = copy.deepcopy(draw(valid))  # never mutate objects shared with the strategy (st.just values)
     node, parent, key = body, None, None
     while isinstance(node, (dict, list)) and node and draw(st.booleans()):  # walk to a random part
         parent = node
@@ -196,7 +197,7 @@ def _json_bodies(features: list[str]):
     row = st.lists(_finite, min_size=n, max_size=n)
     valid = st.fixed_dictionaries(
         {"model": _good_models, "values": row | st.lists(row, min_size=1, max_size=4)},
-        optional={"keys": st.just(features) | st.permutations(features), "version": _good_versions})
+        optional={"keys": st.just(features).map(list) | st.permutations(features), "version": _good_versions})
     # keys and values must agree: permute both together when keys are permuted
     def align(body):
         keys = body.get("keys")
