@@ -11,19 +11,12 @@ correctly afterwards. Example counts and time are bounded (``FUZZ_EXAMPLES`` exa
 from __future__ import annotations
 
 import copy
-import http.client
 import io
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import tarfile
-import time
 import urllib.parse
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,6 +26,11 @@ from hypothesis import strategies as st
 from mlaas4hep_lab.bundle import Bundle
 from mlaas4hep_lab.serving.client import Client
 
+try:
+    from serving_support import ServerProcess, build_bundles, http_call
+except ImportError:  # tests/ imported as a package
+    from tests.serving_support import ServerProcess, build_bundles, http_call
+
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 TOKEN, OTHER = "fuzz-token-0123", "other-token-4567"
@@ -40,90 +38,25 @@ FUZZ_EXAMPLES = int(os.environ.get("MLAAS4HEP_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
-DEMOS = {"higgs-torch": ("higgs", "torch"), "tth-torch": ("tth", "torch")}
 
 
 # ------------------------------------------------------------------------------------------ the server
 
-def _build_bundles(base: Path) -> dict[str, Path]:
-    """The demo bundles, shared with test_serving_e2e.py when both run in one session (same folder)."""
-    procs = []
-    for key, (kind, backend) in DEMOS.items():
-        if not (base / key / "output" / "bundle" / "manifest.json").exists():
-            (base / key).mkdir(parents=True, exist_ok=True)
-            log = (base / f"{key}.log").open("w")
-            cmd = [sys.executable, "-m", "mlaas4hep_lab.cli", "demo", "--out", str(base / key), "--kind", kind,
-                   "--backend", backend, "--events", "20000", "--epochs", "1"]
-            procs.append((key, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
-    for key, proc, log in procs:
-        rc = proc.wait(600)
-        log.close()
-        assert rc == 0, (base / f"{key}.log").read_text()[-3000:]
-    return {key: base / key / "output" / "bundle" for key in DEMOS}
-
-
-class _Server:
-    def __init__(self, folder: Path):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        (folder / "tokens.json").write_text(json.dumps({"fuzzer": TOKEN, "other": OTHER}))
-        self.log_path = folder / "server.log"
-        self._log = self.log_path.open("wb")
-        cmd = [sys.executable, "-m", "mlaas4hep_lab.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--store", str(folder / "store"), "--tokens", str(folder / "tokens.json"),
-               "--max-upload", str(4 << 20)]
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
-            try:
-                if call(self, "GET", "/v2/health/ready", auth=None)[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("the server did not get ready")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
-
-
 def call(server, method: str, path: str, body: bytes | None = None, auth: str | None = f"Bearer {TOKEN}",
          ctype: str | None = "application/json", headers: dict | None = None) -> tuple[int, object]:
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     h = dict(headers or {})
     if auth is not None:
         h["Authorization"] = auth
-    if ctype and body is not None:
-        h["Content-Type"] = ctype
-    try:
-        try:
-            conn.request(method, path, body=body, headers=h)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # answered early (413) and closed
-        resp = conn.getresponse()
-        raw = resp.read()
-    finally:
-        conn.close()
-    try:
-        return resp.status, json.loads(raw)
-    except ValueError:
-        return resp.status, raw
+    return http_call(server.url, method, path, body, headers=h, content_type=ctype)
 
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory):
-    bundles = _build_bundles(tmp_path_factory.getbasetemp() / "serving-bundles")
-    server = _Server(tmp_path_factory.mktemp("serving-fuzz"))
+    bundles = build_bundles(tmp_path_factory.getbasetemp() / "serving-bundles", keys=("higgs-torch", "tth-torch"))
+    folder = tmp_path_factory.mktemp("serving-fuzz")
+    (folder / "tokens.json").write_text(json.dumps({"fuzzer": TOKEN, "other": OTHER}))
+    server = ServerProcess(folder / "store", folder / "tokens.json", folder / "server.log",
+                           "--max-upload", str(4 << 20)).start()
     try:
         c = Client(server.url, token=TOKEN)
         server.bundles = bundles
