@@ -177,3 +177,11 @@ def example_higgs(tmp_path_factory):
     from mlaas4hep_lab.data import datasets
 
     return datasets.higgs(tmp_path_factory.mktemp("higgs"), n_events=30_000, seed=7)
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args():
+    """pytest-playwright: drive the Debian Chromium (tests marked ``browser``), never a downloaded one."""
+    from servers import CHROMIUM_ARGS, require_chromium
+
+    return {"executable_path": require_chromium(), "args": CHROMIUM_ARGS}

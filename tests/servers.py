@@ -48,6 +48,9 @@ __all__ = [
     "http_range_server",
     "require_xrootd",
     "free_port",
+    "require_chromium",
+    "require_chp",
+    "CHROMIUM_ARGS",
 ]
 
 HOST = "127.0.0.1"
@@ -108,6 +111,36 @@ def require_xrootd() -> str:
     except ImportError as err:
         _missing(f"the XRootD Python client is not importable ({err})", "pip install xrootd fsspec-xrootd")
     return binary
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def require_chromium() -> str:
+    """Path of the Debian ``chromium`` binary (Playwright drives it; never ``playwright install``);
+    skips (or fails under MLAAS4HEP_REQUIRE_SERVERS=1) without it or without Playwright."""
+    binary = os.environ.get("MLAAS4HEP_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(binary):
+        _missing("Chromium is not installed", "apt-get install chromium")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as err:
+        _missing(f"Playwright is not importable ({err})", "pip install playwright==1.65.2")
+    return binary
+
+
+def require_chp() -> str:
+    """Path of configurable-http-proxy (JupyterHub's proxy, from npm): $MLAAS4HEP_CHP, PATH, or the
+    folder `.ci/run` installs it into."""
+    candidates = [os.environ.get("MLAAS4HEP_CHP"), shutil.which("configurable-http-proxy"),
+                  os.path.expanduser("~/.cache/mlaas4hep/chp/node_modules/.bin/configurable-http-proxy")]
+    for c in candidates:
+        if c and os.path.exists(c):
+            return c
+    _missing("configurable-http-proxy is not installed",
+             "npm install --prefix ~/.cache/mlaas4hep/chp configurable-http-proxy")
+    return ""  # unreachable: _missing skips or fails
 
 
 # --------------------------------------------------------------------------------------------- XRootD
