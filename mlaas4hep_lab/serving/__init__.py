@@ -1,9 +1,12 @@
 """The inference service (TFaaS, ours): a model store on disk served over HTTP.
 
 Modules: :mod:`~mlaas4hep_lab.serving.settings` (Settings), :mod:`~mlaas4hep_lab.serving.store` (versions,
-tags, sharing, validated uploads), :mod:`~mlaas4hep_lab.serving.runtime` (ONNX Runtime, TF SavedModel),
-:mod:`~mlaas4hep_lab.serving.batching` (dynamic batching), :mod:`~mlaas4hep_lab.serving.schemas` (request
-and response models), :mod:`~mlaas4hep_lab.serving.app` (``create_app(settings)``, routes, metrics).
+tags, sharing, activation), :mod:`~mlaas4hep_lab.serving.archive` (upload checks: tar members, sizes),
+:mod:`~mlaas4hep_lab.serving.runtime` (ONNX Runtime, TF SavedModel), :mod:`~mlaas4hep_lab.serving.batching`
+(dynamic batching), :mod:`~mlaas4hep_lab.serving.schemas` (request and response models),
+:mod:`~mlaas4hep_lab.serving.service` (what routes share), :mod:`~mlaas4hep_lab.serving.routes` (the routes),
+:mod:`~mlaas4hep_lab.serving.metrics` (Prometheus text, limits middleware), :mod:`~mlaas4hep_lab.serving.app`
+(``create_app(settings)``, error handlers, ``serve``), :mod:`~mlaas4hep_lab.serving.client` (Client).
 
 Importing this package loads no web framework: ``create_app`` is imported on first use.
 The errors below carry the HTTP status the service answers with.

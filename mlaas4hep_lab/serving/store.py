@@ -20,20 +20,17 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import fcntl
-import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 import threading
 import time
 import uuid
-import zlib
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +38,7 @@ import numpy as np
 from mlaas4hep_lab.bundle import Bundle, safe_extract
 from mlaas4hep_lab.errors import MLaaSError
 from mlaas4hep_lab.serving import BadRequest, Forbidden, NotFound
+from mlaas4hep_lab.serving.archive import check_archive, check_bundle_sizes, file_sha256
 from mlaas4hep_lab.serving.runtime import (
     PLATFORMS,
     RUNTIME_ORDER,
@@ -59,8 +57,6 @@ _NAME = re.compile(NAME_PATTERN)
 _STATE = "model.json"
 _GENERATION = ".generation"
 _MANAGED_TAGS = ("latest",)
-_MAX_JSON_BYTES = 64 << 20
-_MAX_FEATURES = 1_000_000
 
 
 def _now() -> str:
@@ -78,38 +74,6 @@ def split_ref(ref: str, default_owner: str) -> tuple[str, str]:
             owner, _, name = ref.partition(sep)
             return owner, name
     return default_owner, ref
-
-
-def check_archive(path: Path, max_members: int, max_bytes: int) -> None:
-    """Refuse a tarball with absolute or ``..`` paths, links, devices, sparse files, too many members or
-    too much content. Reads the headers one by one, so a tar of a million members costs no memory."""
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            count = total = 0
-            for member in tar:
-                count += 1
-                if count > max_members:
-                    raise BadRequest(f"the archive has more than {max_members} members")
-                name = member.name
-                parts = PurePosixPath(name.replace("\\", "/")).parts
-                if (not name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts
-                        or "\x00" in name):
-                    raise BadRequest(f"refused archive member {name!r}: absolute path or '..'")
-                if member.issym() or member.islnk():
-                    raise BadRequest(f"refused archive member {name!r}: links are not allowed")
-                if member.isdev():
-                    raise BadRequest(f"refused archive member {name!r}: devices and FIFOs are not allowed")
-                if member.issparse() or not (member.isfile() or member.isdir()):
-                    raise BadRequest(f"refused archive member {name!r}: only plain files and folders")
-                total += member.size
-                if total > max_bytes:
-                    raise BadRequest(f"the archive unpacks to more than {max_bytes} bytes")
-            if count == 0:
-                raise BadRequest("the archive is empty")
-    except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as err:
-        if isinstance(err, BadRequest):
-            raise
-        raise BadRequest(f"not a readable tar archive (.tar, .tar.gz): {err}") from err
 
 
 @dataclass
@@ -287,7 +251,7 @@ class ModelStore:
                     log.error("cannot load %s:%s version %s: %s", owner, name, version, err)
 
     def _build(self, path: Path, owner: str, name: str, version: str, stamp: str) -> LoadedModel:
-        _precheck(path)
+        check_bundle_sizes(path)
         try:
             bundle = Bundle(path)
             features = bundle.manifest.get("features")
@@ -391,7 +355,7 @@ class ModelStore:
         if version is not None and (not _NAME.match(str(version)) or str(version) in self._tag_names()):
             raise BadRequest(f"version {version!r} is not usable (letters, digits, _ . + -; not a tag name)")
         model = self._build(bundle_dir, user, name, "", "")  # the test before anything changes
-        digest = _sha256(archive) if archive is not None else None
+        digest = file_sha256(archive) if archive is not None else None
         with self._commit():
             old_state = self._index.get((user, name))
             state = json.loads(json.dumps(old_state)) if old_state else {
@@ -509,25 +473,6 @@ class ModelStore:
         return self.summary(state)
 
 
-def _precheck(path: Path) -> None:
-    """Sizes an uploaded bundle may not exceed before it is parsed (JSON files, feature count): a specs
-    file asking for a billion padded slots would otherwise exhaust the memory while being loaded."""
-    for name in ("manifest.json", "specs.json", "params.json", "preproc.json"):
-        file = path / name
-        if file.is_file() and file.stat().st_size > _MAX_JSON_BYTES:
-            raise BadRequest(f"{name} is larger than {_MAX_JSON_BYTES} bytes")
-    try:
-        specs = json.loads((path / "specs.json").read_text())
-        jdim, fkeys = specs.get("jdim", {}), specs.get("fkeys", [])
-        width = len(fkeys) + sum(int(v) for v in jdim.values())
-        if any(int(v) < 0 for v in jdim.values()):
-            raise ValueError("negative jagged length")
-    except (OSError, ValueError, TypeError, AttributeError) as err:
-        raise BadRequest(f"specs.json is missing or malformed: {err}") from err
-    if width > _MAX_FEATURES:
-        raise BadRequest(f"the bundle has {width} features, more than this service takes ({_MAX_FEATURES})")
-
-
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with open(tmp, "w") as fh:
@@ -535,11 +480,3 @@ def _atomic_write(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -1,0 +1,147 @@
+"""What the routes share (:class:`Service`: settings, store, authenticator, metrics, inference threads)
+and the work of the hot routes, called by both their fast Starlette routes and their documented twins."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import Request
+from fastapi.responses import Response
+
+from mlaas4hep_lab.auth import Authenticator, AuthError, User
+from mlaas4hep_lab.serving import ServingError
+from mlaas4hep_lab.serving import schemas as S
+from mlaas4hep_lab.serving.batching import Batcher, Direct
+from mlaas4hep_lab.serving.metrics import Metrics
+from mlaas4hep_lab.serving.settings import Settings
+from mlaas4hep_lab.serving.store import LoadedModel, ModelStore
+
+__all__ = ["Service", "json_response", "error_response"]
+
+log = logging.getLogger("mlaas4hep_lab.serving")
+_JSON = "application/json"
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY), status, headers, _JSON)
+
+
+def error_response(status: int, message: str) -> Response:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return json_response({"error": message}, status, headers)
+
+
+class Service:
+    """What the routes share: settings, store, authenticator, metrics, inference threads."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.auth = Authenticator.from_settings(settings)
+        self.store = ModelStore(settings.store_dir, settings.runtime, settings.runtime_threads,
+                                settings.max_tar_members, settings.max_tar_bytes)
+        self.metrics = Metrics()
+        self.executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="mlaas4hep-infer")
+        self.depth = settings.max_json_depth
+        self.tune_gc = False  # set by own_process_gc(): this process is the server, nothing else
+
+    def own_process_gc(self) -> None:
+        """Keep what is loaded out of the garbage collector's passes, and collect less often.
+
+        A loaded TensorFlow is ~450k tracked objects: a full GC pass then costs ~300 ms, paid by every
+        request in flight at that moment (the p99). Everything loaded so far lives as long as the server,
+        so it is moved to the permanent generation (``gc.freeze``); again after each model load."""
+        self.tune_gc = True
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(20_000, 50, 100)
+
+    async def user(self, request: Request) -> User:
+        try:
+            return await self.auth.authenticate(request.headers.get("authorization"))
+        except AuthError as err:
+            raise ServingError(str(err), err.status) from None
+
+    async def model(self, user: User, ref: str, version: str | int | None = None) -> LoadedModel:
+        """The loaded model ``user`` means by ``ref`` (loading it in a thread the first time)."""
+        store = self.store
+        store.refresh()
+        state, v = store.find(user.name, ref, None if version is None else str(version))
+        model = store.loaded(state["owner"], state["name"], v)
+        if model is None:
+            model = await asyncio.to_thread(store.load, state["owner"], state["name"], v)
+            if self.tune_gc:  # a first load may have imported a framework: freeze it too
+                gc.collect()
+                gc.freeze()
+        if model.batcher is None:
+            model.batcher = self._batcher(model)
+        return model
+
+    def _batcher(self, model: LoadedModel):
+        s = self.settings
+        label = model.ref
+        # only a tiny model may run on the event loop: a one-row pass must cost less than a thread hop
+        inline = s.inline_rows if model.runtime.row_seconds < 1e-4 else 0
+
+        def on_batch(rows: int, requests: int) -> None:
+            self.metrics.observe_batch(label, rows, requests)
+
+        if not s.batching:
+            return Direct(model.runtime.predict, self.executor, inline, on_batch)
+        return Batcher(model.runtime.predict, max_batch=s.max_batch, max_delay_ms=s.max_delay_ms,
+                       queue_size=s.queue_size, executor=self.executor, inline_rows=inline,
+                       on_batch=on_batch)
+
+    async def score(self, model: LoadedModel, X: np.ndarray) -> np.ndarray:
+        if len(X) == 0:
+            return np.zeros(0, np.float32)
+        try:
+            return await model.batcher.submit(X)
+        except ServingError as err:
+            if err.status == 503:
+                self.metrics.rejected[model.ref] += 1
+            raise
+
+    # -- the hot routes' work, shared by the fast Starlette routes and their documented FastAPI twins
+    async def predict_json(self, request: Request, user: User) -> Response:
+        req = S.parse_body(await request.body(), S.JsonRequest, self.depth)
+        model = await self.model(user, req.model, req.version)
+        return json_response(await self.score(model, S.json_matrix(req, model)))
+
+    async def infer(self, request: Request, user: User, ref: str, version: str | None) -> Response:
+        req = S.parse_body(await request.body(), S.InferRequest, self.depth)
+        model = await self.model(user, ref, version)
+        scores = await self.score(model, S.infer_matrix(req, model))
+        out = {"model_name": ref, "model_version": model.version,
+               "outputs": [{"name": "score", "shape": [len(scores)], "datatype": "FP32", "data": scores}]}
+        if req.id is not None:
+            out["id"] = req.id
+        return json_response(out)
+
+    async def events(self, request: Request, user: User, ref: str, version: str | None) -> Response:
+        req = S.parse_body(await request.body(), S.EventsRequest, self.depth)
+        model = await self.model(user, ref, version if version is not None else req.version)
+        events = req.events
+        size = len(events) if isinstance(events, list) else sum(len(v) for v in events.values())
+        if size > 4096:  # big batches are preprocessed off the event loop
+            X, keep = await asyncio.to_thread(S.events_matrix, events, model)
+        else:
+            X, keep = S.events_matrix(events, model)
+        scores = await self.score(model, X)
+        out = {"model_name": ref, "model_version": model.version, "scores": scores, "keep": keep}
+        if req.id is not None:
+            out["id"] = req.id
+        return json_response(out)
+
+    async def echo(self, request: Request) -> Response:
+        return json_response(S.load_json(await request.body(), self.depth))
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
