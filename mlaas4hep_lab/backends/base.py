@@ -20,6 +20,7 @@ import importlib
 import logging
 import random
 import sys
+import threading
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -66,6 +67,12 @@ class Backend(ABC):
         self.model = model
         self.n_features = int(n_features)
         self.options = dict(options or {})
+        # set by the trainer (the Stop button, a kill request); batch loops check it after every batch
+        self.stop_event: threading.Event | None = None
+
+    def stop_requested(self) -> bool:
+        """True once the trainer's stop event is set: ``fit_chunk`` returns after the current batch."""
+        return self.stop_event is not None and self.stop_event.is_set()
 
     # -- detection ----------------------------------------------------------------------------------
     @classmethod
@@ -84,7 +91,8 @@ class Backend(ABC):
     def fit_chunk(self, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None, *, epochs: int,
                   batch_size: int) -> dict[str, float]:
         """Train on one chunk's training events for ``epochs`` epochs; return metrics (at least
-        ``loss``, the mean training loss of the last epoch, when the framework has one)."""
+        ``loss``, the mean training loss of the last epoch, when the framework has one). Frameworks that
+        train in mini-batches return after the current batch once :meth:`stop_requested` is true."""
         raise NotImplementedError(f"{self.name} backend does not train chunk by chunk (mode {self.mode!r})")
 
     def fit_all(self, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None) -> dict[str, float]:

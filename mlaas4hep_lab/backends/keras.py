@@ -97,6 +97,8 @@ class KerasBackend(Backend):
             weight = np.ascontiguousarray(weight, dtype=np.float32).reshape(-1)
         # numpy float32 arrays of a fixed feature width: the traced train function is reused across chunks
         kwargs = {"verbose": 0, "shuffle": True, **self._fit_options}
+        if self.stop_event is not None:  # Keras checks model.stop_training after every batch
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), _stop_callback(self.stop_event)]
         history = self.model.fit(X, y, sample_weight=weight, epochs=int(epochs), batch_size=int(batch_size),
                                  **kwargs)
         metrics = {name: float(values[-1]) for name, values in history.history.items() if values}
@@ -227,6 +229,18 @@ class KerasBackend(Backend):
             reasons = "; ".join(f"{f['format']}: {f['reason']}" for f in failed)
             return {"format": None, "reason": f"no working export ({reasons})", "failed": failed}
         return {**exports[0], "exports": exports, "failed": failed}
+
+
+def _stop_callback(event):
+    """A Keras callback that ends ``model.fit`` after the batch during which ``event`` was set."""
+    keras = extras.keras()
+
+    class StopOnEvent(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if event.is_set():
+                self.model.stop_training = True
+
+    return StopOnEvent()
 
 
 def _probe(n_features: int) -> np.ndarray:

@@ -263,7 +263,11 @@ class TorchBackend(Backend):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if self.stop_requested():  # the Stop button: return after this batch
+                    break
             last = float(total / norm) if float(norm) > 0 else float("nan")
+            if self.stop_requested():
+                break
         return {"loss": last}
 
     # -- inference ----------------------------------------------------------------------------------

@@ -65,7 +65,8 @@ class Trainer:
         fout: output folder (checkpoints, ``metrics.jsonl``).
         bus: where metric events go (a progress bar, a log, widgets subscribe to it).
         resume: continue from the checkpoint in ``fout``; a changed configuration is an error.
-        stop: a threading.Event; when set, training stops after the current batch/chunk.
+        stop: a threading.Event; when set, training stops after the current mini-batch (Keras, torch)
+            or chunk / boosting round (scikit-learn, XGBoost).
 
     Example::
 
@@ -92,6 +93,7 @@ class Trainer:
         self.options = options
         self.backend_cls = get_backend(user_model.backend)
         self.backend: Backend = self.backend_cls(user_model.model, self.n_features, options)
+        self.backend.stop_event = self.stop
         self.fingerprint = self._fingerprint()
         self.events_seen = 0
         self._best = (float("inf"), 0)   # (best val_loss, validations since)
@@ -125,6 +127,7 @@ class Trainer:
                 f"({', '.join(changed) or 'files, specs or model.py'}); rerun without --resume to start over, "
                 "or restore the original settings", key="resume")
         self.backend = self.backend_cls.load(model_dir, self.n_features, self.options)
+        self.backend.stop_event = self.stop
         self.events_seen = int(state.get("events_seen", 0))
         self._best = tuple(state.get("best", (float("inf"), 0)))
         for event in state.get("history", []):
@@ -218,6 +221,8 @@ class Trainer:
                                                          epochs=per_chunk,
                                                          batch_size=self.params.batch_size)
                     self.events_seen += len(train) * per_chunk
+                    # a stop during fit_chunk ended it after one batch; the chunk is redone on --resume
+                    self._check_stop()
                 train_metrics = {} if "auc" in fit_metrics else self._train_metrics(train)
                 metrics = dict(fit_metrics, **train_metrics, **self._validate(chunk.subset("validation")))
                 self._position = (epoch, chunk.index + 1)
