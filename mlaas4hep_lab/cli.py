@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=None)
     _add_remote_commands(sub)
     _add_serve(sub)
+    _add_jobs(sub)
     return parser
 
 
@@ -322,9 +323,68 @@ def _serve(args) -> int:
     return 0
 
 
+def _add_jobs(sub) -> None:
+    jb = sub.add_parser("jobs", help="run the jobs service (the MLaaS4HEP server): training jobs over HTTP",
+                        description="Defaults come from environment variables (see mlaas4hep_lab/jobs/settings.py); "
+                                    "a flag wins over its variable.")
+    jb.add_argument("--host", help="interface to listen on (default: 127.0.0.1) [MLAAS4HEP_JOBS_HOST]")
+    jb.add_argument("--port", type=int, help="port (default: 8084) [MLAAS4HEP_JOBS_PORT]")
+    jb.add_argument("--state", help="folder of the jobs table and the job folders (default: mlaas4hep-jobs) "
+                    "[MLAAS4HEP_JOBS_STATE]")
+    jb.add_argument("--tokens", help='tokens file {"user": "token", ...} [MLAAS4HEP_TOKENS]')
+    jb.add_argument("--data-root", action="append", dest="data_roots", metavar="DIR",
+                    help="folder whose files jobs may read by path (repeat for more); without one, only "
+                    "root:// and http(s):// URLs [MLAAS4HEP_JOBS_DATA_ROOTS]")
+    jb.add_argument("--max-concurrent", type=int, help="jobs running at once; more wait in the queue (default: 1)")
+    jb.add_argument("--memory-limit", help="address-space limit of each job, e.g. 4GB; 0: none (default: 8GB)")
+    jb.add_argument("--time-limit", type=float, help="wall-clock seconds of each job run; 0: none (default: 3600)")
+    jb.add_argument("--cpu-limit", type=float, help="CPU seconds of each job run (default: time limit x threads)")
+    jb.add_argument("--threads", type=int, help="threads of the numerical libraries in each job (default: 1)")
+    jb.add_argument("--push-url", help="the inference service finished bundles are pushed to "
+                    "[MLAAS4HEP_JOBS_PUSH_URL]")
+    jb.add_argument("--admin", action="append", dest="admins", metavar="USER", help="a user who sees every job")
+    jb.add_argument("--submit-scope", help="scope a hub token needs to submit (default: custom:jobs:submit; "
+                    "'' for none)")
+    jb.add_argument("--max-resumes", type=int, help="times a job whose worker died while the service was down "
+                    "restarts from its checkpoint (default: 1)")
+    jb.add_argument("--prefix", help="URL prefix of every route [JUPYTERHUB_SERVICE_PREFIX]")
+    jb.add_argument("--oidc-issuer", help="accept OIDC access tokens (JWT) of this issuer [MLAAS4HEP_OIDC_ISSUER]")
+    jb.add_argument("--oidc-audience", help="audience the JWTs must carry [MLAAS4HEP_OIDC_AUDIENCE]")
+    jb.add_argument("--oidc-jwks-url", help="JWKS URL (default: from the issuer's discovery document)")
+    jb.add_argument("--no-auth", dest="allow_anonymous", action="store_true", default=None,
+                    help="development only: requests without a token act as user 'anonymous'")
+    jb.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def _jobs(args) -> int:
+    from mlaas4hep_lab.jobs.settings import Settings
+
+    names = ("host", "port", "max_concurrent", "memory_limit", "time_limit", "cpu_limit", "threads", "push_url",
+             "submit_scope", "max_resumes", "prefix", "oidc_issuer", "oidc_audience", "oidc_jwks_url",
+             "allow_anonymous", "log_level")
+    settings = Settings.from_env(state_dir=args.state, tokens_file=args.tokens, data_roots=args.data_roots,
+                                 admins=args.admins, **{n: getattr(args, n) for n in names})
+    if not settings.auth_configured():
+        print("error: no way to authenticate users: give --tokens FILE, --oidc-issuer/--oidc-jwks-url, run as a "
+              "JupyterHub service (JUPYTERHUB_API_URL), or --no-auth for development", file=sys.stderr)
+        return 2
+    from mlaas4hep_lab.auth import Authenticator
+    from mlaas4hep_lab.jobs.app import serve
+
+    methods = Authenticator.from_settings(settings).methods  # a broken tokens file fails here, before binding
+    limits = (f"memory {settings.memory_limit / 2**30:.3g} GiB" if settings.memory_limit else "no memory limit") + \
+        (f", {settings.time_limit:g} s" if settings.time_limit else ", no time limit")
+    print(f"mlaas4hep jobs service on http://{settings.host}:{settings.port}{settings.prefix} "
+          f"(state {settings.state_dir}, {settings.max_concurrent} at once, {limits}, "
+          f"data roots: {', '.join(map(str, settings.data_roots)) or 'none'}, auth: {', '.join(methods)})", flush=True)
+    serve(settings)
+    return 0
+
+
 _COMMANDS = {"workflow": _workflow, "specs": _specs, "inspect": _inspect, "example": _example,
              "predict": _predict, "demo": _demo,
-             "push": _push, "models": _models, "predict-remote": _predict_remote, "serve": _serve}
+             "push": _push, "models": _models, "predict-remote": _predict_remote, "serve": _serve,
+             "jobs": _jobs}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,357 @@
+"""What the routes share (:class:`JobService`): the jobs table, the job folders, the worker processes, the
+queue, the watchdog and the pushes to the inference service.
+
+Life of a job: ``submit`` checks it and writes its private folder (``model.py``, the push token) and a
+``queued`` row; the monitor (every ``poll_interval``) starts queued jobs while fewer than
+``max_concurrent`` run, copies each worker's ``status.json`` into the table, applies the wall-clock limit,
+notices ended workers, and pushes bundles. All state is in the table and the job folders, so the service
+can be killed at any time:
+
+* **restart**: workers run in their own sessions and survive the service; on start-up, a job whose worker
+  is still alive (same pid *and* start time) is simply watched again; one whose worker ended meanwhile
+  gets its result from ``status.json``; one whose worker died without a result is **resumed from its
+  checkpoint** (at most ``max_resumes`` times), or marked ``interrupted`` when there is none.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+
+from mlaas4hep_lab.auth import Authenticator, AuthError, User
+from mlaas4hep_lab.jobs import runner
+from mlaas4hep_lab.jobs.db import Job, JobDB
+from mlaas4hep_lab.jobs.settings import Settings
+from mlaas4hep_lab.jobs.submission import Submission
+from mlaas4hep_lab.serving import BadRequest, Conflict, Forbidden, NotFound, ServingError
+
+__all__ = ["JobService"]
+
+log = logging.getLogger("mlaas4hep_lab.jobs")
+
+
+class TooMany(ServingError):
+    status = 429
+
+
+class JobService:
+    """The jobs service's state and work (see the module docstring)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.auth = Authenticator.from_settings(settings)
+        settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(settings.state_dir, 0o700)
+        os.chmod(settings.jobs_dir, 0o700)
+        self.db = JobDB(settings.db_path)
+        self.procs: dict[str, Any] = {}          # job id -> Popen of the workers this process started
+        self._lock = threading.RLock()           # job state transitions (monitor thread vs routes)
+        self._pushing: set[str] = set()
+
+    # -- who is calling ---------------------------------------------------------------------------
+    async def user(self, request: Request) -> User:
+        try:
+            return await self.auth.authenticate(request.headers.get("authorization"))
+        except AuthError as err:
+            raise ServingError(str(err), err.status) from None
+
+    def is_admin(self, user: User) -> bool:
+        return user.name in self.settings.admins or (user.source == "hub" and bool(user.claims.get("admin")))
+
+    def check_submit_scope(self, user: User) -> None:
+        """Hub users need the submit scope (``custom:jobs:submit``); static and OIDC users are authorised by
+        holding a token of this service."""
+        scope = self.settings.submit_scope
+        if not scope or user.source != "hub":
+            return
+        if scope in user.scopes or f"{scope}!user={user.name}" in user.scopes:
+            return
+        raise Forbidden(f"submitting needs the scope {scope!r}, which this token does not carry; ask the hub's "
+                        "administrator for a role with it")
+
+    def owned(self, user: User, job_id: str) -> Job:
+        """The job ``job_id`` if ``user`` may see it; 404 otherwise (also for other users' jobs, so that
+        their existence does not leak)."""
+        job = self.db.get(job_id) if len(job_id) <= 64 else None
+        if job is None or (job.owner != user.name and not self.is_admin(user)):
+            raise NotFound(f"no job {job_id!r}")
+        return job
+
+    def job_dir(self, job: Job) -> Path:
+        return Path(job.job_dir)
+
+    # -- submit / cancel / delete -----------------------------------------------------------------
+    def submit(self, user: User, sub: Submission, name: str | None, push: dict[str, Any] | None,
+               token: str | None) -> Job:
+        s = self.settings
+        if s.max_jobs_per_user and self.db.count(user.name) >= s.max_jobs_per_user:
+            raise TooMany(f"you have {s.max_jobs_per_user} jobs queued or running, this service's limit; wait "
+                          "for one to end or cancel one (DELETE /jobs/{id})")
+        if push is not None:
+            url = (push.get("url") or "").rstrip("/") or s.push_url
+            if not url:
+                raise BadRequest("push: this service has no inference service configured: give push.url")
+            if s.push_url and url != s.push_url:
+                raise BadRequest(f"push: this service pushes only to {s.push_url}")
+            if not url.startswith(("http://", "https://")):
+                raise BadRequest(f"push: url {url!r} is not an http(s):// URL")
+            if not token:
+                raise BadRequest("push: your request carries no token to push with")
+            push = {"url": url, "name": push["name"], "shared": bool(push.get("shared"))}
+        job_id = self.db.new_id()
+        folder = s.jobs_dir / job_id
+        folder.mkdir(mode=0o700)
+        _write_private(folder / "model.py", sub.model_source)
+        if push is not None:
+            _write_private(folder / runner.TOKEN_FILE, token)
+        spec = {"files": sub.files, "labels": sub.labels, "params": sub.params, "preproc": sub.preproc,
+                "model_kind": sub.model_kind, "warnings": sub.warnings}
+        job = self.db.create(user.name, spec, folder, name=name or "", push=push, job_id=job_id)
+        log.info("job %s of %s queued (%d files, model %s)", job_id, user.name, len(sub.files), sub.model_kind)
+        return job
+
+    def cancel(self, job: Job) -> Job:
+        """Stop a queued or running job (its whole process group) and mark it cancelled."""
+        with self._lock:
+            job = self.db.get(job.id) or job
+            if job.status == "queued":
+                self.db.update(job.id, only_if=("queued",), status="cancelled", finished=time.time(),
+                               phase="cancelled")
+            elif job.status == "running":
+                if self.db.update(job.id, only_if=("running",), status="cancelled", finished=time.time(),
+                                  phase="cancelled"):
+                    self._stop(job)
+            self._forget_token(job)
+        _log_line(job, "cancelled by the user")
+        return self.db.get(job.id) or job
+
+    def delete(self, job: Job) -> None:
+        """Remove a finished job: its row and its folder."""
+        if job.active:
+            raise Conflict(f"job {job.id} is {job.status}; cancel it first")
+        if job.pid and runner.is_alive(job.pid, job.pid_started):
+            raise Conflict(f"job {job.id} is still stopping; try again in a few seconds")
+        with self._lock:
+            self.db.delete(job.id)
+            self.procs.pop(job.id, None)
+        folder = Path(job.job_dir)
+        if folder.parent == self.settings.jobs_dir:  # never anything else, whatever the table says
+            shutil.rmtree(folder, ignore_errors=True)
+
+    # -- the monitor ------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """One look at every running job, then start queued ones, then pushes. Blocking (file reads,
+        process checks): the app runs it in a thread."""
+        with self._lock:
+            for job in self.db.list(status=("running",), limit=100_000):
+                try:
+                    self._watch(job)
+                except Exception:  # one broken job folder must not stop the others being watched
+                    log.exception("watching job %s", job.id)
+            self._start_queued()
+            for job in self.db.pending_pushes():
+                if job.id not in self._pushing:
+                    self._pushing.add(job.id)
+                    threading.Thread(target=self._push, args=(job,), name=f"push-{job.id}", daemon=True).start()
+
+    def _watch(self, job: Job) -> None:
+        folder = Path(job.job_dir)
+        report = runner.read_status(folder)
+        if report.get("attempt") == job.attempts:
+            if report.get("status") in ("succeeded", "failed"):
+                self._finish(job, report)
+                return
+            self._progress(job, report)
+        proc = self.procs.get(job.id)
+        if proc is not None:
+            rc = proc.poll()
+            if rc is not None:
+                self.procs.pop(job.id, None)
+                report = runner.read_status(folder)  # it may have reported just before it exited
+                if report.get("attempt") == job.attempts and report.get("status") in ("succeeded", "failed"):
+                    self._finish(job, report)
+                else:
+                    self._fail(job, runner.exit_reason(rc, self.settings.memory_limit,
+                                                       self.settings.effective_cpu_limit))
+                return
+        elif not runner.is_alive(job.pid, job.pid_started):
+            report = runner.read_status(folder)
+            if report.get("attempt") == job.attempts and report.get("status") in ("succeeded", "failed"):
+                self._finish(job, report)
+            else:
+                self._interrupted(job, "its worker process ended without reporting a result (the service was "
+                                       "restarted meanwhile, or the process was killed)")
+            return
+        limit = self.settings.time_limit
+        if limit and job.started and time.time() - job.started > limit:
+            if self.db.update(job.id, only_if=("running",), status="failed", finished=time.time(), phase="failed",
+                              error=f"time limit of {limit:g} s exceeded (wall clock); the job was stopped. Use "
+                                    "fewer events or epochs, or ask for a service with a larger limit"):
+                _log_line(job, f"time limit of {limit:g} s exceeded: stopping the job")
+                self._stop(job)
+                self._forget_token(job)
+
+    def _progress(self, job: Job, report: dict[str, Any]) -> None:
+        values = {k: report[k] for k in ("progress", "phase", "detail", "metrics") if k in report}
+        if any(getattr(job, k) != v for k, v in values.items()):
+            self.db.update(job.id, only_if=("running",), **values)
+
+    def _finish(self, job: Job, report: dict[str, Any]) -> None:
+        folder = Path(job.job_dir)
+        status = report["status"]
+        bundle = None
+        if status == "succeeded":
+            candidate = (folder / str(report.get("bundle") or "")).resolve()
+            if folder.resolve() in candidate.parents and candidate.is_file():
+                bundle = str(candidate)
+            else:
+                status, report = "failed", dict(report, error="the job ended without a bundle")
+        self.db.update(job.id, only_if=("running",), status=status, bundle=bundle,
+                       finished=report.get("finished") or time.time(), progress=report.get("progress", 1.0),
+                       phase=report.get("phase", status), metrics=report.get("metrics") or job.metrics,
+                       detail=report.get("detail") or job.detail, error=report.get("error"))
+        self.procs.pop(job.id, None)
+        if status != "succeeded" or not job.push:
+            self._forget_token(job)
+        log.info("job %s %s", job.id, status)
+
+    def _fail(self, job: Job, error: str) -> None:
+        self.db.update(job.id, only_if=("running",), status="failed", finished=time.time(), phase="failed",
+                       error=error)
+        _log_line(job, f"failed: {error}")
+        self._forget_token(job)
+
+    def _interrupted(self, job: Job, reason: str) -> None:
+        from mlaas4hep_lab.training.checkpoint import Checkpoint
+
+        has_checkpoint = Checkpoint(Path(job.job_dir) / runner.OUTPUT_DIR).load() is not None
+        if has_checkpoint and job.attempts <= self.settings.max_resumes:
+            if self.db.update(job.id, only_if=("running",), status="queued", resume=True, pid=None,
+                              pid_started=None, phase="queued to resume"):
+                _log_line(job, f"{reason}; queued again, to resume from its last checkpoint")
+            return
+        why = "no checkpoint to resume from" if not has_checkpoint else \
+            f"already resumed {job.attempts - 1} time(s)"
+        self.db.update(job.id, only_if=("running",), status="interrupted", finished=time.time(),
+                       phase="interrupted", error=f"{reason}; {why}")
+        _log_line(job, f"interrupted: {reason}; {why}")
+        self._forget_token(job)
+
+    def _start_queued(self) -> None:
+        s = self.settings
+        free = s.max_concurrent - self.db.count(status=("running",))
+        for job in self.db.list(status=("queued",), limit=max(free, 0)) if free > 0 else []:
+            self._start(job)
+
+    def _start(self, job: Job) -> None:
+        s = self.settings
+        folder = Path(job.job_dir)
+        attempt = job.attempts + 1
+        spec = dict(job.spec, id=job.id, owner=job.owner, name=job.name or f"job-{job.id}",
+                    resume=job.resume, attempt=attempt,
+                    limits={"memory": s.memory_limit, "cpu": s.effective_cpu_limit})
+        runner.write_json_atomic(folder / runner.SPEC_FILE, spec)
+        _log_line(job, f"starting attempt {attempt}" + (" (resuming)" if job.resume else ""))
+        try:
+            launched = runner.launch(folder, s.threads, s.pass_env)
+        except OSError as err:
+            self.db.update(job.id, only_if=("queued",), status="failed", finished=time.time(),
+                           error=f"cannot start the worker process: {err}")
+            return
+        self.procs[job.id] = launched.proc
+        if not self.db.update(job.id, only_if=("queued",), status="running", started=time.time(), finished=None,
+                              pid=launched.pid, pid_started=launched.started, attempts=attempt,
+                              phase="starting", error=None):
+            self._stop(self.db.get(job.id) or job, launched)  # cancelled meanwhile
+        log.info("job %s started (pid %s, attempt %d)", job.id, launched.pid, attempt)
+
+    def _stop(self, job: Job, launched: runner.Launched | None = None) -> None:
+        """SIGTERM to the job's process group, SIGKILL after ``kill_grace`` seconds (in a thread)."""
+        pid = launched.pid if launched else job.pid
+        started = launched.started if launched else job.pid_started
+        proc = launched.proc if launched else self.procs.pop(job.id, None)
+        if not pid:
+            return
+        runner.kill_group(pid, started, signal.SIGTERM)
+        grace = self.settings.kill_grace
+
+        def finish() -> None:
+            if not runner.wait_gone(pid, started, grace):
+                runner.kill_group(pid, started, signal.SIGKILL)
+            if proc is not None:
+                proc.wait()
+
+        threading.Thread(target=finish, name=f"stop-{job.id}", daemon=True).start()
+
+    # -- push -------------------------------------------------------------------------------------
+    def _push(self, job: Job) -> None:
+        from mlaas4hep_lab.serving.client import Client, ServiceError
+
+        token_file = Path(job.job_dir) / runner.TOKEN_FILE
+        push = job.push or {}
+        try:
+            token = token_file.read_text().strip()
+        except OSError:
+            token = ""
+        result: dict[str, Any]
+        if not token:
+            result = {"ok": False, "url": push.get("url"), "error": "the token kept for the push is gone"}
+        else:
+            result = {"ok": False, "url": push.get("url"), "error": "not tried"}
+            for attempt in range(3):
+                try:
+                    client = Client(push["url"], token=token, scheme="Bearer", upload_timeout=300)
+                    answer = client.upload(job.bundle, name=push["name"], shared=push.get("shared", False))
+                    result = {"ok": True, "url": push["url"], "name": push["name"],
+                              "ref": answer.get("ref") if isinstance(answer, dict) else None,
+                              "version": answer.get("version") if isinstance(answer, dict) else None}
+                    break
+                except ServiceError as err:
+                    result = {"ok": False, "url": push["url"], "status": err.status, "error": str(err)}
+                    if err.status is not None:
+                        break   # the service answered: trying again would get the same answer
+                    time.sleep(2.0 * (attempt + 1))
+                except Exception as err:  # noqa: BLE001 - reported in the job, not lost in a thread
+                    result = {"ok": False, "url": push["url"], "error": f"{type(err).__name__}: {err}"}
+                    break
+        self._forget_token(job)
+        self.db.update(job.id, push_result=result)
+        _log_line(job, f"push to {push.get('url')}: " + ("done" if result["ok"] else f"failed: {result['error']}"))
+        self._pushing.discard(job.id)
+
+    def _forget_token(self, job: Job) -> None:
+        try:
+            (Path(job.job_dir) / runner.TOKEN_FILE).unlink()
+        except FileNotFoundError:
+            pass
+
+    def counts(self) -> dict[str, int]:
+        return {"queued": self.db.count(status=("queued",)), "running": self.db.count(status=("running",))}
+
+    def close(self) -> None:
+        # the workers are left running on purpose: they belong to their jobs, not to this process
+        self.db.close()
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _log_line(job: Job, message: str) -> None:
+    """A line of the service's own in the job's log, so the user sees what happened to the job."""
+    try:
+        with open(Path(job.job_dir) / runner.LOG_FILE, "a") as f:
+            f.write(f"[{time.strftime('%H:%M:%S')}] service: {message}\n")
+    except OSError:
+        pass
+
