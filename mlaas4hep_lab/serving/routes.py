@@ -103,6 +103,7 @@ def _tfaas_router(svc: Service) -> APIRouter:
         ``model``) and optional fields ``name``, ``version``, ``shared``. The original TFaaS form with a
         bare ONNX file in ``model`` (plus ``params`` JSON with ``features``, ``labels``) works too.
         The model is loaded and tested before it replaces the served version (201)."""
+        svc.check_push_scope(user)
         return _json(await _upload(svc, request, user, name, version, shared), 201)
 
     @router.get("/models", response_model=list[S.ModelSummary])

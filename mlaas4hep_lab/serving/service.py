@@ -15,7 +15,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from mlaas4hep_lab.auth import Authenticator, AuthError, User
-from mlaas4hep_lab.serving import ServingError
+from mlaas4hep_lab.serving import Forbidden, ServingError
 from mlaas4hep_lab.serving import schemas as S
 from mlaas4hep_lab.serving.batching import Batcher, Direct
 from mlaas4hep_lab.serving.metrics import Metrics
@@ -66,6 +66,16 @@ class Service:
             return await self.auth.authenticate(request.headers.get("authorization"))
         except AuthError as err:
             raise ServingError(str(err), err.status) from None
+
+    def check_push_scope(self, user: User) -> None:
+        """Hub users need ``settings.push_scope`` (e.g. ``custom:tfaas:push``) to upload; raises 403."""
+        scope = self.settings.push_scope
+        if not scope or user.source != "hub":
+            return
+        if scope in user.scopes or f"{scope}!user={user.name}" in user.scopes:
+            return
+        raise Forbidden(f"pushing models needs the scope {scope!r}, which this token does not carry; ask the "
+                        "hub's admins for a role that grants it")
 
     async def model(self, user: User, ref: str, version: str | int | None = None) -> LoadedModel:
         """The loaded model ``user`` means by ``ref`` (loading it in a thread the first time)."""

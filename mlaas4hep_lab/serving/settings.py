@@ -75,6 +75,9 @@ class Settings:
     # empty: any valid token of a hub user [MLAAS4HEP_HUB_SCOPES]
     hub_scopes: tuple[str, ...] = field(default_factory=lambda: tuple(
         s.strip() for s in _env("MLAAS4HEP_HUB_SCOPES", "").split(",") if s.strip()))
+    # scope a hub user's token must carry to upload models (custom:tfaas:push under the hub); "": none.
+    # Users of static or OIDC tokens are not asked for it [MLAAS4HEP_PUSH_SCOPE]
+    push_scope: str = field(default_factory=lambda: _env("MLAAS4HEP_PUSH_SCOPE", ""))
     # OIDC access tokens (JWT): issuer, audience, JWKS URL (default: from the issuer's discovery document)
     oidc_issuer: str | None = field(default_factory=lambda: _env("MLAAS4HEP_OIDC_ISSUER", None))
     oidc_audience: str | None = field(default_factory=lambda: _env("MLAAS4HEP_OIDC_AUDIENCE", None))
