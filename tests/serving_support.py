@@ -44,33 +44,44 @@ def build_bundles(base: Path, keys=tuple(DEMOS)) -> dict[str, Path]:
     return {key: base / key / "output" / "bundle" for key in keys}
 
 
-class ServerProcess:
-    """``python -m mlaas4hep_lab.cli serve`` in its own process (group), stopped by its PID."""
+class ServiceProcess:
+    """A ``python -m mlaas4hep_lab.cli COMMAND ...`` service in its own process group, ready when
+    ``health_path`` answers 200, stopped (or crashed, :meth:`kill9`) by its PID; output in ``log``."""
 
-    def __init__(self, store: Path, tokens: Path, log: Path, *extra: str, port: int | None = None):
-        self.store, self.tokens, self.log_path, self.extra = store, tokens, log, extra
+    health_path = "/healthz"
+
+    def __init__(self, log: Path, port: int | None = None):
+        self.log_path = log
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = None
+        self._log = None
 
-    def start(self, timeout: float = 120.0) -> ServerProcess:
-        cmd = [sys.executable, "-m", "mlaas4hep_lab.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--store", str(self.store), "--tokens", str(self.tokens), *self.extra]
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 120.0):
+        cmd = [sys.executable, "-m", "mlaas4hep_lab.cli", *self.command()]
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+                raise RuntimeError(f"{cmd[3]} exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
             try:
-                status, _ = http_call(self.url, "GET", "/v2/health/ready", token=None, timeout=2)
-                if status == 200:
+                if http_call(self.url, "GET", self.health_path, token=None, timeout=2)[0] == 200:
                     return self
             except OSError:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"server not ready after {timeout} s:\n{self.log_text()[-3000:]}")
+        raise RuntimeError(f"{cmd[3]} not ready after {timeout} s:\n{self.log_text()[-3000:]}")
+
+    def kill9(self) -> None:
+        """What a crash does: SIGKILL to the service's process group."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+        self._log.close()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -80,7 +91,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        if self.proc is not None:
+        if self._log is not None and not self._log.closed:
             self._log.close()
 
     def alive(self) -> bool:
@@ -88,6 +99,20 @@ class ServerProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class ServerProcess(ServiceProcess):
+    """``mlaas4hep serve`` (the inference service) over ``store`` with a tokens file."""
+
+    health_path = "/v2/health/ready"
+
+    def __init__(self, store: Path, tokens: Path, log: Path, *extra: str, port: int | None = None):
+        super().__init__(log, port)
+        self.store, self.tokens, self.extra = store, tokens, extra
+
+    def command(self) -> list[str]:
+        return ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--store", str(self.store),
+                "--tokens", str(self.tokens), *self.extra]
 
 
 def http_call(url: str, method: str, path: str, body: bytes | None = None, token: str | None = None,

@@ -13,8 +13,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -27,9 +25,9 @@ from mlaas4hep_lab.bundle import Bundle
 from mlaas4hep_lab.serving.client import Client
 
 try:
-    from serving_support import ServerProcess, free_port, http_call
+    from serving_support import ServerProcess, ServiceProcess, http_call
 except ImportError:  # tests/ imported as a package
-    from tests.serving_support import ServerProcess, free_port, http_call
+    from tests.serving_support import ServerProcess, ServiceProcess, http_call
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
@@ -54,53 +52,19 @@ SLOW_MODEL = textwrap.dedent("""
 """)
 
 
-class JobsProcess:
-    """``python -m mlaas4hep_lab.cli jobs`` in its own process group, killed by its PID."""
+class JobsProcess(ServiceProcess):
+    """``mlaas4hep jobs`` with a tokens file and one data root."""
+
+    health_path = "/health"
 
     def __init__(self, state: Path, tokens: Path, data_root: Path, log: Path, *extra: str):
-        self.state, self.tokens, self.data_root, self.log_path, self.extra = state, tokens, data_root, log, extra
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
+        super().__init__(log)
+        self.state, self.tokens, self.data_root, self.extra = state, tokens, data_root, extra
 
-    def start(self, timeout: float = 120.0) -> JobsProcess:
-        cmd = [sys.executable, "-m", "mlaas4hep_lab.cli", "jobs", "--host", "127.0.0.1", "--port", str(self.port),
-               "--state", str(self.state), "--tokens", str(self.tokens), "--data-root", str(self.data_root),
-               "--log-level", "info", *self.extra]
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"jobs service exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
-            try:
-                if http_call(self.url, "GET", "/health", timeout=2)[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"jobs service not ready after {timeout} s:\n{self.log_text()[-3000:]}")
-
-    def kill9(self) -> None:
-        """What a crash does: SIGKILL to the service's process group (the workers have their own)."""
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(30)
-        self._log.close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        if self.proc is not None and not self._log.closed:
-            self._log.close()
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def command(self) -> list[str]:
+        return ["jobs", "--host", "127.0.0.1", "--port", str(self.port), "--state", str(self.state),
+                "--tokens", str(self.tokens), "--data-root", str(self.data_root), "--log-level", "info",
+                *self.extra]
 
     def call(self, method: str, path: str, body=None, user: str | None = "alice", **kw):
         data = json.dumps(body).encode() if body is not None else None

@@ -136,6 +136,19 @@ def test_upload_answers_what_was_stored(served):
     assert meta["inputs"][0]["shape"] == [-1, len(meta["features"])]
 
 
+def test_upload_after_the_server_closed_an_idle_connection(served):
+    """uvicorn closes a keep-alive connection after 5 s idle; an upload (never retried) must not use it."""
+    import time
+
+    c = served.client()
+    c.models()  # opens the kept-alive connection
+    time.sleep(6.5)
+    answer = c.upload(served.bundles["higgs-torch"], name="after-idle")
+    assert answer["ref"] == "alice:after-idle" and answer["version"] == "1"
+    assert "alice:after-idle" in {m["ref"] for m in c.models()}
+    c.delete("after-idle")
+
+
 @pytest.mark.parametrize("key", ["higgs-torch", "higgs-keras"])
 def test_both_protocols_equal_the_bundle(served, key):
     c, X, expected = served.client(), served.X[key], served.expected[key]

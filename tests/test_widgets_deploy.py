@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 
-import ipywidgets.widgets.widget as widget_module
 import numpy as np
 import pytest
 from serving_support import ServerProcess
+from widget_support import DummyComm, dummy_comm  # noqa: F401  (autouse: headless widgets)
 
 from mlaas4hep_lab.bundle import Bundle
 from mlaas4hep_lab.data import datasets
@@ -17,35 +17,6 @@ from mlaas4hep_lab.widgets.remote import score_events
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 TOKENS = {"alice": "alice-widgets-token", "bob": "bob-widgets-token"}
-
-
-class DummyComm:
-    comm_id = "a-b-c-d"
-    kernel = "Truthy"
-
-    def __init__(self, *args, **kwargs):
-        self.messages = []
-
-    def open(self, *args, **kwargs):
-        pass
-
-    def on_msg(self, *args, **kwargs):
-        pass
-
-    def send(self, *args, **kwargs):
-        self.messages.append((args, kwargs))
-
-    def close(self, *args, **kwargs):
-        pass
-
-
-@pytest.fixture(autouse=True)
-def dummy_comm(monkeypatch):
-    import comm
-
-    monkeypatch.setattr(comm, "create_comm", lambda **kw: DummyComm())
-    monkeypatch.setattr(comm, "get_comm_manager", lambda **kw: {})
-    monkeypatch.setattr(widget_module, "Comm", DummyComm, raising=False)
 
 
 @pytest.fixture(scope="module")

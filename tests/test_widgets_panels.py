@@ -7,47 +7,14 @@ from __future__ import annotations
 import time
 
 import ipywidgets
-import ipywidgets.widgets.widget as widget_module
 import pytest
+from widget_support import dummy_comm  # noqa: F401  (autouse: headless widgets)
 
 from mlaas4hep_lab.data import datasets
 from mlaas4hep_lab.data.preprocess import Preproc
 from mlaas4hep_lab.training.events import MetricEvent
 from mlaas4hep_lab.widgets import Lab
 from mlaas4hep_lab.widgets.run import TrainingRun
-
-
-class DummyComm:
-    """Records what a widget would send to the front end (ipywidgets/widgets/tests/utils.py)."""
-
-    comm_id = "a-b-c-d"
-    kernel = "Truthy"
-
-    def __init__(self, *args, **kwargs):
-        self.messages = []
-
-    def open(self, *args, **kwargs):
-        pass
-
-    def on_msg(self, *args, **kwargs):
-        pass
-
-    def send(self, *args, **kwargs):
-        self.messages.append((args, kwargs))
-
-    def close(self, *args, **kwargs):
-        pass
-
-
-@pytest.fixture(autouse=True)
-def dummy_comm(monkeypatch):
-    """What ipywidgets' tests/utils.py setup_test_comm does, undone by monkeypatch."""
-    import comm
-
-    monkeypatch.setattr(comm, "create_comm", lambda **kw: DummyComm())
-    monkeypatch.setattr(comm, "get_comm_manager", lambda **kw: {})
-    monkeypatch.setattr(widget_module, "Comm", DummyComm, raising=False)
-    yield
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, Response
 
 from mlaas4hep_lab import __version__
@@ -37,7 +36,7 @@ from mlaas4hep_lab.jobs.service import JobService
 from mlaas4hep_lab.jobs.settings import Settings
 from mlaas4hep_lab.jobs.submission import check_submission
 from mlaas4hep_lab.serving import Conflict, TooLarge
-from mlaas4hep_lab.serving.app import _error_handlers  # generic: {"error": ...} answers for every failure
+from mlaas4hep_lab.serving.app import install_error_handlers, openapi_schema
 from mlaas4hep_lab.serving.schemas import body_doc, parse_body
 from mlaas4hep_lab.serving.service import json_response
 
@@ -72,8 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = svc
     for router in (_public_router(svc), _jobs_router(svc)):
         app.include_router(router)
-    _error_handlers(app)
-    app.openapi = lambda: _openapi(app)
+    install_error_handlers(app)
+    app.openapi = lambda: openapi_schema(
+        app, "Training jobs (the MLaaS4HEP server): submit, follow, fetch, cancel", S.BODY_MODELS)
     return app
 
 
@@ -84,21 +84,6 @@ async def _monitor(svc: JobService) -> None:
             await asyncio.to_thread(svc.tick)
         except Exception:  # the monitor must outlive one bad pass
             log.exception("jobs monitor pass failed")
-
-
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
-                             description="Training jobs (the MLaaS4HEP server): submit, follow, fetch, cancel")
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in S.BODY_MODELS:
-            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(js.pop("$defs", {}))
-            components[model.__name__] = js
-        schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-        schema["security"] = [{"bearer": []}]
-        app.openapi_schema = schema
-    return app.openapi_schema
 
 
 def _public_router(svc: JobService) -> APIRouter:

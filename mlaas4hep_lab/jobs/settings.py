@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mlaas4hep_lab.errors import ConfigError
-from mlaas4hep_lab.serving.settings import _env, _prefix
+from mlaas4hep_lab.serving.settings import env_setting, url_prefix
 
 __all__ = ["Settings", "parse_size", "SUBMIT_SCOPE"]
 
@@ -59,78 +59,78 @@ class Settings:
 
     # -- where and how it listens
     # jobs.sqlite and one private folder per job (inputs, log, checkpoints, bundle) [MLAAS4HEP_JOBS_STATE]
-    state_dir: Path = field(default_factory=lambda: Path(_env("MLAAS4HEP_JOBS_STATE", "mlaas4hep-jobs")))
-    host: str = field(default_factory=lambda: _env("MLAAS4HEP_JOBS_HOST", "127.0.0.1"))
-    port: int = field(default_factory=lambda: _env("MLAAS4HEP_JOBS_PORT", 8084, int))
+    state_dir: Path = field(default_factory=lambda: Path(env_setting("MLAAS4HEP_JOBS_STATE", "mlaas4hep-jobs")))
+    host: str = field(default_factory=lambda: env_setting("MLAAS4HEP_JOBS_HOST", "127.0.0.1"))
+    port: int = field(default_factory=lambda: env_setting("MLAAS4HEP_JOBS_PORT", 8084, int))
     # URL prefix of every route; JupyterHub sets it for hub-managed services [JUPYTERHUB_SERVICE_PREFIX]
-    prefix: str = field(default_factory=lambda: _prefix(_env("JUPYTERHUB_SERVICE_PREFIX", "")))
-    log_level: str = field(default_factory=lambda: _env("MLAAS4HEP_LOG_LEVEL", "warning"))
+    prefix: str = field(default_factory=lambda: url_prefix(env_setting("JUPYTERHUB_SERVICE_PREFIX", "")))
+    log_level: str = field(default_factory=lambda: env_setting("MLAAS4HEP_LOG_LEVEL", "warning"))
 
     # -- what a job may read: local paths must lie below one of these folders (os.pathsep-separated);
     # none: only root:// and http(s):// URLs are accepted [MLAAS4HEP_JOBS_DATA_ROOTS]
-    data_roots: tuple[Path, ...] = field(default_factory=lambda: _paths(_env("MLAAS4HEP_JOBS_DATA_ROOTS", "")))
+    data_roots: tuple[Path, ...] = field(default_factory=lambda: _paths(env_setting("MLAAS4HEP_JOBS_DATA_ROOTS", "")))
 
     # -- limits of each job (its own process and process group)
-    max_concurrent: int = field(default_factory=lambda: _env("MLAAS4HEP_JOBS_MAX_CONCURRENT", 1, int))
+    max_concurrent: int = field(default_factory=lambda: env_setting("MLAAS4HEP_JOBS_MAX_CONCURRENT", 1, int))
     # address-space limit (RLIMIT_AS) of the worker, e.g. 4GB; 0: none [MLAAS4HEP_JOBS_MEMORY_LIMIT]
-    memory_limit: int = field(default_factory=lambda: parse_size(_env("MLAAS4HEP_JOBS_MEMORY_LIMIT", "8GB")))
+    memory_limit: int = field(default_factory=lambda: parse_size(env_setting("MLAAS4HEP_JOBS_MEMORY_LIMIT", "8GB")))
     # wall-clock seconds of one run of a job (the service kills its process group); 0: none
     # [MLAAS4HEP_JOBS_TIME_LIMIT]
-    time_limit: float = field(default_factory=lambda: _env("MLAAS4HEP_JOBS_TIME_LIMIT", 3600.0, float))
+    time_limit: float = field(default_factory=lambda: env_setting("MLAAS4HEP_JOBS_TIME_LIMIT", 3600.0, float))
     # CPU seconds (RLIMIT_CPU); default (0): time_limit x threads [MLAAS4HEP_JOBS_CPU_LIMIT]
-    cpu_limit: float = field(default_factory=lambda: _env("MLAAS4HEP_JOBS_CPU_LIMIT", 0.0, float))
+    cpu_limit: float = field(default_factory=lambda: env_setting("MLAAS4HEP_JOBS_CPU_LIMIT", 0.0, float))
     # threads of the numerical libraries in each job (OMP_NUM_THREADS, ...) [MLAAS4HEP_JOBS_THREADS]
-    threads: int = field(default_factory=lambda: _env("MLAAS4HEP_JOBS_THREADS", 1, int))
-    max_body_bytes: int = field(default_factory=lambda: _env("MLAAS4HEP_JOBS_MAX_BODY", 2 * MiB, int))
+    threads: int = field(default_factory=lambda: env_setting("MLAAS4HEP_JOBS_THREADS", 1, int))
+    max_body_bytes: int = field(default_factory=lambda: env_setting("MLAAS4HEP_JOBS_MAX_BODY", 2 * MiB, int))
     max_json_depth: int = 32
     max_files: int = 1000            # files of one job
     # jobs queued or running per user (0: no cap) [MLAAS4HEP_JOBS_PER_USER]
-    max_jobs_per_user: int = field(default_factory=lambda: _env("MLAAS4HEP_JOBS_PER_USER", 20, int))
+    max_jobs_per_user: int = field(default_factory=lambda: env_setting("MLAAS4HEP_JOBS_PER_USER", 20, int))
     # a job whose worker died while the service was down restarts from its checkpoint this many times;
     # 0: it is marked interrupted [MLAAS4HEP_JOBS_RESUMES]
-    max_resumes: int = field(default_factory=lambda: _env("MLAAS4HEP_JOBS_RESUMES", 1, int))
+    max_resumes: int = field(default_factory=lambda: env_setting("MLAAS4HEP_JOBS_RESUMES", 1, int))
     # seconds between two looks at the running jobs (status files, liveness, wall clock)
-    poll_interval: float = field(default_factory=lambda: _env("MLAAS4HEP_JOBS_POLL", 0.5, float))
+    poll_interval: float = field(default_factory=lambda: env_setting("MLAAS4HEP_JOBS_POLL", 0.5, float))
     kill_grace: float = 3.0          # seconds between SIGTERM and SIGKILL of a job's process group
     # environment variables handed to the workers besides PATH, HOME, LANG... (comma-separated names);
     # the service's own secrets (JUPYTERHUB_API_TOKEN, ...) never are [MLAAS4HEP_JOBS_PASS_ENV]
     pass_env: tuple[str, ...] = field(default_factory=lambda: tuple(
-        s.strip() for s in _env("MLAAS4HEP_JOBS_PASS_ENV", "").split(",") if s.strip()))
+        s.strip() for s in env_setting("MLAAS4HEP_JOBS_PASS_ENV", "").split(",") if s.strip()))
 
     # -- push of finished bundles to the inference service (with the submitter's own token)
     # the inference service's URL; when set, jobs may push only there [MLAAS4HEP_JOBS_PUSH_URL]
-    push_url: str | None = field(default_factory=lambda: _env("MLAAS4HEP_JOBS_PUSH_URL", None))
+    push_url: str | None = field(default_factory=lambda: env_setting("MLAAS4HEP_JOBS_PUSH_URL", None))
 
     # -- authorisation
     # a hub user's token must carry this scope to submit (custom:jobs:submit); "" : none needed
     # [MLAAS4HEP_JOBS_SUBMIT_SCOPE]
-    submit_scope: str = field(default_factory=lambda: _env("MLAAS4HEP_JOBS_SUBMIT_SCOPE", SUBMIT_SCOPE))
+    submit_scope: str = field(default_factory=lambda: env_setting("MLAAS4HEP_JOBS_SUBMIT_SCOPE", SUBMIT_SCOPE))
     # users who see and cancel every job (comma-separated); hub admins are admins too [MLAAS4HEP_JOBS_ADMINS]
     admins: tuple[str, ...] = field(default_factory=lambda: tuple(
-        s.strip() for s in _env("MLAAS4HEP_JOBS_ADMINS", "").split(",") if s.strip()))
+        s.strip() for s in env_setting("MLAAS4HEP_JOBS_ADMINS", "").split(",") if s.strip()))
 
     # -- authentication: the same fields and variables as the inference service's settings
-    tokens_file: Path | None = field(default_factory=lambda: _env("MLAAS4HEP_TOKENS", None, Path))
+    tokens_file: Path | None = field(default_factory=lambda: env_setting("MLAAS4HEP_TOKENS", None, Path))
     tokens: dict[str, str] = field(default_factory=dict)
-    hub_api_url: str | None = field(default_factory=lambda: _env("JUPYTERHUB_API_URL", None))
-    hub_api_token: str | None = field(default_factory=lambda: _env("JUPYTERHUB_API_TOKEN", None))
-    hub_cache_ttl: float = field(default_factory=lambda: _env("MLAAS4HEP_HUB_CACHE_TTL", 60.0, float))
+    hub_api_url: str | None = field(default_factory=lambda: env_setting("JUPYTERHUB_API_URL", None))
+    hub_api_token: str | None = field(default_factory=lambda: env_setting("JUPYTERHUB_API_TOKEN", None))
+    hub_cache_ttl: float = field(default_factory=lambda: env_setting("MLAAS4HEP_HUB_CACHE_TTL", 60.0, float))
     hub_scopes: tuple[str, ...] = field(default_factory=lambda: tuple(
-        s.strip() for s in _env("MLAAS4HEP_HUB_SCOPES", "").split(",") if s.strip()))
-    oidc_issuer: str | None = field(default_factory=lambda: _env("MLAAS4HEP_OIDC_ISSUER", None))
-    oidc_audience: str | None = field(default_factory=lambda: _env("MLAAS4HEP_OIDC_AUDIENCE", None))
-    oidc_jwks_url: str | None = field(default_factory=lambda: _env("MLAAS4HEP_OIDC_JWKS_URL", None))
-    oidc_username_claim: str = field(default_factory=lambda: _env("MLAAS4HEP_OIDC_USERNAME_CLAIM",
+        s.strip() for s in env_setting("MLAAS4HEP_HUB_SCOPES", "").split(",") if s.strip()))
+    oidc_issuer: str | None = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_ISSUER", None))
+    oidc_audience: str | None = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_AUDIENCE", None))
+    oidc_jwks_url: str | None = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_JWKS_URL", None))
+    oidc_username_claim: str = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_USERNAME_CLAIM",
                                                                   "preferred_username"))
-    oidc_groups_claim: str = field(default_factory=lambda: _env("MLAAS4HEP_OIDC_GROUPS_CLAIM", "groups"))
+    oidc_groups_claim: str = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_GROUPS_CLAIM", "groups"))
     oidc_algorithms: tuple[str, ...] = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")
     oidc_leeway: float = 30.0
-    allow_anonymous: bool = field(default_factory=lambda: _env("MLAAS4HEP_NO_AUTH", False, bool))
+    allow_anonymous: bool = field(default_factory=lambda: env_setting("MLAAS4HEP_NO_AUTH", False, bool))
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir).expanduser().resolve()
         self.tokens_file = Path(self.tokens_file) if self.tokens_file else None
-        self.prefix = _prefix(self.prefix)
+        self.prefix = url_prefix(self.prefix)
         self.data_roots = tuple(Path(p).expanduser().resolve() for p in self.data_roots)
         self.memory_limit = parse_size(self.memory_limit)
         self.oidc_algorithms, self.hub_scopes = tuple(self.oidc_algorithms), tuple(self.hub_scopes)

@@ -40,7 +40,7 @@ from mlaas4hep_lab.serving.service import Service
 from mlaas4hep_lab.serving.service import error_response as _error
 from mlaas4hep_lab.serving.settings import SETTINGS_ENV, Settings
 
-__all__ = ["create_app", "app_from_env", "serve", "Service"]
+__all__ = ["create_app", "app_from_env", "serve", "install_error_handlers", "openapi_schema", "Service"]
 
 log = logging.getLogger("mlaas4hep_lab.serving")
 
@@ -70,19 +70,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   telemetry={"tracing": False, "metrics": False, "logs": False},
                   routes=routes)
     app.state.service = svc
-    _error_handlers(app)
+    install_error_handlers(app)
     app.add_middleware(LimitsMiddleware, metrics=svc.metrics, body_cap=settings.max_body_bytes,
                        upload_cap=settings.max_upload_bytes)
-    app.openapi = lambda: _openapi(app)
+    app.openapi = lambda: openapi_schema(app, "TFaaS and Open Inference Protocol v2 routes over a model store")
     return app
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
+def openapi_schema(app: FastAPI, description: str, body_models=S.BODY_MODELS) -> dict[str, Any]:
+    """The app's OpenAPI schema (built once), with the request bodies the fast routes parse themselves
+    (``body_models``, pydantic models) and bearer security; the jobs service uses it too."""
     if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
-                             description="TFaaS and Open Inference Protocol v2 routes over a model store")
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes, description=description)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in S.BODY_MODELS:
+        for model in body_models:
             js = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(js.pop("$defs", {}))
             components[model.__name__] = js
@@ -92,7 +93,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-def _error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every failure as ``{"error": message}`` with its status (the jobs service uses it too)."""
     @app.exception_handler(ServingError)
     async def serving_error(request: Request, exc: ServingError):
         return _error(exc.status, str(exc))

@@ -189,6 +189,9 @@ class Client:
             headers["Content-Type"] = content_type
         url = f"{self.url}{path}"
         timeout = self.timeout if timeout is None else timeout
+        once_only = path.startswith("/upload")
+        if once_only:  # never on a kept-alive connection the server may close while we send: no retry allowed
+            self.close()
         for attempt in (0, 1):
             conn = self._connection(timeout)
             reused = self._local.used
@@ -205,7 +208,7 @@ class Client:
                 self.close()
                 # a keep-alive connection the server had closed while idle: once more on a new one (not for
                 # uploads, which must never be applied twice)
-                if reused and attempt == 0 and not path.startswith("/upload"):
+                if reused and attempt == 0 and not once_only:
                     continue
                 raise ServiceError(f"{method} {url}: the service closed the connection ({err})", url=url) from err
             except (OSError, http.client.HTTPException) as err:

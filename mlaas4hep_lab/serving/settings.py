@@ -20,14 +20,14 @@ from typing import Any
 
 from mlaas4hep_lab.errors import ConfigError
 
-__all__ = ["Settings", "RUNTIMES", "SETTINGS_ENV"]
+__all__ = ["Settings", "RUNTIMES", "SETTINGS_ENV", "env_setting", "url_prefix"]
 
 RUNTIMES = ("auto", "onnx", "tf")
 SETTINGS_ENV = "MLAAS4HEP_SERVE_SETTINGS"  # JSON of the settings, passed to uvicorn worker processes
 MiB = 1 << 20
 
 
-def _env(name: str, default: Any, kind: type = str) -> Any:
+def env_setting(name: str, default: Any, kind: type = str) -> Any:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -41,7 +41,7 @@ def _env(name: str, default: Any, kind: type = str) -> Any:
         raise ConfigError(f"cannot read {raw!r} as {kind.__name__}", key=name, source="environment") from err
 
 
-def _prefix(raw: str) -> str:
+def url_prefix(raw: str) -> str:
     """``/services/tfaas/`` -> ``/services/tfaas``; ``/`` or empty -> ``""``."""
     raw = (raw or "").strip()
     if not raw or raw == "/":
@@ -54,62 +54,62 @@ class Settings:
     """How ``mlaas4hep serve`` runs. Environment variables in brackets give the defaults."""
 
     # -- where and how it listens
-    store_dir: Path = field(default_factory=lambda: Path(_env("MLAAS4HEP_STORE", "mlaas4hep-store")))
-    host: str = field(default_factory=lambda: _env("MLAAS4HEP_HOST", "127.0.0.1"))
-    port: int = field(default_factory=lambda: _env("MLAAS4HEP_PORT", 8083, int))
+    store_dir: Path = field(default_factory=lambda: Path(env_setting("MLAAS4HEP_STORE", "mlaas4hep-store")))
+    host: str = field(default_factory=lambda: env_setting("MLAAS4HEP_HOST", "127.0.0.1"))
+    port: int = field(default_factory=lambda: env_setting("MLAAS4HEP_PORT", 8083, int))
     # uvicorn worker processes; each has its own batching queue, all share the store on disk [MLAAS4HEP_WORKERS]
-    workers: int = field(default_factory=lambda: _env("MLAAS4HEP_WORKERS", 1, int))
+    workers: int = field(default_factory=lambda: env_setting("MLAAS4HEP_WORKERS", 1, int))
     # URL prefix of every route; JupyterHub sets it for hub-managed services [JUPYTERHUB_SERVICE_PREFIX]
-    prefix: str = field(default_factory=lambda: _prefix(_env("JUPYTERHUB_SERVICE_PREFIX", "")))
-    log_level: str = field(default_factory=lambda: _env("MLAAS4HEP_LOG_LEVEL", "warning"))
+    prefix: str = field(default_factory=lambda: url_prefix(env_setting("JUPYTERHUB_SERVICE_PREFIX", "")))
+    log_level: str = field(default_factory=lambda: env_setting("MLAAS4HEP_LOG_LEVEL", "warning"))
 
     # -- authentication (any number of methods may be on together)
     # JSON file {"alice": "tok-a", ...} or {"tokens": {...}} [MLAAS4HEP_TOKENS]
-    tokens_file: Path | None = field(default_factory=lambda: _env("MLAAS4HEP_TOKENS", None, Path))
+    tokens_file: Path | None = field(default_factory=lambda: env_setting("MLAAS4HEP_TOKENS", None, Path))
     tokens: dict[str, str] = field(default_factory=dict)  # user -> token, beside (or instead of) the file
     # JupyterHub API, when run as a hub service: tokens are checked with GET {url}/user [JUPYTERHUB_API_URL]
-    hub_api_url: str | None = field(default_factory=lambda: _env("JUPYTERHUB_API_URL", None))
-    hub_api_token: str | None = field(default_factory=lambda: _env("JUPYTERHUB_API_TOKEN", None))
-    hub_cache_ttl: float = field(default_factory=lambda: _env("MLAAS4HEP_HUB_CACHE_TTL", 60.0, float))
+    hub_api_url: str | None = field(default_factory=lambda: env_setting("JUPYTERHUB_API_URL", None))
+    hub_api_token: str | None = field(default_factory=lambda: env_setting("JUPYTERHUB_API_TOKEN", None))
+    hub_cache_ttl: float = field(default_factory=lambda: env_setting("MLAAS4HEP_HUB_CACHE_TTL", 60.0, float))
     # scopes one of which a hub token must carry, comma-separated (e.g. access:services!service=tfaas);
     # empty: any valid token of a hub user [MLAAS4HEP_HUB_SCOPES]
     hub_scopes: tuple[str, ...] = field(default_factory=lambda: tuple(
-        s.strip() for s in _env("MLAAS4HEP_HUB_SCOPES", "").split(",") if s.strip()))
+        s.strip() for s in env_setting("MLAAS4HEP_HUB_SCOPES", "").split(",") if s.strip()))
     # scope a hub user's token must carry to upload models (custom:tfaas:push under the hub); "": none.
     # Users of static or OIDC tokens are not asked for it [MLAAS4HEP_PUSH_SCOPE]
-    push_scope: str = field(default_factory=lambda: _env("MLAAS4HEP_PUSH_SCOPE", ""))
+    push_scope: str = field(default_factory=lambda: env_setting("MLAAS4HEP_PUSH_SCOPE", ""))
     # OIDC access tokens (JWT): issuer, audience, JWKS URL (default: from the issuer's discovery document)
-    oidc_issuer: str | None = field(default_factory=lambda: _env("MLAAS4HEP_OIDC_ISSUER", None))
-    oidc_audience: str | None = field(default_factory=lambda: _env("MLAAS4HEP_OIDC_AUDIENCE", None))
-    oidc_jwks_url: str | None = field(default_factory=lambda: _env("MLAAS4HEP_OIDC_JWKS_URL", None))
-    oidc_username_claim: str = field(default_factory=lambda: _env("MLAAS4HEP_OIDC_USERNAME_CLAIM",
+    oidc_issuer: str | None = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_ISSUER", None))
+    oidc_audience: str | None = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_AUDIENCE", None))
+    oidc_jwks_url: str | None = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_JWKS_URL", None))
+    oidc_username_claim: str = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_USERNAME_CLAIM",
                                                                   "preferred_username"))
-    oidc_groups_claim: str = field(default_factory=lambda: _env("MLAAS4HEP_OIDC_GROUPS_CLAIM", "groups"))
+    oidc_groups_claim: str = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_GROUPS_CLAIM", "groups"))
     oidc_algorithms: tuple[str, ...] = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")
     oidc_leeway: float = 30.0  # seconds of clock skew accepted on exp/nbf/iat
     # development only: requests without a token act as user "anonymous" [MLAAS4HEP_NO_AUTH]
-    allow_anonymous: bool = field(default_factory=lambda: _env("MLAAS4HEP_NO_AUTH", False, bool))
+    allow_anonymous: bool = field(default_factory=lambda: env_setting("MLAAS4HEP_NO_AUTH", False, bool))
 
     # -- models
-    runtime: str = field(default_factory=lambda: _env("MLAAS4HEP_RUNTIME", "auto"))  # auto | onnx | tf
-    runtime_threads: int = field(default_factory=lambda: _env("MLAAS4HEP_RUNTIME_THREADS", 1, int))
+    runtime: str = field(default_factory=lambda: env_setting("MLAAS4HEP_RUNTIME", "auto"))  # auto | onnx | tf
+    runtime_threads: int = field(default_factory=lambda: env_setting("MLAAS4HEP_RUNTIME_THREADS", 1, int))
     preload: bool = True  # load the tagged versions of every model at start, not at first request
 
     # -- dynamic batching
-    batching: bool = field(default_factory=lambda: _env("MLAAS4HEP_BATCHING", True, bool))
-    max_batch: int = field(default_factory=lambda: _env("MLAAS4HEP_MAX_BATCH", 512, int))  # rows per pass
+    batching: bool = field(default_factory=lambda: env_setting("MLAAS4HEP_BATCHING", True, bool))
+    max_batch: int = field(default_factory=lambda: env_setting("MLAAS4HEP_MAX_BATCH", 512, int))  # rows per pass
     # how long a batch waits for more requests after its first one; 0: take what is queued, no wait
-    max_delay_ms: float = field(default_factory=lambda: _env("MLAAS4HEP_MAX_DELAY_MS", 0.0, float))
-    queue_size: int = field(default_factory=lambda: _env("MLAAS4HEP_QUEUE_SIZE", 4096, int))  # full -> 503
-    inference_threads: int = field(default_factory=lambda: _env("MLAAS4HEP_INFERENCE_THREADS", 2, int))
+    max_delay_ms: float = field(default_factory=lambda: env_setting("MLAAS4HEP_MAX_DELAY_MS", 0.0, float))
+    queue_size: int = field(default_factory=lambda: env_setting("MLAAS4HEP_QUEUE_SIZE", 4096, int))  # full -> 503
+    inference_threads: int = field(default_factory=lambda: env_setting("MLAAS4HEP_INFERENCE_THREADS", 2, int))
     # requests of at most this many rows that find their model idle are scored on the event loop itself,
     # when a one-row pass takes < 0.1 ms: lowest latency for a lone client, less throughput under load
     # (the passes no longer overlap with the HTTP work); 0: always in the inference threads
-    inline_rows: int = field(default_factory=lambda: _env("MLAAS4HEP_INLINE_ROWS", 0, int))
+    inline_rows: int = field(default_factory=lambda: env_setting("MLAAS4HEP_INLINE_ROWS", 0, int))
 
     # -- limits
-    max_body_bytes: int = field(default_factory=lambda: _env("MLAAS4HEP_MAX_BODY", 1 * MiB, int))
-    max_upload_bytes: int = field(default_factory=lambda: _env("MLAAS4HEP_MAX_UPLOAD", 500 * MiB, int))
+    max_body_bytes: int = field(default_factory=lambda: env_setting("MLAAS4HEP_MAX_BODY", 1 * MiB, int))
+    max_upload_bytes: int = field(default_factory=lambda: env_setting("MLAAS4HEP_MAX_UPLOAD", 500 * MiB, int))
     max_json_depth: int = 32
     max_tar_members: int = 10_000
     max_tar_bytes: int = 2 << 30  # unpacked size of an uploaded bundle
@@ -117,7 +117,7 @@ class Settings:
     def __post_init__(self) -> None:
         self.store_dir = Path(self.store_dir)
         self.tokens_file = Path(self.tokens_file) if self.tokens_file else None
-        self.prefix = _prefix(self.prefix)
+        self.prefix = url_prefix(self.prefix)
         self.oidc_algorithms = tuple(self.oidc_algorithms)
         self.hub_scopes = tuple(self.hub_scopes)
         if self.runtime not in RUNTIMES:
