@@ -49,6 +49,7 @@ __all__ = [
     "require_xrootd",
     "free_port",
     "require_chromium",
+    "run_coroutine",
     "require_chp",
     "CHROMIUM_ARGS",
 ]
@@ -115,6 +116,16 @@ def require_xrootd() -> str:
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def run_coroutine(coro):
+    """``asyncio.run(coro)`` on a thread of its own: Playwright's sync API (browser tests) leaves an event
+    loop running on the main thread for the rest of the session, where ``asyncio.run`` would refuse."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="test-asyncio") as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def require_chromium() -> str:

@@ -4,7 +4,6 @@ get_authenticated_user with its allow checks)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
@@ -13,6 +12,7 @@ import pytest
 pytest.importorskip("jupyterhub", reason="the hub extra is not installed")  # optional: pip install .[hub]
 jwt = pytest.importorskip("jwt")
 
+from servers import run_coroutine  # noqa: E402
 from tornado import web  # noqa: E402
 
 from mlaas4hep_lab.hub.authenticator import LOGIN_FORM, OIDCTokenAuthenticator, TokenRefused  # noqa: E402
@@ -39,7 +39,7 @@ def make_auth(issuer, **kw) -> OIDCTokenAuthenticator:
 
 
 def run(coro):
-    return asyncio.run(coro)
+    return run_coroutine(coro)
 
 
 def refused(auth, token, status=403) -> str:

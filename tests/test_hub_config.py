@@ -18,6 +18,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 pytest.importorskip("jupyterhub", reason="the hub extra is not installed")  # optional: pip install .[hub]
 
+from servers import run_coroutine  # noqa: E402
 from traitlets.config import Config  # noqa: E402
 from traitlets.config.loader import PyFileConfigLoader  # noqa: E402
 
@@ -152,13 +153,12 @@ def test_generic_oauthenticator_section(hub_env, monkeypatch):
     assert auth.allowed_groups == {"cms"} and auth.admin_groups == {"cms/admins"}
     assert auth.allow_all is False and auth.enable_pkce is True
     # the groups of a userinfo answer become the user's hub groups, and decide who is allowed in
-    import asyncio
 
     userinfo = {"auth_state": {"oauth_user": {"preferred_username": "alice", "groups": ["cms", "cms/admins"]}}}
-    assert asyncio.run(auth.get_user_groups(userinfo["auth_state"])) == {"cms", "cms/admins"}
-    assert asyncio.run(auth.check_allowed("alice", {"name": "alice", "admin": None, "groups": ["cms"],
+    assert run_coroutine(auth.get_user_groups(userinfo["auth_state"])) == {"cms", "cms/admins"}
+    assert run_coroutine(auth.check_allowed("alice", {"name": "alice", "admin": None, "groups": ["cms"],
                                                     "auth_state": {}})) is True
-    assert asyncio.run(auth.check_allowed("bob", {"name": "bob", "admin": None, "groups": ["lhcb"],
+    assert run_coroutine(auth.check_allowed("bob", {"name": "bob", "admin": None, "groups": ["lhcb"],
                                                   "auth_state": {}})) is False
 
 

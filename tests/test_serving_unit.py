@@ -31,6 +31,8 @@ with warnings.catch_warnings():  # starlette asks for httpx2, which is not neede
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
+from servers import run_coroutine  # noqa: E402
+
 from mlaas4hep_lab.auth import Authenticator, AuthError, OIDCVerifier, load_tokens  # noqa: E402
 from mlaas4hep_lab.bundle import Bundle  # noqa: E402
 from mlaas4hep_lab.cli import build_parser, main  # noqa: E402
@@ -481,7 +483,7 @@ def test_batcher_merges_concurrent_requests():
             np.testing.assert_array_equal(y, X[:, 0] * 2)
         return batcher
 
-    batcher = asyncio.run(run())
+    batcher = run_coroutine(run())
     assert batcher.passes == model.calls < 10 and max(model.rows) <= 64 and sum(model.rows) == 79
 
 
@@ -503,7 +505,7 @@ def test_batcher_limits_queue_inline_and_close():
         b.close()
         assert (await b.submit(np.ones((9, 1), np.float32))).shape == (9,)  # closed: still answers
 
-    asyncio.run(run())
+    run_coroutine(run())
 
 
 def test_service_batches_concurrent_http_requests(tmp_path, bundles):
@@ -523,7 +525,7 @@ def test_service_batches_concurrent_http_requests(tmp_path, bundles):
             metrics = (await c.get("/metrics", headers=ALICE)).text
         return metrics
 
-    metrics = asyncio.run(run())
+    metrics = run_coroutine(run())
     model = app.state.service.store.loaded("alice", "higgs", "1")
     assert 1 <= model.batcher.passes < 15  # 30 requests, a few forward passes
     assert 'mlaas4hep_batch_requests_count{model="alice:higgs"}' in metrics
@@ -588,9 +590,9 @@ def test_oidc_jwt_checked_against_jwks(tmp_path):
         # the JWKS found through the issuer's discovery document
         routes["/.well-known/openid-configuration"] = {"issuer": jwks.url, "jwks_uri": f"{jwks.url}/jwks"}
         found = Authenticator(oidc=OIDCVerifier(jwks.url, audience))
-        assert asyncio.run(found.authenticate(f"Bearer {token(iss=jwks.url)}")).name == "dana"
+        assert run_coroutine(found.authenticate(f"Bearer {token(iss=jwks.url)}")).name == "dana"
         auth = Authenticator(oidc=OIDCVerifier(issuer, audience, f"{jwks.url}/jwks"))
-        user = asyncio.run(auth.authenticate(f"Bearer {token()}"))
+        user = run_coroutine(auth.authenticate(f"Bearer {token()}"))
         assert (user.name, user.source, user.groups) == ("dana", "oidc", ("cms",))
         refused = {"expired": token(exp=int(time.time()) - 120), "audience": token(aud="other"),
                    "issuer": token(iss="https://evil.example.org/"), "signature": token(signer=other),
@@ -598,7 +600,7 @@ def test_oidc_jwt_checked_against_jwks(tmp_path):
                    "garbage": "a.b.c"}
         for what, tok in refused.items():
             with pytest.raises(AuthError) as err:
-                asyncio.run(auth.authenticate(f"Bearer {tok}"))
+                run_coroutine(auth.authenticate(f"Bearer {tok}"))
             assert err.value.status == 401, what
         # the same checks through the service, beside static tokens
         settings = Settings(store_dir=tmp_path / "store", tokens=TOKENS, oidc_issuer=issuer,
@@ -628,13 +630,13 @@ def test_jupyterhub_tokens_checked_and_cached():
             await auth.aclose()
             return users, again, err.value
 
-        users, again, err = asyncio.run(run())
+        users, again, err = run_coroutine(run())
         assert {u.name for u in users} == {"carol"} and again.groups == ("physics",)
         assert err.status == 401 and server.hits == 2  # one check per token, then the cache
         scoped = Authenticator(hub_api_url=f"{server.url}/hub/api", hub_scopes=("access:services!service=tfaas",))
-        assert asyncio.run(_refusal(scoped, "token hub-good-token")) == 403  # valid user, token not for us
+        assert run_coroutine(_refusal(scoped, "token hub-good-token")) == 403  # valid user, token not for us
     down = Authenticator(hub_api_url=f"{server.url}/hub/api")
-    assert asyncio.run(_refusal(down, "token other-token")) == 503  # the hub is gone
+    assert run_coroutine(_refusal(down, "token other-token")) == 503  # the hub is gone
 
 
 async def _refusal(auth: Authenticator, header: str) -> int:
