@@ -144,6 +144,18 @@ def test_max_jagged_length_quantile_and_mapping(toy_data):
     assert s.jdim == {"Jet_pt": 2, "Trk_nhits": 10}
 
 
+def test_max_jagged_length_wildcards_and_unknown_keys(toy_data):
+    caps = {"*_pt": 3, "*": 6, "Trk_nhits": 5}  # an exact name wins; among patterns the first that matches
+    s = compute_specs(toy_data.files, toy_params(toy_data, max_jagged_length=caps), progress=False)
+    assert s.jdim == {"Jet_pt": 3, "Trk_nhits": 5}
+    s = compute_specs(toy_data.files, toy_params(toy_data, max_jagged_length={"Jet_*": 2}), progress=False)
+    assert s.jdim == {"Jet_pt": 2, "Trk_nhits": 10}
+    with pytest.raises(ConfigError, match=r"'Jet_ptt' names no jagged branch.*Jet_pt"):
+        compute_specs(toy_data.files, toy_params(toy_data, max_jagged_length={"Jet_ptt": 2}), progress=False)
+    with pytest.raises(ConfigError, match=r"'Muon_\*' names no jagged branch"):
+        compute_specs(toy_data.files, toy_params(toy_data, max_jagged_length={"Muon_*": 2}), progress=False)
+
+
 # -- events -----------------------------------------------------------------------------------------
 def test_events_per_file_and_total(specs, toy_data):
     assert specs.events == {"total": 10_000, str(toy_data.sig): 3000, str(toy_data.bkg): 7000}

@@ -7,6 +7,8 @@ The JSON keeps the original's keys (``jdim minv maxv fkeys jkeys nans events``) 
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
 import hashlib
 import json
 import logging
@@ -179,6 +181,25 @@ class _Stats:
         return int(np.searchsorted(cdf, q * cdf[-1]))
 
 
+def _jagged_caps(cap: Any, jagged: Sequence[str]) -> dict[str, Any]:
+    """The ``max_jagged_length`` rule of each jagged branch. A mapping's keys are branch names or wildcards
+    (``"Jet_*"``; an exact name wins over a pattern, earlier patterns over later ones); a key that matches no
+    jagged branch is an error, not a silently uncapped collection."""
+    if not isinstance(cap, dict):
+        return {name: cap for name in jagged}
+    rules: dict[str, Any] = {}
+    for key, rule in cap.items():
+        matched = [key] if key in jagged else fnmatch.filter(jagged, key)
+        if not matched:
+            close = difflib.get_close_matches(key, jagged, n=3, cutoff=0.5)
+            hint = f"; did you mean {close}?" if close else f"; the jagged branches are {sorted(jagged)[:20]}"
+            raise ConfigError(f"{key!r} names no jagged branch{hint}", "max_jagged_length")
+        for name in matched:
+            rules.setdefault(name, rule)
+    rules.update({key: rule for key, rule in cap.items() if key in jagged})  # exact names win
+    return rules
+
+
 def _jdim(name: str, true_max: int, stats: _Stats, cap: Any) -> int:
     rule = cap.get(name) if isinstance(cap, dict) else cap
     if rule is None:
@@ -277,11 +298,12 @@ def _finish(stats, plan: Plan, params: Params, preproc, events, readers, use) ->
         std[name] = float(np.sqrt(st.m2 / st.n)) if st.n else 0.0
         nans[name] = float(hi) if hi == lo else float((0 - lo) / (hi - lo))  # the original's key
     jagged_max, jq, jdim = {}, {}, {}
+    caps = _jagged_caps(params.max_jagged_length, list(plan.jagged))
     for name in plan.jagged:
         st = stats[name]
         jagged_max[name] = int(st.lengths.size - 1 if st.lengths.any() else 0)
         jq[name] = {str(q): st.quantile(q) for q in _QUANTILES}
-        jdim[name] = _jdim(name, jagged_max[name], st, params.max_jagged_length)
+        jdim[name] = _jdim(name, jagged_max[name], st, caps)
     files = []
     for reader, n in zip(readers, use):
         info = sources.file_info(reader.path)
