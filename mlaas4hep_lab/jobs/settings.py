@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mlaas4hep_lab.errors import ConfigError
-from mlaas4hep_lab.serving.settings import env_setting, url_prefix
+from mlaas4hep_lab.serving.settings import AuthSettings, env_setting, url_prefix
 
 __all__ = ["Settings", "parse_size", "SUBMIT_SCOPE"]
 
@@ -54,7 +54,7 @@ def _paths(raw: str) -> tuple[Path, ...]:
 
 
 @dataclass
-class Settings:
+class Settings(AuthSettings):
     """How ``mlaas4hep jobs`` runs. Environment variables in brackets give the defaults."""
 
     # -- where and how it listens
@@ -109,31 +109,12 @@ class Settings:
     admins: tuple[str, ...] = field(default_factory=lambda: tuple(
         s.strip() for s in env_setting("MLAAS4HEP_JOBS_ADMINS", "").split(",") if s.strip()))
 
-    # -- authentication: the same fields and variables as the inference service's settings
-    tokens_file: Path | None = field(default_factory=lambda: env_setting("MLAAS4HEP_TOKENS", None, Path))
-    tokens: dict[str, str] = field(default_factory=dict)
-    hub_api_url: str | None = field(default_factory=lambda: env_setting("JUPYTERHUB_API_URL", None))
-    hub_api_token: str | None = field(default_factory=lambda: env_setting("JUPYTERHUB_API_TOKEN", None))
-    hub_cache_ttl: float = field(default_factory=lambda: env_setting("MLAAS4HEP_HUB_CACHE_TTL", 60.0, float))
-    hub_scopes: tuple[str, ...] = field(default_factory=lambda: tuple(
-        s.strip() for s in env_setting("MLAAS4HEP_HUB_SCOPES", "").split(",") if s.strip()))
-    oidc_issuer: str | None = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_ISSUER", None))
-    oidc_audience: str | None = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_AUDIENCE", None))
-    oidc_jwks_url: str | None = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_JWKS_URL", None))
-    oidc_username_claim: str = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_USERNAME_CLAIM",
-                                                                  "preferred_username"))
-    oidc_groups_claim: str = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_GROUPS_CLAIM", "groups"))
-    oidc_algorithms: tuple[str, ...] = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")
-    oidc_leeway: float = 30.0
-    allow_anonymous: bool = field(default_factory=lambda: env_setting("MLAAS4HEP_NO_AUTH", False, bool))
-
     def __post_init__(self) -> None:
+        self.check_auth()
         self.state_dir = Path(self.state_dir).expanduser().resolve()
-        self.tokens_file = Path(self.tokens_file) if self.tokens_file else None
         self.prefix = url_prefix(self.prefix)
         self.data_roots = tuple(Path(p).expanduser().resolve() for p in self.data_roots)
         self.memory_limit = parse_size(self.memory_limit)
-        self.oidc_algorithms, self.hub_scopes = tuple(self.oidc_algorithms), tuple(self.hub_scopes)
         self.admins, self.pass_env = tuple(self.admins), tuple(self.pass_env)
         for name in ("max_concurrent", "threads", "max_body_bytes", "max_json_depth", "max_files"):
             value = getattr(self, name)
@@ -143,7 +124,7 @@ class Settings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"must be a non-negative integer, not {value!r}", key=name)
-        for name in ("time_limit", "cpu_limit", "hub_cache_ttl", "kill_grace"):
+        for name in ("time_limit", "cpu_limit", "kill_grace"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"must not be negative, not {getattr(self, name)!r}", key=name)
         if self.poll_interval <= 0:
@@ -160,10 +141,6 @@ class Settings:
     def from_env(cls, **overrides: Any) -> Settings:
         """Settings from the environment, with ``overrides`` (None values are ignored)."""
         return cls(**{k: v for k, v in overrides.items() if v is not None})
-
-    def auth_configured(self) -> bool:
-        return bool(self.tokens_file or self.tokens or self.hub_api_url or self.oidc_issuer
-                    or self.oidc_jwks_url or self.allow_anonymous)
 
     @property
     def effective_cpu_limit(self) -> float:

@@ -20,7 +20,7 @@ from typing import Any
 
 from mlaas4hep_lab.errors import ConfigError
 
-__all__ = ["Settings", "RUNTIMES", "SETTINGS_ENV", "env_setting", "url_prefix"]
+__all__ = ["Settings", "AuthSettings", "RUNTIMES", "SETTINGS_ENV", "env_setting", "url_prefix"]
 
 RUNTIMES = ("auto", "onnx", "tf")
 SETTINGS_ENV = "MLAAS4HEP_SERVE_SETTINGS"  # JSON of the settings, passed to uvicorn worker processes
@@ -50,7 +50,50 @@ def url_prefix(raw: str) -> str:
 
 
 @dataclass
-class Settings:
+class AuthSettings:
+    """Who may call a service (any number of methods on together): the fields both HTTP services (inference,
+    jobs) share, with the same environment variables; :meth:`Authenticator.from_settings` reads them."""
+
+    # JSON file {"alice": "tok-a", ...} or {"tokens": {...}} [MLAAS4HEP_TOKENS]
+    tokens_file: Path | None = field(default_factory=lambda: env_setting("MLAAS4HEP_TOKENS", None, Path))
+    tokens: dict[str, str] = field(default_factory=dict)  # user -> token, beside (or instead of) the file
+    # JupyterHub API, when run as a hub service: tokens are checked with GET {url}/user [JUPYTERHUB_API_URL]
+    hub_api_url: str | None = field(default_factory=lambda: env_setting("JUPYTERHUB_API_URL", None))
+    hub_api_token: str | None = field(default_factory=lambda: env_setting("JUPYTERHUB_API_TOKEN", None))
+    hub_cache_ttl: float = field(default_factory=lambda: env_setting("MLAAS4HEP_HUB_CACHE_TTL", 60.0, float))
+    # scopes one of which a hub token must carry, comma-separated (e.g. access:services!service=tfaas);
+    # empty: any valid token of a hub user [MLAAS4HEP_HUB_SCOPES]
+    hub_scopes: tuple[str, ...] = field(default_factory=lambda: tuple(
+        s.strip() for s in env_setting("MLAAS4HEP_HUB_SCOPES", "").split(",") if s.strip()))
+    # OIDC access tokens (JWT): issuer, audience, JWKS URL (default: from the issuer's discovery document)
+    oidc_issuer: str | None = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_ISSUER", None))
+    oidc_audience: str | None = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_AUDIENCE", None))
+    oidc_jwks_url: str | None = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_JWKS_URL", None))
+    oidc_username_claim: str = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_USERNAME_CLAIM",
+                                                                  "preferred_username"))
+    oidc_groups_claim: str = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_GROUPS_CLAIM", "groups"))
+    oidc_algorithms: tuple[str, ...] = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")
+    oidc_leeway: float = 30.0  # seconds of clock skew accepted on exp/nbf/iat
+    # development only: requests without a token act as user "anonymous" [MLAAS4HEP_NO_AUTH]
+    allow_anonymous: bool = field(default_factory=lambda: env_setting("MLAAS4HEP_NO_AUTH", False, bool))
+
+    def check_auth(self) -> None:
+        """Normalise and validate the fields above (called by the services' ``__post_init__``)."""
+        self.tokens_file = Path(self.tokens_file) if self.tokens_file else None
+        self.oidc_algorithms, self.hub_scopes = tuple(self.oidc_algorithms), tuple(self.hub_scopes)
+        if self.hub_cache_ttl < 0:
+            raise ConfigError(f"must not be negative, not {self.hub_cache_ttl!r}", key="hub_cache_ttl")
+        if not isinstance(self.tokens, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                        for k, v in self.tokens.items()):
+            raise ConfigError("must map user names to token strings", key="tokens")
+
+    def auth_configured(self) -> bool:
+        return bool(self.tokens_file or self.tokens or self.hub_api_url or self.oidc_issuer
+                    or self.oidc_jwks_url or self.allow_anonymous)
+
+
+@dataclass
+class Settings(AuthSettings):
     """How ``mlaas4hep serve`` runs. Environment variables in brackets give the defaults."""
 
     # -- where and how it listens
@@ -63,32 +106,9 @@ class Settings:
     prefix: str = field(default_factory=lambda: url_prefix(env_setting("JUPYTERHUB_SERVICE_PREFIX", "")))
     log_level: str = field(default_factory=lambda: env_setting("MLAAS4HEP_LOG_LEVEL", "warning"))
 
-    # -- authentication (any number of methods may be on together)
-    # JSON file {"alice": "tok-a", ...} or {"tokens": {...}} [MLAAS4HEP_TOKENS]
-    tokens_file: Path | None = field(default_factory=lambda: env_setting("MLAAS4HEP_TOKENS", None, Path))
-    tokens: dict[str, str] = field(default_factory=dict)  # user -> token, beside (or instead of) the file
-    # JupyterHub API, when run as a hub service: tokens are checked with GET {url}/user [JUPYTERHUB_API_URL]
-    hub_api_url: str | None = field(default_factory=lambda: env_setting("JUPYTERHUB_API_URL", None))
-    hub_api_token: str | None = field(default_factory=lambda: env_setting("JUPYTERHUB_API_TOKEN", None))
-    hub_cache_ttl: float = field(default_factory=lambda: env_setting("MLAAS4HEP_HUB_CACHE_TTL", 60.0, float))
-    # scopes one of which a hub token must carry, comma-separated (e.g. access:services!service=tfaas);
-    # empty: any valid token of a hub user [MLAAS4HEP_HUB_SCOPES]
-    hub_scopes: tuple[str, ...] = field(default_factory=lambda: tuple(
-        s.strip() for s in env_setting("MLAAS4HEP_HUB_SCOPES", "").split(",") if s.strip()))
     # scope a hub user's token must carry to upload models (custom:tfaas:push under the hub); "": none.
     # Users of static or OIDC tokens are not asked for it [MLAAS4HEP_PUSH_SCOPE]
     push_scope: str = field(default_factory=lambda: env_setting("MLAAS4HEP_PUSH_SCOPE", ""))
-    # OIDC access tokens (JWT): issuer, audience, JWKS URL (default: from the issuer's discovery document)
-    oidc_issuer: str | None = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_ISSUER", None))
-    oidc_audience: str | None = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_AUDIENCE", None))
-    oidc_jwks_url: str | None = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_JWKS_URL", None))
-    oidc_username_claim: str = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_USERNAME_CLAIM",
-                                                                  "preferred_username"))
-    oidc_groups_claim: str = field(default_factory=lambda: env_setting("MLAAS4HEP_OIDC_GROUPS_CLAIM", "groups"))
-    oidc_algorithms: tuple[str, ...] = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")
-    oidc_leeway: float = 30.0  # seconds of clock skew accepted on exp/nbf/iat
-    # development only: requests without a token act as user "anonymous" [MLAAS4HEP_NO_AUTH]
-    allow_anonymous: bool = field(default_factory=lambda: env_setting("MLAAS4HEP_NO_AUTH", False, bool))
 
     # -- models
     runtime: str = field(default_factory=lambda: env_setting("MLAAS4HEP_RUNTIME", "auto"))  # auto | onnx | tf
@@ -115,11 +135,9 @@ class Settings:
     max_tar_bytes: int = 2 << 30  # unpacked size of an uploaded bundle
 
     def __post_init__(self) -> None:
+        self.check_auth()
         self.store_dir = Path(self.store_dir)
-        self.tokens_file = Path(self.tokens_file) if self.tokens_file else None
         self.prefix = url_prefix(self.prefix)
-        self.oidc_algorithms = tuple(self.oidc_algorithms)
-        self.hub_scopes = tuple(self.hub_scopes)
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"unknown runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}",
                               key="runtime")
@@ -128,20 +146,13 @@ class Settings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "port" else 1):
                 raise ConfigError(f"must be a positive integer, not {value!r}", key=name)
-        if self.max_delay_ms < 0 or self.inline_rows < 0 or self.hub_cache_ttl < 0:
-            raise ConfigError("max_delay_ms, inline_rows and hub_cache_ttl must not be negative")
-        if not isinstance(self.tokens, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                        for k, v in self.tokens.items()):
-            raise ConfigError("must map user names to token strings", key="tokens")
+        if self.max_delay_ms < 0 or self.inline_rows < 0:
+            raise ConfigError("max_delay_ms and inline_rows must not be negative")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
         """Settings from the environment, with ``overrides`` (None values are ignored)."""
         return cls(**{k: v for k, v in overrides.items() if v is not None})
-
-    def auth_configured(self) -> bool:
-        return bool(self.tokens_file or self.tokens or self.hub_api_url or self.oidc_issuer
-                    or self.oidc_jwks_url or self.allow_anonymous)
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
