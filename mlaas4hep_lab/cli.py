@@ -266,6 +266,28 @@ def _predict_remote(args) -> int:
     return 0
 
 
+# options both services take, read into the fields of serving.settings.AuthSettings they share
+_SERVICE_OPTIONS = ("prefix", "oidc_issuer", "oidc_audience", "oidc_jwks_url", "oidc_username_claim",
+                    "oidc_groups_claim", "allow_anonymous", "log_level")
+
+
+def _add_service_options(parser) -> None:
+    parser.add_argument("--prefix", help="URL prefix of every route [JUPYTERHUB_SERVICE_PREFIX]")
+    parser.add_argument("--oidc-issuer", help="accept OIDC access tokens (JWT) of this issuer "
+                        "[MLAAS4HEP_OIDC_ISSUER]")
+    parser.add_argument("--oidc-audience", help="audience the JWTs must carry [MLAAS4HEP_OIDC_AUDIENCE]")
+    parser.add_argument("--oidc-jwks-url", help="JWKS URL (default: from the issuer's discovery document) "
+                        "[MLAAS4HEP_OIDC_JWKS_URL]")
+    parser.add_argument("--oidc-username-claim", help="claim naming the user (default: preferred_username) "
+                        "[MLAAS4HEP_OIDC_USERNAME_CLAIM]")
+    parser.add_argument("--oidc-groups-claim", help="claim listing the user's groups (default: groups) "
+                        "[MLAAS4HEP_OIDC_GROUPS_CLAIM]")
+    parser.add_argument("--no-auth", dest="allow_anonymous", action="store_true", default=None,
+                        help="development only: requests without a token act as user 'anonymous' "
+                        "[MLAAS4HEP_NO_AUTH]")
+    parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+
+
 def _add_serve(sub) -> None:
     sv = sub.add_parser("serve", help="run the inference service (TFaaS + Open Inference Protocol v2) over a model store",
                         description="Defaults come from environment variables (see mlaas4hep_lab/serving/settings.py); "
@@ -290,22 +312,14 @@ def _add_serve(sub) -> None:
     sv.add_argument("--workers", type=int, help="server processes sharing the store (default: 1)")
     sv.add_argument("--max-body", type=int, dest="max_body_bytes", help="JSON body cap in bytes (default: 1 MiB)")
     sv.add_argument("--max-upload", type=int, dest="max_upload_bytes", help="upload cap in bytes (default: 500 MiB)")
-    sv.add_argument("--prefix", help="URL prefix of every route [JUPYTERHUB_SERVICE_PREFIX]")
-    sv.add_argument("--oidc-issuer", help="accept OIDC access tokens (JWT) of this issuer [MLAAS4HEP_OIDC_ISSUER]")
-    sv.add_argument("--oidc-audience", help="audience the JWTs must carry [MLAAS4HEP_OIDC_AUDIENCE]")
-    sv.add_argument("--oidc-jwks-url", help="JWKS URL (default: from the issuer's discovery document)")
-    sv.add_argument("--oidc-username-claim", help="claim naming the user (default: preferred_username)")
-    sv.add_argument("--no-auth", dest="allow_anonymous", action="store_true", default=None,
-                    help="development only: requests without a token act as user 'anonymous'")
-    sv.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    _add_service_options(sv)
 
 
 def _serve(args) -> int:
     from mlaas4hep_lab.serving.settings import Settings
 
     names = ("host", "port", "runtime", "batching", "max_batch", "max_delay_ms", "queue_size", "inference_threads",
-             "runtime_threads", "inline_rows", "workers", "max_body_bytes", "max_upload_bytes", "prefix",
-             "oidc_issuer", "oidc_audience", "oidc_jwks_url", "oidc_username_claim", "allow_anonymous", "log_level")
+             "runtime_threads", "inline_rows", "workers", "max_body_bytes", "max_upload_bytes", *_SERVICE_OPTIONS)
     settings = Settings.from_env(store_dir=args.store, tokens_file=args.tokens,
                                  **{n: getattr(args, n) for n in names})
     if not settings.auth_configured():
@@ -347,21 +361,14 @@ def _add_jobs(sub) -> None:
                     "'' for none)")
     jb.add_argument("--max-resumes", type=int, help="times a job whose worker died while the service was down "
                     "restarts from its checkpoint (default: 1)")
-    jb.add_argument("--prefix", help="URL prefix of every route [JUPYTERHUB_SERVICE_PREFIX]")
-    jb.add_argument("--oidc-issuer", help="accept OIDC access tokens (JWT) of this issuer [MLAAS4HEP_OIDC_ISSUER]")
-    jb.add_argument("--oidc-audience", help="audience the JWTs must carry [MLAAS4HEP_OIDC_AUDIENCE]")
-    jb.add_argument("--oidc-jwks-url", help="JWKS URL (default: from the issuer's discovery document)")
-    jb.add_argument("--no-auth", dest="allow_anonymous", action="store_true", default=None,
-                    help="development only: requests without a token act as user 'anonymous'")
-    jb.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    _add_service_options(jb)
 
 
 def _jobs(args) -> int:
     from mlaas4hep_lab.jobs.settings import Settings
 
     names = ("host", "port", "max_concurrent", "memory_limit", "time_limit", "cpu_limit", "threads", "push_url",
-             "submit_scope", "max_resumes", "prefix", "oidc_issuer", "oidc_audience", "oidc_jwks_url",
-             "allow_anonymous", "log_level")
+             "submit_scope", "max_resumes", *_SERVICE_OPTIONS)
     settings = Settings.from_env(state_dir=args.state, tokens_file=args.tokens, data_roots=args.data_roots,
                                  admins=args.admins, **{n: getattr(args, n) for n in names})
     if not settings.auth_configured():

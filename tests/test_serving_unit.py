@@ -728,3 +728,21 @@ def test_tf_savedmodel_runtime_and_refused_ops(tmp_path):
     tf.saved_model.save(evil, str(tmp_path / "evil"), signatures={"serving_default": evil.serve})
     with pytest.raises(BadRequest, match="ReadFile"):
         TFRuntime(tmp_path / "evil", 4)
+
+
+@pytest.mark.parametrize("command, module, folder_flag", [("serve", "mlaas4hep_lab.serving.app", "--store"),
+                                                          ("jobs", "mlaas4hep_lab.jobs.app", "--state")])
+def test_both_services_take_the_same_auth_flags(tmp_path, monkeypatch, command, module, folder_flag):
+    import importlib
+
+    started = []
+    monkeypatch.setattr(importlib.import_module(module), "serve", started.append)
+    flags = ["--prefix", "/services/x/", "--oidc-issuer", "https://iam.example/", "--oidc-audience", "mlaas",
+             "--oidc-jwks-url", "http://127.0.0.1:1/jwks", "--oidc-username-claim", "sub",
+             "--oidc-groups-claim", "wlcg.groups", "--log-level", "debug"]
+    assert main([command, folder_flag, str(tmp_path / "d"), "--port", "9999", *flags]) == 0
+    (settings,) = started
+    assert (settings.prefix, settings.oidc_issuer, settings.oidc_audience, settings.oidc_jwks_url,
+            settings.oidc_username_claim, settings.oidc_groups_claim, settings.log_level, settings.port) == (
+        "/services/x", "https://iam.example/", "mlaas", "http://127.0.0.1:1/jwks", "sub", "wlcg.groups", "debug",
+        9999)
