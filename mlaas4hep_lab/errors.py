@@ -40,6 +40,19 @@ class MLaaSError(Exception):
     def __str__(self) -> str:  # KeyError would otherwise print the repr of the message
         return str(self.args[0]) if self.args else self.__class__.__name__
 
+    def __reduce__(self):
+        # pickled as (class, args, attributes): the subclasses' __init__ take other arguments than the
+        # message they store, so the default (calling the class with args) fails on the way back from a
+        # worker process
+        return _restore_error, (type(self), self.args, dict(self.__dict__))
+
+
+def _restore_error(cls: type, args: tuple, state: dict) -> MLaaSError:
+    err = cls.__new__(cls, *args)
+    err.args = args
+    err.__dict__.update(state)
+    return err
+
 
 class InputFileError(MLaaSError, OSError):
     """A ROOT file (or files.txt / labels.txt) is missing, unreadable or corrupt."""

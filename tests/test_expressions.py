@@ -487,3 +487,23 @@ def test_no_code_evaluation_in_the_module():
     source = Path(expressions.__file__).read_text()
     for token in ("eval" + "(", "exec" + "(", "compile" + "(", "__import__"):
         assert token not in source
+
+
+def _compile_in_child(text: str, names: list[str]):
+    return compile_expression(text, names)
+
+
+@pytest.mark.parametrize("text, error", [("pt *", ExpressionError), ("ptt * 2", BranchNotFoundError)])
+def test_errors_come_back_whole_from_a_worker_process(text, error):
+    # the package's errors take other constructor arguments than the message they keep: they must still
+    # unpickle (ProcessPoolExecutor, Dask, multiprocessing), as themselves, with their attributes
+    import concurrent.futures
+    import multiprocessing
+
+    with pytest.raises(error) as local:
+        compile_expression(text, ["pt", "eta"])
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with pytest.raises(error) as remote:
+            pool.submit(_compile_in_child, text, ["pt", "eta"]).result()
+    assert type(remote.value) is type(local.value)
+    assert str(remote.value) == str(local.value) and vars(remote.value) == vars(local.value)

@@ -212,6 +212,21 @@ def test_prefetch_gives_identical_chunks(toy_data, specs):
         assert a.index == b.index
 
 
+@pytest.mark.parametrize("prefetch", [0, 1])
+def test_passes_in_one_stream_equal_separate_passes(toy_data, specs, prefetch):
+    params = base_params(toy_data, chunk_size=1500, prefetch=prefetch)
+    with ChunkStream(toy_data.files, [1, 0], params, specs) as stream:
+        separate = [(e, c) for e in range(3) for c in stream.iterate(e)]
+        together = list(stream.iterate_passes(3))
+        resumed = list(stream.iterate_passes(3, 1, 2))  # from chunk 2 of pass 1
+    assert [(e, c.index) for e, c in together] == [(e, c.index) for e, c in separate]
+    assert [(e, c.index) for e, c in resumed] == [(e, c.index) for e, c in separate if (e, c.index) >= (1, 2)]
+    for (_, a), (_, b) in zip(together, separate):
+        np.testing.assert_array_equal(a.X, b.X)
+        np.testing.assert_array_equal(a.entry, b.entry)
+    assert keys_of([c for e, c in together if e == 0]) != keys_of([c for e, c in together if e == 1])
+
+
 def prefetch_threads():
     return [t for t in threading.enumerate() if t.name == "mlaas4hep-prefetch" and t.is_alive()]
 

@@ -224,6 +224,18 @@ def test_unknown_backend_lists_valid_ones():
         get_backend("theano")
 
 
+def test_resume_at_the_end_of_a_pass_closes_that_pass_and_goes_on(example_higgs, torch_model, tmp_path):
+    inputs = inputs_for(example_higgs, chunk_size=10_000, epochs=2, training="epochs", prefetch=1)
+    specs = ensure_specs(inputs, progress=False)
+    trainer = Trainer(inputs, specs, load_model_file(torch_model, specs.n_features), tmp_path / "o")
+    seen = []
+    trainer.bus.subscribe(seen.append)
+    trainer._run_batches(0, trainer.stream.n_chunks)  # as --resume does from a checkpoint (0, n_chunks)
+    trainer.stream.close()
+    assert [(e.kind, e.epoch, e.chunk) for e in seen] == [("epoch", 0, 2), ("chunk", 1, 0), ("chunk", 1, 1),
+                                                          ("chunk", 1, 2), ("epoch", 1, 2)]
+
+
 # -- resume -----------------------------------------------------------------------------------------
 def _workflow_cmd(ds, params, model, fout, *extra):
     return [sys.executable, "-m", "mlaas4hep_lab.cli", "workflow", "--files", str(ds.files_txt), "--labels",

@@ -192,12 +192,27 @@ class ChunkStream:
 
     def iterate(self, epoch: int = 0, start: int = 0) -> Iterator[Chunk]:
         """Chunks ``start .. n_chunks-1`` of pass ``epoch`` (its shuffling), built ahead in a thread."""
-        ks = range(start, self.n_chunks)
+        for _, chunk in self.iterate_passes(epoch + 1, epoch, start):
+            yield chunk
+
+    def iterate_passes(self, passes: int, start_epoch: int = 0, start: int = 0) -> Iterator[tuple[int, Chunk]]:
+        """``(epoch, chunk)`` for passes ``start_epoch .. passes-1``, from chunk ``start`` of the first one.
+
+        One prefetch thread serves every pass, so the first chunk of a pass is built while the consumer
+        still works on the last chunk of the one before (a new :meth:`iterate` per pass would leave the
+        consumer waiting for it)."""
+        order = [(e, k) for e in range(start_epoch, passes)
+                 for k in range(start if e == start_epoch else 0, self.n_chunks)]
+
+        def build(i: int) -> tuple[int, Chunk]:
+            epoch, k = order[i]
+            return epoch, self.build(k, epoch)
+
         if self.params.prefetch <= 0:
-            for k in ks:
-                yield self.build(k, epoch)
+            for i in range(len(order)):
+                yield build(i)
             return
-        yield from _prefetched(lambda i: self.build(ks[i], epoch), len(ks), self.params.prefetch)
+        yield from _prefetched(build, len(order), self.params.prefetch)
 
     def __len__(self) -> int:
         return self.n_chunks
@@ -245,7 +260,7 @@ def _concat(parts: list[Chunk], k: int, n_features: int) -> Chunk:
 _DONE = object()
 
 
-def _prefetched(build, n: int, depth: int) -> Iterator[Chunk]:
+def _prefetched(build, n: int, depth: int) -> Iterator:
     """Run ``build(0..n-1)`` in a background thread, ``depth`` chunks ahead of the consumer."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()

@@ -209,28 +209,34 @@ class Trainer:
 
     def _run_batches(self, start_epoch: int, start_chunk: int) -> None:
         passes, per_chunk = self._passes()
-        for epoch in range(start_epoch, passes):
-            first = start_chunk if epoch == start_epoch else 0
-            for chunk in self.stream.iterate(epoch, first):
-                self._position = (epoch, chunk.index)
+        last = self.stream.n_chunks - 1
+        if start_chunk > last:  # resumed after the last chunk of a pass: that pass is complete
+            self._end_of_pass(start_epoch)
+            start_epoch, start_chunk = start_epoch + 1, 0
+        for epoch, chunk in self.stream.iterate_passes(passes, start_epoch, start_chunk):
+            self._position = (epoch, chunk.index)
+            self._check_stop()
+            train = chunk.subset("train")
+            fit_metrics: dict[str, float] = {}
+            if len(train):
+                fit_metrics = self.backend.fit_chunk(train.X, train.y, self._train_weight(train.y, train.weight),
+                                                     epochs=per_chunk,
+                                                     batch_size=self.params.batch_size)
+                self.events_seen += len(train) * per_chunk
+                # a stop during fit_chunk ended it after one batch; the chunk is redone on --resume
                 self._check_stop()
-                train = chunk.subset("train")
-                fit_metrics: dict[str, float] = {}
-                if len(train):
-                    fit_metrics = self.backend.fit_chunk(train.X, train.y, self._train_weight(train.y, train.weight),
-                                                         epochs=per_chunk,
-                                                         batch_size=self.params.batch_size)
-                    self.events_seen += len(train) * per_chunk
-                    # a stop during fit_chunk ended it after one batch; the chunk is redone on --resume
-                    self._check_stop()
-                train_metrics = {} if "auc" in fit_metrics else self._train_metrics(train)
-                metrics = dict(fit_metrics, **train_metrics, **self._validate(chunk.subset("validation")))
-                self._position = (epoch, chunk.index + 1)
-                self._event("chunk", epoch=epoch, chunk=chunk.index, metrics=metrics)
-                self._save(epoch, chunk.index + 1)
-                self._early_stopping(metrics)
-            self._event("epoch", epoch=epoch, chunk=self.stream.n_chunks - 1,
-                        metrics=self.history.events[-1].metrics if self.history.events else {})
+            train_metrics = {} if "auc" in fit_metrics else self._train_metrics(train)
+            metrics = dict(fit_metrics, **train_metrics, **self._validate(chunk.subset("validation")))
+            self._position = (epoch, chunk.index + 1)
+            self._event("chunk", epoch=epoch, chunk=chunk.index, metrics=metrics)
+            self._save(epoch, chunk.index + 1)
+            self._early_stopping(metrics)
+            if chunk.index == last:
+                self._end_of_pass(epoch)
+
+    def _end_of_pass(self, epoch: int) -> None:
+        self._event("epoch", epoch=epoch, chunk=self.stream.n_chunks - 1,
+                    metrics=self.history.events[-1].metrics if self.history.events else {})
 
     def _run_accumulate(self) -> None:
         check = getattr(self.backend, "check_accumulate", None)
