@@ -341,6 +341,53 @@ def test_wall_clock_limit_kills_the_process_group(tmp_path, data_root):
     assert "time limit of 8 s exceeded" in _log(svc, job.id)
 
 
+def test_the_time_limit_spans_every_attempt_of_a_job(tmp_path, data_root):
+    # a job resumed after its worker died has only what its earlier attempts left of the limit
+    svc = _service(tmp_path, data_root, time_limit=8, kill_grace=1.0)
+    job = _submit(svc, data_root, SLEEPER_WITH_CHILD)
+    svc.db.update(job.id, used_seconds=6.0)
+    job = _wait_final(svc, job.id)
+    assert job.status == "failed", _log(svc, job.id)
+    assert "time limit of 8 s exceeded (wall clock, 6 s of it in earlier attempts)" in job.error, job.error
+    assert job.finished - job.started < 6.0, "the attempt got the whole limit again"
+
+
+def test_an_interrupted_attempt_counts_until_its_last_sign_of_life(tmp_path, data_root):
+    settings = Settings(state_dir=tmp_path / "state", data_roots=(data_root,), tokens=TOKENS, max_resumes=1)
+    db = JobDB(settings.db_path)
+    job = db.create("alice", {}, settings.jobs_dir / "j")
+    folder = settings.jobs_dir / "j"
+    (folder / runner.OUTPUT_DIR / "checkpoint").mkdir(parents=True)
+    (folder / runner.OUTPUT_DIR / "checkpoint" / "state.json").write_text("{}")
+    now = time.time()
+    db.update(job.id, status="running", pid=2**22 - 3, pid_started=1.0, attempts=1, started=now - 500,
+              used_seconds=40.0)
+    db._conn.execute("UPDATE jobs SET updated = ? WHERE id = ?", (now - 450, job.id))
+    runner.write_json_atomic(folder / runner.STATUS_FILE, {"status": "running", "attempt": 1})
+    os.utime(folder / runner.STATUS_FILE, (now - 300, now - 300))  # its last report; then the service was down
+    db.close()
+    svc = JobService(settings)
+    svc._watch(svc.db.get(job.id))
+    job = svc.db.get(job.id)
+    assert job.status == "queued" and job.resume, job
+    assert 239 <= job.used_seconds <= 242  # 40 before + 200 until the last report, not 500 until now
+
+
+def test_a_jobs_table_of_an_older_version_gains_the_new_columns(tmp_path):
+    from mlaas4hep_lab.jobs import db as jobs_db
+
+    old_schema = "\n".join(line for line in jobs_db._SCHEMA.splitlines() if "used_seconds" not in line)
+    conn = sqlite3.connect(tmp_path / "jobs.sqlite")
+    conn.executescript(old_schema)
+    conn.execute("INSERT INTO jobs (id, owner, status, created, spec, job_dir, updated) "
+                 "VALUES ('abc', 'alice', 'queued', 1.0, '{}', '/x', 1.0)")
+    conn.commit()
+    conn.close()
+    db = JobDB(tmp_path / "jobs.sqlite")
+    assert db.get("abc").used_seconds == 0.0
+    assert db.update("abc", used_seconds=12.5) and db.get("abc").used_seconds == 12.5
+
+
 def test_cpu_limit_fails_the_job(tmp_path, data_root):
     svc = _service(tmp_path, data_root, cpu_limit=4, time_limit=120)
     job = _wait_final(svc, _submit(svc, data_root, CPU_BURNER).id)

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     pid_started REAL,              -- the worker's process start time (psutil), so a reused pid is not it
     attempts INTEGER NOT NULL DEFAULT 0,
     resume INTEGER NOT NULL DEFAULT 0,    -- 1: the next run continues from the checkpoint
+    used_seconds REAL NOT NULL DEFAULT 0, -- wall-clock seconds of earlier attempts (the time limit spans all)
     bundle TEXT,
     push TEXT,                     -- JSON: {"url", "name", "shared"} requested, or NULL
     push_result TEXT,              -- JSON: {"ok": bool, ...} once tried
@@ -60,8 +61,10 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created);
 """
 _JSON_COLUMNS = ("spec", "detail", "metrics", "push", "push_result")
 _COLUMNS = ("owner", "name", "status", "created", "started", "finished", "spec", "job_dir", "progress", "phase",
-            "detail", "metrics", "error", "pid", "pid_started", "attempts", "resume", "bundle", "push",
-            "push_result", "updated")
+            "detail", "metrics", "error", "pid", "pid_started", "attempts", "resume", "used_seconds", "bundle",
+            "push", "push_result", "updated")
+# columns added after the first release: (name, definition), added to older tables on open
+_ADDED_COLUMNS = (("used_seconds", "REAL NOT NULL DEFAULT 0"),)
 
 
 @dataclass
@@ -86,6 +89,7 @@ class Job:
     pid_started: float | None = None
     attempts: int = 0
     resume: bool = False
+    used_seconds: float = 0.0
     bundle: str | None = None
     push: dict[str, Any] | None = None
     push_result: dict[str, Any] | None = None
@@ -127,6 +131,10 @@ class JobDB:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")   # WAL + NORMAL: durable across a service crash
             self._conn.executescript(_SCHEMA)
+            have = {row["name"] for row in self._conn.execute("PRAGMA table_info(jobs)")}
+            for name, definition in _ADDED_COLUMNS:
+                if name not in have:  # a table written by an older version
+                    self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
         try:
             self.path.chmod(0o600)
         except OSError:

@@ -191,10 +191,11 @@ class JobService:
                                        "restarted meanwhile, or the process was killed)")
             return
         limit = self.settings.time_limit
-        if limit and job.started and time.time() - job.started > limit:
+        if limit and job.started and time.time() - job.started + job.used_seconds > limit:
+            earlier = f", {job.used_seconds:.0f} s of it in earlier attempts" if job.used_seconds >= 0.5 else ""
             if self.db.update(job.id, only_if=("running",), status="failed", finished=time.time(), phase="failed",
-                              error=f"time limit of {limit:g} s exceeded (wall clock); the job was stopped. Use "
-                                    "fewer events or epochs, or ask for a service with a larger limit"):
+                              error=f"time limit of {limit:g} s exceeded (wall clock{earlier}); the job was "
+                                    "stopped. Use fewer events or epochs, or ask for a service with a larger limit"):
                 _log_line(job, f"time limit of {limit:g} s exceeded: stopping the job")
                 self._stop(job)
                 self._forget_token(job)
@@ -234,8 +235,9 @@ class JobService:
 
         has_checkpoint = Checkpoint(Path(job.job_dir) / runner.OUTPUT_DIR).load() is not None
         if has_checkpoint and job.attempts <= self.settings.max_resumes:
+            used = job.used_seconds + _attempt_seconds(job)
             if self.db.update(job.id, only_if=("running",), status="queued", resume=True, pid=None,
-                              pid_started=None, phase="queued to resume"):
+                              pid_started=None, phase="queued to resume", used_seconds=used):
                 _log_line(job, f"{reason}; queued again, to resume from its last checkpoint")
             return
         why = "no checkpoint to resume from" if not has_checkpoint else \
@@ -355,3 +357,16 @@ def _log_line(job: Job, message: str) -> None:
     except OSError:
         pass
 
+
+
+def _attempt_seconds(job: Job) -> float:
+    """Wall-clock seconds the attempt of a job whose worker died ran for: until its last sign of life (its
+    last report, or the last change the service saw), not until now (the service may have been down)."""
+    if not job.started:
+        return 0.0
+    last = job.updated
+    try:
+        last = max(last, (Path(job.job_dir) / runner.STATUS_FILE).stat().st_mtime)
+    except OSError:
+        pass
+    return max(0.0, min(last, time.time()) - job.started)
