@@ -39,6 +39,8 @@ Every knob is an environment variable (defaults in brackets; the code is mlaas4h
     MLAAS4HEP_HUB_ADMIN_GROUPS, MLAAS4HEP_HUB_ADMIN_USERS         hub admins [none]
     MLAAS4HEP_HUB_PUSH_GROUPS    groups that may push models (custom:tfaas:push) and submit jobs
                                  (custom:jobs:submit) [every user]
+    JUPYTERHUB_CRYPT_KEY         set (openssl rand -hex 32): sessions end when their access token expires
+    MLAAS4HEP_HUB_AUTH_REFRESH_AGE  seconds between those checks [300]
     MLAAS4HEP_OAUTH_CLIENT_ID, _CLIENT_SECRET, _CALLBACK_URL, _SCOPES   for MLAAS4HEP_HUB_AUTH=oauth
   single-user servers
     MLAAS4HEP_HUB_SPAWNER        local (SimpleLocalProcessSpawner) | docker | kube [local]

@@ -91,6 +91,17 @@ def test_default_config_local_hub(hub_env, monkeypatch):
         c.Spawner.server_token_scopes)
 
 
+def test_sessions_follow_the_token_expiry_when_auth_state_can_be_kept(hub_env, monkeypatch):
+    monkeypatch.delenv("JUPYTERHUB_CRYPT_KEY", raising=False)
+    c = load_config()
+    assert "enable_auth_state" not in c.Authenticator  # the hub refuses auth state without a key
+    monkeypatch.setenv("JUPYTERHUB_CRYPT_KEY", "ab" * 32)
+    monkeypatch.setenv("MLAAS4HEP_HUB_AUTH_REFRESH_AGE", "60")
+    c = load_config()
+    assert c.Authenticator.enable_auth_state is True and c.Authenticator.refresh_pre_spawn is True
+    assert c.Authenticator.auth_refresh_age == 60
+
+
 def test_scopes_and_roles(hub_env, monkeypatch):
     c = load_config()
     assert set(c.JupyterHub.custom_scopes) == {"custom:tfaas:push", "custom:jobs:submit"}

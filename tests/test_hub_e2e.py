@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -109,6 +110,9 @@ class Hub:
             "MLAAS4HEP_HUB_NOTEBOOKS": str(REPO / "notebooks"),
             "MLAAS4HEP_JOBS_DATA_ROOTS": str(data_root),
             "MLAAS4HEP_HUB_START_TIMEOUT": "300",
+            # auth state kept: a session ends when its access token expires (checked every 2 s here)
+            "JUPYTERHUB_CRYPT_KEY": secrets.token_hex(32),
+            "MLAAS4HEP_HUB_AUTH_REFRESH_AGE": "2",
         })
         self.proc: subprocess.Popen | None = None
         self._family: dict[int, psutil.Process] = {}
@@ -275,6 +279,24 @@ def test_refused_tokens_on_login_page_and_api(hub, issuer, other_issuer, page, s
     # nobody was logged in: the browser has no hub session
     page.goto(f"{hub.url}/hub/home")
     assert "/hub/login" in page.url
+
+
+def test_a_browser_session_ends_when_its_access_token_expires(hub, issuer, page, shots):
+    require_chromium()
+    # valid for about 20 more seconds: expired 10 s ago, inside the 30 s clock-skew leeway
+    token = issuer.token("dave", groups=["cms"], audience=AUD, lifetime=600, issued_ago=610)
+    valid_until = time.time() + 20
+    page.goto(f"{hub.url}/hub/login?next=%2Fhub%2Ftoken")  # a page that needs a login, no server spawned
+    page.locator("#token_input").fill(token)
+    page.locator("#login_submit").click()
+    page.wait_for_url("**/hub/token", timeout=60_000)
+    assert time.time() < valid_until, "the login took longer than the token's validity: nothing to check"
+    shots(page, "logged-in")
+    time.sleep(max(0.0, valid_until - time.time()) + 3)  # expired, and the refresh age (2 s) passed
+    page.goto(f"{hub.url}/hub/token")
+    assert "/hub/login" in page.url, page.url
+    assert page.locator("#token_input").count() == 1
+    shots(page, "asked-to-log-in-again")
 
 
 def test_services_need_hub_tokens_and_scopes(hub, issuer, alice):

@@ -157,6 +157,18 @@ class OIDCTokenAuthenticator(Authenticator):
         model, _exp = await self.verify(data.get("token") or data.get("password") or "")
         return model
 
+    async def refresh_user(self, user, handler=None):
+        """False (log in again) once the access token the session was opened with has expired. Needs the
+        auth state (``enable_auth_state``, which needs ``JUPYTERHUB_CRYPT_KEY``); without it a session lasts
+        as long as the hub's cookie."""
+        state = await user.get_auth_state()
+        exp = float((state or {}).get("exp") or 0)
+        if exp and time.time() > exp + self.leeway:
+            self.log.info("the access token of %s expired %.0f s ago: login required", user.name,
+                          time.time() - exp)
+            return False
+        return True
+
     def validate_username(self, username):
         # the name becomes a home folder and a folder of the model store: no slashes, no leading dot
         return valid_username(username) and super().validate_username(username)

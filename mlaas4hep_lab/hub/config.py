@@ -215,6 +215,10 @@ def _login(c: Any, s: HubSettings) -> None:
         a.issuer, a.audience, a.jwks_url = s.oidc_issuer, s.oidc_audience, s.oidc_jwks_url
         a.username_claim, a.groups_claim = s.username_claim, s.groups_claim
         a.allowed_groups, a.admin_groups = set(s.allowed_groups), set(s.admin_groups)
+        if s.keep_auth_state:  # the token's expiry is kept (encrypted): sessions end with the token
+            c.Authenticator.enable_auth_state = True
+            c.Authenticator.auth_refresh_age = s.auth_refresh_age
+            c.Authenticator.refresh_pre_spawn = True
         return
     generic_oauth(c, s)
 

@@ -92,6 +92,10 @@ class HubSettings:
     admin_users: frozenset[str] = field(default_factory=lambda: _set("MLAAS4HEP_HUB_ADMIN_USERS"))
     # groups whose members may push models and submit jobs; empty: every user [MLAAS4HEP_HUB_PUSH_GROUPS]
     push_groups: frozenset[str] = field(default_factory=lambda: _set("MLAAS4HEP_HUB_PUSH_GROUPS"))
+    # with JUPYTERHUB_CRYPT_KEY set (auth state kept), a session is checked against its access token's expiry
+    # at most this often (seconds); an expired token means logging in again [MLAAS4HEP_HUB_AUTH_REFRESH_AGE]
+    auth_refresh_age: int = field(default_factory=lambda: _int("MLAAS4HEP_HUB_AUTH_REFRESH_AGE", 300))
+    keep_auth_state: bool = field(default_factory=lambda: bool(_env("JUPYTERHUB_CRYPT_KEY")))
     # GenericOAuthenticator (auth = oauth): the IAM client; endpoints default to the issuer's IAM paths
     oauth_client_id: str = field(default_factory=lambda: _env("MLAAS4HEP_OAUTH_CLIENT_ID"))
     oauth_client_secret: str = field(default_factory=lambda: _env("MLAAS4HEP_OAUTH_CLIENT_SECRET"))
