@@ -185,3 +185,21 @@ def browser_type_launch_args():
     from servers import CHROMIUM_ARGS, require_chromium
 
     return {"executable_path": require_chromium(), "args": CHROMIUM_ARGS}
+
+
+# -- a local OIDC issuer (own key pair, JWKS on 127.0.0.1) for the token-login tests ------------------
+@pytest.fixture(scope="module")
+def issuer():
+    from mlaas4hep_lab.hub.dev_issuer import DevIssuer
+
+    with DevIssuer() as iss:
+        yield iss
+
+
+@pytest.fixture(scope="module")
+def other_issuer():
+    """Another issuer, with its own key (kid "other-key")."""
+    from mlaas4hep_lab.hub.dev_issuer import DevIssuer
+
+    with DevIssuer(kid="other-key") as iss:
+        yield iss

@@ -21,18 +21,6 @@ from mlaas4hep_lab.hub.dev_issuer import DevIssuer  # noqa: E402
 AUD = "mlaas4hep"
 
 
-@pytest.fixture(scope="module")
-def issuer():
-    with DevIssuer() as iss:
-        yield iss
-
-
-@pytest.fixture(scope="module")
-def other_issuer():
-    with DevIssuer(kid="other-key") as iss:
-        yield iss
-
-
 def make_auth(issuer, **kw) -> OIDCTokenAuthenticator:
     kw.setdefault("allowed_groups", {"cms"})
     return OIDCTokenAuthenticator(issuer=issuer.url, audience=AUD, **kw)

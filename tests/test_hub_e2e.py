@@ -182,18 +182,6 @@ class Hub:
 
 
 @pytest.fixture(scope="module")
-def issuer():
-    with DevIssuer() as iss:
-        yield iss
-
-
-@pytest.fixture(scope="module")
-def other_issuer():
-    with DevIssuer(kid="other-key") as iss:
-        yield iss
-
-
-@pytest.fixture(scope="module")
 def hub_data(tmp_path_factory):
     """Example Higgs-like files for the jobs (below the jobs service's data root)."""
     from mlaas4hep_lab.data import datasets

@@ -209,8 +209,7 @@ class ChunkStream:
             return epoch, self.build(k, epoch)
 
         if self.params.prefetch <= 0:
-            for i in range(len(order)):
-                yield build(i)
+            yield from map(build, range(len(order)))
             return
         yield from _prefetched(build, len(order), self.params.prefetch)
 
