@@ -76,3 +76,19 @@ def onnx() -> ModuleType:
 def matplotlib() -> ModuleType:
     # plots draw on standalone Figure objects (no pyplot state), so any backend, headless included, works
     return require("matplotlib")
+
+
+def lazy_attributes(module: str, table: dict[str, str]):
+    """A module ``__getattr__`` that imports ``name`` from ``table[name]`` on first use and keeps it, so a
+    package's ``__init__`` can name its app and settings without importing FastAPI, ipywidgets, ..."""
+    import sys
+
+    def __getattr__(name: str):
+        target = table.get(name)
+        if target is None:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(target), name)
+        sys.modules[module].__dict__[name] = value
+        return value
+
+    return __getattr__

@@ -12,17 +12,11 @@ Importing this package loads no web framework: ``create_app`` is imported on fir
 
 from __future__ import annotations
 
-import importlib
+from mlaas4hep_lab.extras import lazy_attributes
 
 __all__ = ["create_app", "Settings"]
 
 _LAZY = {"create_app": "mlaas4hep_lab.jobs.app", "Settings": "mlaas4hep_lab.jobs.settings"}
 
 
-def __getattr__(name: str):
-    target = _LAZY.get(name)
-    if target is None:
-        raise AttributeError(f"module 'mlaas4hep_lab.jobs' has no attribute {name!r}")
-    value = getattr(importlib.import_module(target), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)

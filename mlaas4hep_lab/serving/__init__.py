@@ -14,9 +14,8 @@ The errors below carry the HTTP status the service answers with.
 
 from __future__ import annotations
 
-import importlib
-
 from mlaas4hep_lab.errors import MLaaSError
+from mlaas4hep_lab.extras import lazy_attributes
 
 __all__ = ["ServingError", "BadRequest", "Unauthorized", "Forbidden", "NotFound", "Conflict", "TooLarge",
            "Unavailable", "create_app", "Settings"]
@@ -64,10 +63,4 @@ class Unavailable(ServingError):
 _LAZY = {"create_app": "mlaas4hep_lab.serving.app", "Settings": "mlaas4hep_lab.serving.settings"}
 
 
-def __getattr__(name: str):
-    target = _LAZY.get(name)
-    if target is None:
-        raise AttributeError(f"module 'mlaas4hep_lab.serving' has no attribute {name!r}")
-    value = getattr(importlib.import_module(target), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)

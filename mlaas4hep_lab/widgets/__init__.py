@@ -6,7 +6,7 @@ ipywidgets. Names load lazily: ``LabState`` and the logic modules work without i
 
 from __future__ import annotations
 
-import importlib
+from mlaas4hep_lab.extras import lazy_attributes
 
 _LAZY = {
     "Lab": "mlaas4hep_lab.widgets.lab",
@@ -21,13 +21,7 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    target = _LAZY.get(name)
-    if target is None:
-        raise AttributeError(f"module 'mlaas4hep_lab.widgets' has no attribute {name!r}")
-    value = getattr(importlib.import_module(target), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 def __dir__():
