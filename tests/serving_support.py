@@ -115,6 +115,53 @@ class ServerProcess(ServiceProcess):
                 "--tokens", str(self.tokens), *self.extra]
 
 
+class JobsProcess(ServiceProcess):
+    """``mlaas4hep jobs`` with a tokens file and one data root."""
+
+    health_path = "/health"
+
+    users: dict[str, str] = {}   # user -> token, for call(user=...)
+
+    def __init__(self, state: Path, tokens: Path, data_root: Path, log: Path, *extra: str):
+        super().__init__(log)
+        self.state, self.tokens, self.data_root, self.extra = state, tokens, data_root, extra
+
+    def command(self) -> list[str]:
+        return ["jobs", "--host", "127.0.0.1", "--port", str(self.port), "--state", str(self.state),
+                "--tokens", str(self.tokens), "--data-root", str(self.data_root), "--log-level", "info",
+                *self.extra]
+
+    def call(self, method: str, path: str, body=None, user: str | None = "alice", **kw):
+        data = json.dumps(body).encode() if body is not None else None
+        return http_call(self.url, method, path, data, token=self.users[user] if user else None, **kw)
+
+    def job(self, job_id: str, user: str = "alice") -> dict:
+        status, answer = self.call("GET", f"/jobs/{job_id}", user=user)
+        assert status == 200, answer
+        return answer
+
+    def wait(self, job_id: str, until, timeout: float = 240.0, what: str = "") -> dict:
+        deadline = time.monotonic() + timeout
+        job = {}
+        while time.monotonic() < deadline:
+            job = self.job(job_id)
+            if until(job):
+                return job
+            if job["status"] in ("failed", "cancelled", "interrupted") and not until(job):
+                break
+            time.sleep(0.3)
+        raise AssertionError(f"job {job_id} never reached {what or 'the expected state'}: {job}\n"
+                             f"log:\n{self.log_of(job_id)}\nservice log:\n{self.log_text()[-2000:]}")
+
+    def log_of(self, job_id: str) -> str:
+        status, answer = self.call("GET", f"/jobs/{job_id}/logs?offset=0&limit=1000000")
+        return answer["text"] if status == 200 else f"({status}: {answer})"
+
+    def worker(self, job_id: str) -> dict:
+        """The worker's own report (status.json in its job folder), read as the service would."""
+        return json.loads((self.state / "jobs" / job_id / "status.json").read_text())
+
+
 def http_call(url: str, method: str, path: str, body: bytes | None = None, token: str | None = None,
               headers: dict | None = None, timeout: float = 60.0,
               content_type: str | None = "application/json") -> tuple[int, object]:

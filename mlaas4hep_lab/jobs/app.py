@@ -37,6 +37,7 @@ from mlaas4hep_lab.jobs.settings import Settings
 from mlaas4hep_lab.jobs.submission import check_submission
 from mlaas4hep_lab.serving import Conflict, TooLarge
 from mlaas4hep_lab.serving.app import install_error_handlers, openapi_schema
+from mlaas4hep_lab.serving.metrics import LimitsMiddleware
 from mlaas4hep_lab.serving.schemas import body_doc, parse_body
 from mlaas4hep_lab.serving.service import json_response
 
@@ -72,6 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (_public_router(svc), _jobs_router(svc)):
         app.include_router(router)
     install_error_handlers(app)
+    # bodies are capped while they are read (a 200 MiB POST /submit is stopped at the cap, not buffered)
+    app.add_middleware(LimitsMiddleware, body_cap=settings.max_body_bytes)
     app.openapi = lambda: openapi_schema(
         app, "Training jobs (the MLaaS4HEP server): submit, follow, fetch, cancel", S.BODY_MODELS)
     return app

@@ -71,8 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   routes=routes)
     app.state.service = svc
     install_error_handlers(app)
-    app.add_middleware(LimitsMiddleware, metrics=svc.metrics, body_cap=settings.max_body_bytes,
-                       upload_cap=settings.max_upload_bytes)
+    app.add_middleware(LimitsMiddleware, body_cap=settings.max_body_bytes, upload_cap=settings.max_upload_bytes,
+                       metrics=svc.metrics)
     app.openapi = lambda: openapi_schema(app, "TFaaS and Open Inference Protocol v2 routes over a model store")
     return app
 

@@ -100,10 +100,14 @@ class Metrics:
 
 
 class LimitsMiddleware:
-    """Request-body caps (uploads get their own) and per-route metrics, as plain ASGI (cheap)."""
+    """Request-body caps (uploads get their own) and per-route metrics, as plain ASGI (cheap).
 
-    def __init__(self, app, metrics: Metrics, body_cap: int, upload_cap: int):
-        self.app, self.metrics = app, metrics
+    The cap holds while the body is read: a larger ``Content-Length`` is refused before a byte is read, and
+    a chunked body is stopped at the first message past the cap, so memory stays bounded whatever the
+    client sends."""
+
+    def __init__(self, app, body_cap: int, upload_cap: int | None = None, metrics: Metrics | None = None):
+        self.app, self.metrics = app, metrics if metrics is not None else Metrics()
         self.body_cap, self.upload_cap = body_cap, upload_cap
 
     async def __call__(self, scope, receive, send):
@@ -111,7 +115,7 @@ class LimitsMiddleware:
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         status = [500]
-        cap = self.upload_cap if scope["path"].endswith("/upload") else self.body_cap
+        cap = self.upload_cap if self.upload_cap and scope["path"].endswith("/upload") else self.body_cap
         length = None
         for key, value in scope["headers"]:
             if key == b"content-length":

@@ -1,9 +1,9 @@
 """Request and response models of the inference service (pydantic), the body parser, and the
 conversion of validated requests into the ``float32[N, F]`` rows a runtime scores.
 
-Bodies are read as bytes, parsed with orjson, checked for nesting depth and validated against these
-models in strict mode (numbers must be JSON numbers; booleans and strings are not numbers). Every
-refusal is a :class:`~mlaas4hep_lab.serving.BadRequest` (400) or 422 with a message naming the field.
+Bodies are read as bytes, checked for nesting depth on the bytes (:mod:`.bodies`), parsed with orjson and
+validated against these models in strict mode (numbers must be JSON numbers; booleans and strings are not
+numbers). Every refusal is a :class:`~mlaas4hep_lab.serving.BadRequest` (400) or 422 with a message naming the field.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mlaas4hep_lab.errors import MLaaSError, close_matches
 from mlaas4hep_lab.serving import BadRequest, ServingError
+from mlaas4hep_lab.serving.bodies import load_json
 
-__all__ = ["parse_body", "check_depth", "JsonRequest", "InferInput", "InferRequest", "RequestedOutput",
+__all__ = ["parse_body", "load_json", "JsonRequest", "InferInput", "InferRequest", "RequestedOutput",
            "InferOutput", "InferResponse", "EventsRequest", "EventsResponse", "TagRequest", "ShareRequest",
            "ModelSummary", "ModelMetadata", "TensorMetadata", "ServerMetadata", "UploadResponse",
            "DeleteResponse", "ErrorResponse", "Health", "Ready", "WhoAmI", "BODY_MODELS", "json_matrix",
@@ -296,33 +297,6 @@ def model_metadata(name: str, state: dict[str, Any], version: str, platform: str
             **params, "backend": info.get("backend"), "created": info.get("created"),
             "uploaded": info.get("uploaded"), "labels": info.get("labels"), "metrics": info.get("metrics") or {},
             "parameters": params}
-
-
-def check_depth(obj: Any, limit: int) -> None:
-    """Refuse JSON nested deeper than ``limit`` (iteratively: no recursion to exhaust)."""
-    stack = [(obj, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            raise BadRequest(f"JSON nested deeper than {limit} levels")
-        children = node.values() if isinstance(node, dict) else node
-        for child in children:
-            if isinstance(child, (list, dict)):
-                stack.append((child, depth + 1))
-
-
-def load_json(body: bytes, max_depth: int) -> Any:
-    """Parse a JSON body (orjson) and check its nesting depth."""
-    if not body:
-        raise BadRequest("empty body: a JSON document is needed")
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError as err:
-        raise BadRequest(f"body is not valid JSON: {err}") from None
-    # a document with fewer brackets than the limit cannot be nested deeper: skip the walk
-    if isinstance(obj, (list, dict)) and body.count(b"[") + body.count(b"{") > max_depth:
-        check_depth(obj, max_depth)
-    return obj
 
 
 def parse_body(body: bytes, model: type[M], max_depth: int) -> M:
