@@ -22,6 +22,8 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import json
 import logging
@@ -34,12 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from mlaas4hep_lab.errors import ConfigError, MLaaSError
+from mlaas4hep_lab.json_depth import DEFAULT_MAX_DEPTH, too_deep
 
 __all__ = ["User", "AuthError", "Authenticator", "OIDCVerifier", "load_tokens", "valid_username"]
 
 log = logging.getLogger(__name__)
 _USERNAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,127}$")
 _CACHE_MAX = 10_000
+MAX_TOKEN_LENGTH = 16 * 1024   # JWTs of real issuers are a few kB; hub and static tokens far less
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,7 @@ class OIDCVerifier:
     def verify(self, token: str) -> tuple[User, float]:
         """(user, expiry as a Unix time); raises AuthError. Blocking: fetches the JWKS when needed."""
         jwt = _jwt()
+        _check_jwt_shape(token)
         try:
             key = self._jwks_client().get_signing_key_from_jwt(token)
         except jwt.PyJWKClientConnectionError as err:
@@ -174,6 +179,20 @@ class OIDCVerifier:
         groups = tuple(str(g) for g in groups) if isinstance(groups, list) else (str(groups),)
         scopes = tuple(str(claims.get("scope", "")).split())
         return User(name, "oidc", groups, scopes, claims), float(claims["exp"])
+
+
+def _check_jwt_shape(token: str) -> None:
+    """PyJWT parses a token's header with ``json`` before checking anything: a header of a thousand nested
+    arrays would raise RecursionError there (a 500). Refuse it, a deep payload and a huge token first."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise AuthError(f"token longer than {MAX_TOKEN_LENGTH} characters")
+    for i, segment in enumerate(token.split(".")[:2]):
+        try:
+            raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        except (ValueError, binascii.Error):
+            raise AuthError("invalid token: not a JWT (bad base64)") from None
+        if too_deep(raw, DEFAULT_MAX_DEPTH):
+            raise AuthError(f"invalid token: its {('header', 'payload')[i]} is nested too deep")
 
 
 def _jwt():
@@ -237,6 +256,8 @@ class Authenticator:
         token = token.strip()
         if scheme.lower() not in ("bearer", "token") or not token or " " in token:
             raise AuthError("malformed Authorization header: send 'Bearer TOKEN' or 'token TOKEN'")
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise AuthError(f"token longer than {MAX_TOKEN_LENGTH} characters")
         return token
 
     async def authenticate(self, header: str | None) -> User:

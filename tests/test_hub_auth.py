@@ -105,6 +105,22 @@ def test_unsigned_and_hmac_tokens_are_refused(issuer):
     refused(auth, "")
 
 
+def test_tokens_built_to_exhaust_the_json_parser_are_refused(issuer):
+    """A header or payload of thousands of nested arrays (Python's json raises RecursionError on them)
+    is a refused token, not a server error; so is a token of a megabyte."""
+    import base64
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    auth = make_auth(issuer)
+    deep = b"[" * 5000 + b"]" * 5000
+    header = b64(json.dumps({"alg": "RS256", "kid": issuer.kid}).encode())
+    assert "nested too deep" in refused(auth, f"{b64(deep)}.{b64(b'{}')}.sig")
+    assert "nested too deep" in refused(auth, f"{header}.{b64(deep)}.sig")
+    assert "longer than" in refused(auth, "a" * (1 << 20))
+
+
 def test_wrong_or_missing_audience_is_refused(issuer):
     auth = make_auth(issuer)
     assert "audience" in refused(auth, issuer.token("alice", groups=["cms"], audience="another-client")).lower()
