@@ -15,6 +15,8 @@ from mlaas4hep_lab.data.expressions import (
     ALLOWED_FUNCTIONS,
     MAX_DEPTH,
     MAX_LENGTH,
+    MAX_NESTING,
+    MAX_NODES,
     Expression,
     compile_expression,
     is_jagged,
@@ -448,6 +450,87 @@ def test_too_deep(text):
 def test_just_below_the_depth_limit_is_fine():
     e = compile_expression("+".join(["x"] * 50))
     np.testing.assert_allclose(e({"x": np.array([1.0])}), [50.0])
+
+
+# --------------------------------------------------------------------------------------------------
+# bounded cost
+
+
+@pytest.mark.parametrize(
+    "text, reason, col",
+    [
+        ("9**9**9**9", "the constant 9**9**9 is too large (about 10**3.7e+08", 4),
+        ("x * 9**9**9**9", "the constant 9**9**9 is too large", 8),
+        ("10**400", "the constant 10**400 is too large (about 10**400", 1),
+        ("(-10)**309", "is too large", 1),
+        ("0.5 ** -2000", "the constant 0.5 ** -2000 is too large", 1),
+        ("1e308*10", "the constant 1e308*10 gives inf (not a finite number", 1),
+        ("x > exp(710)", "the constant exp(710) gives inf", 5),
+        ("1/0", "gives inf", 1),
+        ("log(0) + x", "the constant log(0) gives -inf", 1),
+        ("sqrt(-1)", "gives nan", 1),
+        ("1e999", "the number 1e999 is too large", 1),
+        ("x + 1" + "0" * 400, "the number 1000000000", 5),
+    ],
+)
+def test_constants_beyond_float64_are_refused_with_the_reason(text, reason, col):
+    with pytest.raises(ExpressionError) as info:
+        compile_expression(text, where="new_branch.big.def")
+    message = str(info.value)
+    assert reason in message and "new_branch.big.def" in message, message
+    assert info.value.col == col - 1
+
+
+def test_constant_folding_is_exact_while_int64_holds_then_float(arrays):
+    assert ev("2**62 + (2**62 - 1)", arrays).tolist() == [2**63 - 1] * 5
+    # past int64 an integer constant becomes the float it is (as an integer literal past int64 does),
+    # never the wrapped-around int64
+    for text, value in [("2**63", 2.0**63), ("2**62 * 4", 2.0**64), ("-(2**63) - 2**63", -(2.0**64)),
+                        ("3**40", 3.0**40), ("abs(-2**62 * 2)", 2.0**63), ("2**1000", 2.0**1000),
+                        ("10**308", 1e308), ("exp(709)", math.exp(709))]:
+        out = ev(text, arrays)
+        assert out.dtype == np.float64 and out[0] == pytest.approx(value, rel=1e-15), text
+    assert ev("9**9", arrays).tolist() == [9**9] * 5 and ev("(-2)**63", arrays)[0] == -(2**63)
+
+
+def test_brackets_nested_too_deeply_are_refused_on_the_text():
+    fine = "(" * MAX_NESTING + "x" + ")" * MAX_NESTING
+    assert compile_expression(fine).names == {"x"}
+    for text in ("(" * 200 + "x" + ")" * 200, "log(" * (MAX_NESTING + 1) + "x" + ")" * (MAX_NESTING + 1),
+                 "[" * 1000, "(" * 5000):
+        with pytest.raises(ExpressionError) as info:
+            compile_expression(text, where="flat_cut")
+        message = str(info.value)
+        assert f"brackets are nested too deeply (more than {MAX_NESTING} levels)" in message
+        assert "flat_cut" in message and len(message) < 600   # long text: its start and the column
+
+
+def test_too_many_nodes_are_refused_before_anything_is_built():
+    text = "max(" + ", ".join(["x"] * MAX_NODES) + ")"   # shallow: one call, many arguments
+    with pytest.raises(ExpressionError) as info:
+        compile_expression(text, where="new_branch.m.def")
+    message = str(info.value)
+    assert f"expression is too large (more than {MAX_NODES} names" in message and "new_branch.m.def" in message
+    assert len(message) < 600
+    assert compile_expression("max(" + ", ".join(["x"] * 100) + ")").names == {"x"}
+
+
+@pytest.mark.parametrize("text", ["-" * 9000 + "x", "x" + "+x" * 4000, "~" * 9999 + "1", "not " * 2400 + "x"])
+def test_parser_limits_become_expression_errors(text):
+    # CPython's parser raises MemoryError or RecursionError on these: both must come back as the
+    # package's error, short, never as a crash of the caller
+    with pytest.raises(ExpressionError) as info:
+        compile_expression(text)
+    assert "nested too deeply" in str(info.value) and len(str(info.value)) < 600
+
+
+def test_preproc_reports_the_limits_with_the_key():
+    from mlaas4hep_lab.data.preprocess import Preproc
+
+    with pytest.raises(ExpressionError, match=r"new_branch\.big\.def.*9\*\*9\*\*9 is too large"):
+        Preproc.from_json({"new_branch": {"big": {"def": "x * 9**9**9**9", "type": "flat"}}})
+    with pytest.raises(ExpressionError, match=r"new_branch\.b\.cut.*brackets are nested too deeply"):
+        Preproc.from_json({"new_branch": {"b": {"def": "x", "type": "flat", "cut": "(" * 200 + "x" + ")" * 200}}})
 
 
 def test_unknown_branch_with_suggestion():

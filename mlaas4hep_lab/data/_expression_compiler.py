@@ -6,11 +6,19 @@ column of the offending text), folds constant parts and returns a tree of Python
 call the numpy/awkward implementations of :mod:`mlaas4hep_lab.data._expression_functions` on a
 ``lookup(name) -> array`` environment, together with a *kind tree* from which
 :func:`kind_from_tree` tells whether the result is flat or jagged before any data is read.
+
+The cost of an expression is bounded before anything is built: :meth:`Compiler.check_size` limits the
+nodes (``MAX_NODES``) and the nesting (``MAX_DEPTH``) of the tree, without recursion. Constant parts
+are folded with bounded arithmetic: a power is sized with logarithms before it is computed
+(``9**9**9**9`` is refused, not attempted), an integer result beyond int64 becomes a float as an integer
+literal beyond int64 does, and a constant part whose value is not a finite 64-bit float (``10**400``,
+``1e308*10``, ``1/0``, ``log(0)``) is refused with the reason.
 """
 
 from __future__ import annotations
 
 import ast
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,10 +34,46 @@ from mlaas4hep_lab.data._expression_functions import (
 )
 from mlaas4hep_lab.errors import BranchNotFoundError, ExpressionError, close_matches
 
-__all__ = ["MAX_DEPTH", "Compiler", "EvalFailure", "kind_from_tree"]
+__all__ = ["MAX_DEPTH", "MAX_NODES", "Compiler", "EvalFailure", "kind_from_tree", "limit_error"]
 
 MAX_DEPTH = 100
 """Deepest nesting of syntax nodes accepted."""
+
+MAX_NODES = 1000
+"""Most syntax nodes (names, numbers, operations, calls) in one expression: each becomes a closure that
+runs on every chunk, so their number bounds the work per event."""
+
+_FLOAT_MAX = float(np.finfo(np.float64).max)
+_LOG10_FLOAT_MAX = math.log10(_FLOAT_MAX)
+
+
+def _exact_int(what: str, args: list) -> int | None:
+    """The exact integer value of the operations whose int64 result can wrap around (None for the others,
+    which stay in range: & | ^ ~, comparisons, min/max). Cheap: the operands are int64 and a power has
+    been sized first."""
+    a = [int(v) for v in args]
+    if what == "'+'":
+        return a[0] + a[1] if len(a) == 2 else a[0]
+    if what == "'-'":
+        return a[0] - a[1] if len(a) == 2 else -a[0]
+    if what == "'*'":
+        return a[0] * a[1]
+    if what == "'**'":
+        return a[0] ** a[1] if a[1] >= 0 else None
+    if what == "'//'":
+        return a[0] // a[1] if a[1] else None
+    if what == "abs()":
+        return abs(a[0])
+    return None
+
+
+def limit_error(text: str, reason: str, col: int | None = None, where: str | None = None) -> ExpressionError:
+    """An expression past one of the size limits: quoted whole with a caret when short, else its start and
+    the column (a message that repeats 10,000 characters twice helps nobody)."""
+    if len(text) <= 200:
+        return ExpressionError(text, reason, col=col, where=where)
+    at = "" if col is None else f" (at column {col + 1})"
+    return ExpressionError(text[:80] + "...", reason + at, where=where)
 
 
 class EvalFailure(Exception):
@@ -77,6 +121,28 @@ class Compiler:
 
     def fail(self, node: ast.AST, reason: str, end: bool = False) -> ExpressionError:
         return ExpressionError(self.text, reason, col=self.col(node, end), where=self.where)
+
+    def snippet(self, node: ast.AST) -> str:
+        text = ast.get_source_segment(self.text, node) or "?"
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    # cost -----------------------------------------------------------------------------------
+    def check_size(self, root: ast.AST) -> None:
+        """Refuse a tree with more than ``MAX_NODES`` nodes or deeper than ``MAX_DEPTH``, walking it
+        with a stack (a recursive walk would itself fail on the trees this is meant to refuse)."""
+        stack, count = [(root, 0)], 0
+        while stack:
+            node, depth = stack.pop()
+            if depth > MAX_DEPTH:
+                raise limit_error(self.text, f"expression is nested too deeply (more than {MAX_DEPTH} levels "
+                                  "of operations and calls); split it into new branches", self.col(node),
+                                  self.where)
+            count += 1
+            if count > MAX_NODES:
+                raise limit_error(self.text, f"expression is too large (more than {MAX_NODES} names, numbers, "
+                                  "operations and calls); split it into new branches (preproc.json "
+                                  "new_branch) and combine those", where=self.where)
+            stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node) if isinstance(child, ast.expr))
 
     # compilation ----------------------------------------------------------------------------
     def build(self, node: ast.AST, depth: int = 0) -> tuple[Node | Any, tuple]:
@@ -150,8 +216,12 @@ class Compiler:
         if isinstance(v, int):
             if -(2**63) <= v < 2**63:
                 return np.int64(v), ("flat",)
+            if v.bit_length() > 1024:   # beyond float64's largest value, 1.8e308
+                raise self.fail(node, f"the number {self.snippet(node)} is too large (at most {_FLOAT_MAX:.4g})")
             return np.float64(v), ("flat",)
         if isinstance(v, float):
+            if not math.isfinite(v):
+                raise self.fail(node, f"the number {self.snippet(node)} is too large (at most {_FLOAT_MAX:.4g})")
             return np.float64(v), ("flat",)
         if isinstance(v, (str, bytes)):
             raise self.fail(node, "strings are not allowed in an expression")
@@ -245,13 +315,41 @@ class Compiler:
         kind = ("reduce" if reduces and n == 1 else "op", *(k for _, k in parts))
         return self.combine(node, f"{fname}()", func, [v for v, _ in parts]), kind
 
+    def fold(self, node: ast.AST, what: str, guarded: Callable[..., Any], args: list) -> Any:
+        """The value of a constant part, computed with bounded cost and checked: a power is sized with
+        logarithms first; an int64 result that wrapped around becomes the float it should be; a value
+        that is not a finite float64 is refused."""
+        if what == "'**'":
+            base, exponent = abs(float(args[0])), float(args[1])
+            digits = exponent * math.log10(base) if base not in (0.0, 1.0) else 0.0
+            if digits > _LOG10_FLOAT_MAX:
+                raise self.fail(node, f"the constant {self.snippet(node)} is too large (about 10**{digits:.3g}; "
+                                      f"at most {_FLOAT_MAX:.4g})")
+        with np.errstate(all="ignore"):
+            value = guarded(*args)
+            if isinstance(value, np.integer) and all(isinstance(a, (np.integer, np.bool_)) for a in args):
+                exact = _exact_int(what, args)
+                if exact is not None and not -(2**63) <= exact < 2**63:
+                    try:
+                        value = np.float64(float(exact))
+                    except OverflowError:
+                        raise self.fail(node, f"the constant {self.snippet(node)} is too large (at most "
+                                              f"{_FLOAT_MAX:.4g})") from None
+        try:
+            finite = bool(np.all(np.isfinite(value)))
+        except TypeError:
+            finite = True
+        if not finite:
+            raise self.fail(node, f"the constant {self.snippet(node)} gives {value} (not a finite number; at most "
+                                  f"{_FLOAT_MAX:.4g}); write the value you mean")
+        return value
+
     def combine(self, node: ast.AST, what: str, func: Callable[..., Any], args: list) -> Any:
         guarded = _guard(self.col(node), what, func)
         if not any(callable(a) for a in args):
             # constant folding, so errors in constant parts are found at compile time
             try:
-                with np.errstate(all="ignore"):
-                    return guarded(*args)
+                return self.fold(node, what, guarded, args)
             except EvalFailure as exc:
                 raise ExpressionError(self.text, exc.reason, col=exc.col, where=self.where) from None
         if len(args) == 1:

@@ -17,6 +17,16 @@ Semantics
   ``sum`` 0, ``count`` 0, ``any`` False, ``all`` True and NaN for ``min``/``max``/``mean``. On a flat
   argument the reductions are the identity (``count`` gives 1, ``any``/``all`` the truth value).
 - Numerical problems follow numpy (``1/0`` is inf, ``log(-1)`` is NaN) with its warnings silenced.
+  Constant parts are computed when the expression is compiled: one whose value is not a finite
+  64-bit float (``10**400``, ``9**9**9**9``, ``1e308*10``, ``1/0``) is refused there with the reason.
+
+Cost
+----
+An expression's work is bounded before it is parsed or built: at most ``MAX_LENGTH`` characters,
+brackets nested at most ``MAX_NESTING`` deep (checked on the text, since the parser itself can fail
+on deep nesting), at most ``MAX_NODES`` syntax nodes nested at most ``MAX_DEPTH`` deep; powers of
+constants are sized with logarithms before they are computed. Each limit hit is an
+:class:`~mlaas4hep_lab.errors.ExpressionError` that names the expression and the limit.
 
 Modules
 -------
@@ -37,7 +47,14 @@ import awkward as ak
 import numpy as np
 
 from mlaas4hep_lab.data._array_kinds import flat_to_numpy, is_jagged, kind_of
-from mlaas4hep_lab.data._expression_compiler import MAX_DEPTH, Compiler, EvalFailure, kind_from_tree
+from mlaas4hep_lab.data._expression_compiler import (
+    MAX_DEPTH,
+    MAX_NODES,
+    Compiler,
+    EvalFailure,
+    kind_from_tree,
+    limit_error,
+)
 from mlaas4hep_lab.data._expression_functions import ALLOWED_FUNCTIONS, CONSTANTS
 from mlaas4hep_lab.errors import BranchNotFoundError, ExpressionError
 
@@ -46,6 +63,8 @@ __all__ = [
     "CONSTANTS",
     "MAX_DEPTH",
     "MAX_LENGTH",
+    "MAX_NESTING",
+    "MAX_NODES",
     "Expression",
     "compile_expression",
     "flat_to_numpy",
@@ -55,6 +74,11 @@ __all__ = [
 
 MAX_LENGTH = 10_000
 """Longest expression text accepted (characters)."""
+
+MAX_NESTING = 50
+"""Deepest nesting of brackets accepted (``((x))`` is 2)."""
+
+_OPEN, _CLOSE = "([{", ")]}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,6 +189,20 @@ def _line_starts(text: str) -> list[int]:
     return starts
 
 
+def _check_brackets(text: str, where: str | None) -> None:
+    """Refuse brackets nested deeper than MAX_NESTING, on the text: CPython's parser recurses on them and
+    fails at about 200 levels with a RecursionError or a MemoryError, and deep nesting is never needed."""
+    depth = 0
+    for i, ch in enumerate(text):
+        if ch in _OPEN:
+            depth += 1
+            if depth > MAX_NESTING:
+                raise limit_error(text, f"brackets are nested too deeply (more than {MAX_NESTING} levels); "
+                                  "split the expression into new branches", i, where)
+        elif ch in _CLOSE:
+            depth -= 1
+
+
 def compile_expression(text: str, names: Iterable[str] | None = None, where: str | None = None) -> Expression:
     """Compile ``text`` into an :class:`Expression`, or raise :class:`ExpressionError`.
 
@@ -187,6 +225,7 @@ def compile_expression(text: str, names: Iterable[str] | None = None, where: str
     # leading blanks would be an indentation error; parse without them and shift the columns
     lead = len(text) - len(text.lstrip(" \t"))
     body = text[lead:]
+    _check_brackets(text, where)
     starts = _line_starts(body)
     try:
         tree = ast.parse(body, mode="eval")
@@ -197,17 +236,21 @@ def compile_expression(text: str, names: Iterable[str] | None = None, where: str
         col = min(col, len(body))
         raise ExpressionError(text, f"syntax error: {exc.msg}", col=lead + col, where=where) from None
     except (RecursionError, MemoryError):
-        raise ExpressionError(text, "expression is nested too deeply", where=where) from None
+        # the parser's own stack: operators chained thousands deep (- - - ... x)
+        raise limit_error(text, "expression is nested too deeply for the parser", None, where) from None
+    except ValueError as exc:  # e.g. a null character
+        raise ExpressionError(text, f"cannot be parsed: {exc}", where=where) from None
 
     known = frozenset(names) if names is not None else None
     compiler = Compiler(body, known, where, starts)
     try:
+        compiler.check_size(tree.body)
         root, kinds = compiler.build(tree.body)
     except ExpressionError as exc:
         if lead:
             col = None if exc.col is None else exc.col + lead
-            raise ExpressionError(text, exc.reason, col=col, where=where) from None
+            raise limit_error(text, exc.reason, col, where) from None
         raise
     except RecursionError:
-        raise ExpressionError(text, "expression is nested too deeply", where=where) from None
+        raise limit_error(text, "expression is nested too deeply", None, where) from None
     return Expression(text, frozenset(compiler.used), where, root, kinds)

@@ -127,7 +127,7 @@ class LimitsMiddleware:
             except ValueError:
                 return await _send_error(send, 400, "invalid Content-Length header")
             if too_big:
-                await _send_error(send, 413, f"request body larger than {cap} bytes")
+                await _send_error(send, 413, f"request body larger than this service's limit of {cap} bytes")
                 return self._observe(scope, 413, start)
         received = 0
 
@@ -136,7 +136,7 @@ class LimitsMiddleware:
             message = await receive()
             received += len(message.get("body", b""))
             if received > cap:
-                raise TooLarge(f"request body larger than {cap} bytes")
+                raise TooLarge(f"request body larger than this service's limit of {cap} bytes")
             return message
 
         async def tracking_send(message):
