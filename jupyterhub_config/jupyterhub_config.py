@@ -20,6 +20,10 @@ Every knob is an environment variable (defaults in brackets; the code is mlaas4h
     MLAAS4HEP_STORE              model store of the inference service [STATE/models]
     MLAAS4HEP_JOBS_STATE         jobs service's state (SQLite, job folders) [STATE/jobs]
     MLAAS4HEP_JOBS_DATA_ROOTS    folders whose files jobs may read by path, ':'-separated [none: URLs only]
+  training jobs (the jobs service runs as the hub's user: run the hub as root, with bubblewrap installed,
+  for each job to run under a system account of its owner in a sandbox)
+    MLAAS4HEP_JOBS_ISOLATION     auto | users+bwrap | users | bwrap | none [auto: users+bwrap as root, else bwrap]
+    MLAAS4HEP_JOBS_ALLOW_UNISOLATED  1: run jobs even where they cannot be isolated (as the hub's user!) [0: refuse]
   network
     MLAAS4HEP_HUB_URL            public URL the proxy listens on [http://127.0.0.1:8000]
     MLAAS4HEP_HUB_IP, _PORT      the hub's internal API [127.0.0.1, 8081]

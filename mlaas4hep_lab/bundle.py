@@ -9,6 +9,9 @@ A directory (and its ``.tar.gz``)::
     inference/      TF SavedModel (Keras) or ONNX where a converter exists
     plots/          ROC, scores, efficiency/purity, AMS, feature distributions
 
+In the tarball the small JSON files come first, manifest.json leading, so that a service can check them
+before it unpacks the model (:mod:`mlaas4hep_lab.untar` extracts tarballs in one bounded pass).
+
 :class:`Bundle` loads one and scores raw events with the bundle's own preprocessing and specs, so a
 score computed from a bundle equals the one computed in the notebook for the same event.
 """
@@ -33,6 +36,7 @@ from mlaas4hep_lab import __version__
 from mlaas4hep_lab.data.specs import Specs
 from mlaas4hep_lab.data.vectorize import Vectorizer
 from mlaas4hep_lab.errors import ConfigError, InputFileError
+from mlaas4hep_lab.untar import BUNDLE_JSON, TarLimits, extract
 
 __all__ = ["write_bundle", "Bundle", "safe_extract", "BUNDLE_VERSION"]
 
@@ -91,30 +95,34 @@ def write_bundle(directory: str | Path, *, name: str, backend, backend_name: str
         "model": native, "inference": inference,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
-    with tarfile.open(f"{out}.tar.gz", "w:gz") as tar:
-        tar.add(out, arcname=out.name)
+    _tar_bundle(out, Path(f"{out}.tar.gz"))
     return out
 
 
 def safe_extract(archive: str | Path, target: str | Path, max_members: int = 10_000,
                  max_bytes: int = 4 << 30) -> Path:
-    """Extract a bundle tarball refusing absolute or ``..`` paths, links, devices and oversize content."""
-    target = Path(target)
-    with tarfile.open(archive) as tar:
-        members = tar.getmembers()
-        if len(members) > max_members:
-            raise ConfigError(f"{archive}: {len(members)} members, more than the limit {max_members}")
-        total = 0
-        for m in members:
-            parts = Path(m.name).parts
-            if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
-                raise ConfigError(f"{archive}: refused member {m.name!r} (absolute path, '..', link or device)")
-            total += m.size
-            if total > max_bytes:
-                raise ConfigError(f"{archive}: content larger than {max_bytes} bytes")
-        tar.extractall(target, filter="data")
-    tops = {Path(m.name).parts[0] for m in members if Path(m.name).parts}
-    return target / tops.pop() if len(tops) == 1 and (target / next(iter(tops))).is_dir() else target
+    """Extract a bundle tarball in one bounded pass (:func:`mlaas4hep_lab.untar.extract`): absolute or
+    ``..`` paths, links, devices and duplicates are refused, and the copy stops at the first byte over
+    ``max_bytes``. Returns the bundle folder (the archive's one top folder, else ``target``)."""
+    return extract(archive, target, TarLimits(members=max_members, member_bytes=max_bytes,
+                                              total_bytes=max_bytes)).root
+
+
+def _tar_bundle(folder: Path, path: Path) -> None:
+    """``folder`` as a gzipped tarball with the small JSON files first, manifest.json leading: a service
+    reads and checks them before it unpacks the model itself. Links and special files are left out."""
+    def plain(info: tarfile.TarInfo):
+        if not (info.isfile() or info.isdir()):
+            return None
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        return info
+
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name, recursive=False, filter=plain)
+        first = [folder / name for name in BUNDLE_JSON if (folder / name).is_file()]
+        for child in first + sorted(p for p in folder.iterdir() if p not in first):
+            tar.add(child, arcname=f"{folder.name}/{child.name}", filter=plain)
 
 
 class Bundle:
@@ -151,7 +159,11 @@ class Bundle:
         path = Path(path)
         if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
             tmp = tempfile.mkdtemp(prefix="mlaas4hep-bundle-")
-            bundle = cls(safe_extract(path, tmp))
+            try:
+                bundle = cls(safe_extract(path, tmp))
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             bundle._tmp = tmp
             return bundle
         if not path.exists():

@@ -312,6 +312,18 @@ def _add_serve(sub) -> None:
     sv.add_argument("--workers", type=int, help="server processes sharing the store (default: 1)")
     sv.add_argument("--max-body", type=int, dest="max_body_bytes", help="JSON body cap in bytes (default: 1 MiB)")
     sv.add_argument("--max-upload", type=int, dest="max_upload_bytes", help="upload cap in bytes (default: 500 MiB)")
+    sv.add_argument("--max-tar-members", type=int, help="members of an uploaded tarball (default: 10000) "
+                    "[MLAAS4HEP_MAX_TAR_MEMBERS]")
+    sv.add_argument("--max-tar-member-bytes", type=int, help="bytes of one unpacked member (default: 2 GiB) "
+                    "[MLAAS4HEP_MAX_TAR_MEMBER_BYTES]")
+    sv.add_argument("--max-tar-bytes", type=int, help="unpacked bytes of an upload (default: 2 GiB) "
+                    "[MLAAS4HEP_MAX_TAR_BYTES]")
+    sv.add_argument("--max-tar-ratio", type=float, help="unpacked per uploaded byte above which an upload is a "
+                    "compression bomb (default: 100; 0: no check) [MLAAS4HEP_MAX_TAR_RATIO]")
+    sv.add_argument("--quota-bytes", type=int, help="unpacked bytes of models each user may store (default: "
+                    "10 GiB; 0: no limit) [MLAAS4HEP_QUOTA_BYTES]")
+    sv.add_argument("--quota-versions", type=int, help="model versions each user may store (default: 100; "
+                    "0: no limit) [MLAAS4HEP_QUOTA_VERSIONS]")
     _add_service_options(sv)
 
 
@@ -319,7 +331,9 @@ def _serve(args) -> int:
     from mlaas4hep_lab.serving.settings import Settings
 
     names = ("host", "port", "runtime", "batching", "max_batch", "max_delay_ms", "queue_size", "inference_threads",
-             "runtime_threads", "inline_rows", "workers", "max_body_bytes", "max_upload_bytes", *_SERVICE_OPTIONS)
+             "runtime_threads", "inline_rows", "workers", "max_body_bytes", "max_upload_bytes", "max_tar_members",
+             "max_tar_member_bytes", "max_tar_bytes", "max_tar_ratio", "quota_bytes", "quota_versions",
+             *_SERVICE_OPTIONS)
     settings = Settings.from_env(store_dir=args.store, tokens_file=args.tokens,
                                  **{n: getattr(args, n) for n in names})
     if not settings.auth_configured():
@@ -349,6 +363,10 @@ def _add_jobs(sub) -> None:
     jb.add_argument("--data-root", action="append", dest="data_roots", metavar="DIR",
                     help="folder whose files jobs may read by path (repeat for more); without one, only "
                     "root:// and http(s):// URLs [MLAAS4HEP_JOBS_DATA_ROOTS]")
+    jb.add_argument("--allow-host", action="append", dest="allowed_hosts", metavar="HOST",
+                    help="a host input URLs may name although its address is loopback, link-local or private "
+                    "(a site's XRootD redirector): name, name:port, IP, [v6]:port or CIDR network; repeat for "
+                    "more [MLAAS4HEP_JOBS_ALLOWED_HOSTS, comma-separated]")
     jb.add_argument("--max-concurrent", type=int, help="jobs running at once; more wait in the queue (default: 1)")
     jb.add_argument("--memory-limit", help="address-space limit of each job, e.g. 4GB; 0: none (default: 8GB)")
     jb.add_argument("--time-limit", type=float, help="wall-clock seconds of each job run; 0: none (default: 3600)")
@@ -361,6 +379,16 @@ def _add_jobs(sub) -> None:
                     "'' for none)")
     jb.add_argument("--max-resumes", type=int, help="times a job whose worker died while the service was down "
                     "restarts from its checkpoint (default: 1)")
+    jb.add_argument("--isolation", choices=("auto", "users+bwrap", "users", "bwrap", "none"),
+                    help="what jobs run under: an account per user (users, needs root), a bubblewrap sandbox "
+                    "(bwrap), both (users+bwrap), or none; auto: users+bwrap as root, bwrap otherwise "
+                    "(default: auto) [MLAAS4HEP_JOBS_ISOLATION]")
+    jb.add_argument("--allow-unisolated", action="store_true", default=None,
+                    help="run jobs even when they cannot be isolated (otherwise the service refuses them with "
+                    "503) [MLAAS4HEP_JOBS_ALLOW_UNISOLATED=1]")
+    jb.add_argument("--hide", action="append", dest="hide_paths", metavar="PATH",
+                    help="a folder or file jobs must not see (the inference service's store, the hub's state); "
+                    "repeat for more; the state folder and the tokens file always are hidden [MLAAS4HEP_JOBS_HIDE]")
     _add_service_options(jb)
 
 
@@ -368,9 +396,10 @@ def _jobs(args) -> int:
     from mlaas4hep_lab.jobs.settings import Settings
 
     names = ("host", "port", "max_concurrent", "memory_limit", "time_limit", "cpu_limit", "threads", "push_url",
-             "submit_scope", "max_resumes", *_SERVICE_OPTIONS)
+             "submit_scope", "max_resumes", "isolation", "allow_unisolated", "hide_paths", *_SERVICE_OPTIONS)
     settings = Settings.from_env(state_dir=args.state, tokens_file=args.tokens, data_roots=args.data_roots,
-                                 admins=args.admins, **{n: getattr(args, n) for n in names})
+                                 admins=args.admins, allowed_hosts=args.allowed_hosts,
+                                 **{n: getattr(args, n) for n in names})
     if not settings.auth_configured():
         print("error: no way to authenticate users: give --tokens FILE, --oidc-issuer/--oidc-jwks-url, run as a "
               "JupyterHub service (JUPYTERHUB_API_URL), or --no-auth for development", file=sys.stderr)
@@ -384,6 +413,16 @@ def _jobs(args) -> int:
     print(f"mlaas4hep jobs service on http://{settings.host}:{settings.port}{settings.prefix} "
           f"(state {settings.state_dir}, {settings.max_concurrent} at once, {limits}, "
           f"data roots: {', '.join(map(str, settings.data_roots)) or 'none'}, auth: {', '.join(methods)})", flush=True)
+    from mlaas4hep_lab.jobs.isolation import resolve
+
+    isolation = resolve(settings)   # probed once; the service reuses the result
+    print(isolation.describe(), flush=True)
+    if isolation.mode == "none":
+        print(f"WARNING: training jobs are not isolated: {isolation.reason}. A user's model.py would run as this "
+              "service, able to read its tokens, its database and other users' jobs. "
+              + ("--allow-unisolated was given: jobs run anyway." if isolation.ready else
+                 "Jobs are refused (503) until isolation works (bubblewrap installed, the service run as root) "
+                 "or the service is started with --allow-unisolated."), file=sys.stderr, flush=True)
     serve(settings)
     return 0
 

@@ -13,9 +13,7 @@ import json
 import os
 import re
 import signal
-import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,54 +23,30 @@ from mlaas4hep_lab.bundle import Bundle
 from mlaas4hep_lab.serving.client import Client
 
 try:
-    from serving_support import JobsProcess as _JobsProcess
+    from jobs_support import TOKENS, JobsProcess, kill_leftover_workers, slow_submission, submission, submit
     from serving_support import ServerProcess, http_call
 except ImportError:  # tests/ imported as a package
-    from tests.serving_support import JobsProcess as _JobsProcess
+    from tests.jobs_support import (
+        TOKENS,
+        JobsProcess,
+        kill_leftover_workers,
+        slow_submission,
+        submission,
+        submit,
+    )
     from tests.serving_support import ServerProcess, http_call
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
-TOKENS = {"alice": "alice-token-0123", "bob": "bob-token-4567"}
-
-
-class JobsProcess(_JobsProcess):
-    users = TOKENS
 N_EVENTS = 6000
-
-# a linear model that takes its time on each chunk: long enough to restart the service in the middle
-SLOW_MODEL = textwrap.dedent("""
-    import time
-
-    from sklearn.linear_model import SGDClassifier
-
-
-    class SlowSGD(SGDClassifier):
-        def partial_fit(self, X, y, classes=None, sample_weight=None):
-            time.sleep(0.6)
-            return super().partial_fit(X, y, classes=classes, sample_weight=sample_weight)
-
-
-    def model():
-        return SlowSGD(loss="log_loss", random_state=0)
-""")
-
-
-def _kill_leftover_workers(state: Path) -> None:
-    import psutil
-
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = p.info["cmdline"] or []
-        if "mlaas4hep_lab.jobs.worker" in cmd and any(str(state) in c for c in cmd):
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+_submission, _slow_submission, _submit = submission, slow_submission, submit
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """An inference service and a jobs service pushing to it, both with alice's and bob's tokens."""
+    """An inference service and a jobs service pushing to it, both with alice's and bob's tokens. Jobs are
+    isolated where this machine can (root and bubblewrap: see test_jobs_isolation.py), else run as the
+    service (--allow-unisolated): what is shown here holds either way."""
     from mlaas4hep_lab.data import datasets
 
     base = tmp_path_factory.mktemp("jobs-e2e")
@@ -81,36 +55,15 @@ def stack(tmp_path_factory):
     tokens.write_text(json.dumps(TOKENS))
     serve = ServerProcess(base / "store", tokens, base / "serve.log").start()
     jobs = JobsProcess(base / "state", tokens, ds.directory, base / "jobs.log", "--push-url", serve.url,
-                       "--max-concurrent", "2", "--time-limit", "600", "--memory-limit", "8GB")
+                       "--max-concurrent", "2", "--time-limit", "600", "--memory-limit", "8GB",
+                       "--allow-unisolated")
     try:
         jobs.start()
         yield {"jobs": jobs, "serve": serve, "data": ds, "base": base}
     finally:
         jobs.stop()
         serve.stop()
-        _kill_leftover_workers(base / "state")
-
-
-def _submission(ds, model: str = "sklearn", **changes) -> dict:
-    params = json.loads(Path(ds.params_json).read_text())
-    params.update(chunk_size=1000, epochs=1)
-    body = {"files": [p.name for p in ds.files], "labels": ds.labels, "model": model, "params": params}
-    body.update(changes)
-    return body
-
-
-def _slow_submission(ds, name: str) -> dict:
-    params = json.loads(Path(ds.params_json).read_text())
-    # 6 chunks x 3 passes, one partial_fit (0.6 s) per chunk: ~15 s of training, a checkpoint per chunk
-    params.update(chunk_size=1000, epochs=3, training="epochs", batch_size=1000)
-    return _submission(ds, SLOW_MODEL, params=params, name=name)
-
-
-def _submit(jobs: JobsProcess, body: dict, user: str = "alice") -> str:
-    status, answer = jobs.call("POST", "/submit", body, user=user)
-    assert status == 201, answer
-    assert answer["url"] == f"/jobs/{answer['id']}"
-    return answer["id"]
+        kill_leftover_workers(base / "state")
 
 
 # ------------------------------------------------------------------------------------------ tests
@@ -141,7 +94,7 @@ def test_train_fetch_push_and_predict(stack):
     job = jobs.wait(job_id, lambda j: j["push_result"] is not None, timeout=120, what="the push")
     assert job["push_result"]["ok"] is True, job["push_result"]
     assert job["push_result"]["ref"] == "alice:higgs-gbt"
-    assert not (jobs.state / "jobs" / job_id / "push_token").exists(), "the token is deleted after the push"
+    assert not (jobs.state / "push_tokens" / job_id).exists(), "the token is deleted after the push"
     served = Client(stack["serve"].url, token=TOKENS["alice"]).predict_events(
         "higgs-gbt", {f: events[f] for f in events.fields})
     np.testing.assert_allclose(served, local, atol=1e-4)
@@ -190,10 +143,10 @@ def test_service_killed_mid_run_keeps_the_job(stack):
     jobs, ds = stack["jobs"], stack["data"]
     job_id = _submit(jobs, _slow_submission(ds, "restart"))
     before = jobs.wait(job_id, lambda j: j["detail"].get("events_seen", 0) > 0, timeout=120, what="training")
-    worker = jobs.worker(job_id)
+    pid = jobs.worker_pid(job_id)
     jobs.kill9()
     # the worker survives the service and keeps reporting its own state
-    os.kill(worker["pid"], 0)
+    os.kill(pid, 0)
     deadline = time.monotonic() + 60
     while jobs.worker(job_id)["progress"] <= before["progress"] and time.monotonic() < deadline:
         time.sleep(0.3)
@@ -212,7 +165,7 @@ def test_worker_dead_while_service_down_resumes_from_its_checkpoint(stack):
     jobs, ds = stack["jobs"], stack["data"]
     job_id = _submit(jobs, _slow_submission(ds, "resume"))
     jobs.wait(job_id, lambda j: j["detail"].get("epoch", 0) >= 1, timeout=120, what="the second pass")
-    pid = jobs.worker(job_id)["pid"]
+    pid = jobs.worker_pid(job_id)
     jobs.kill9()
     os.killpg(pid, signal.SIGKILL)   # the machine lost the worker too
     jobs.start()
@@ -230,7 +183,7 @@ def test_cancel_over_http_kills_the_worker_then_delete_removes_the_job(stack):
     jobs, ds = stack["jobs"], stack["data"]
     job_id = _submit(jobs, _slow_submission(ds, "cancel"))
     jobs.wait(job_id, lambda j: j["phase"] == "training", timeout=120, what="training")
-    pid = jobs.worker(job_id)["pid"]
+    pid = jobs.worker_pid(job_id)
     status, answer = jobs.call("DELETE", f"/jobs/{job_id}")
     assert status == 200 and answer == {"id": job_id, "status": "cancelled", "deleted": False}
     deadline = time.monotonic() + 30

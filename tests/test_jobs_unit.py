@@ -57,7 +57,10 @@ def _request(data_root: Path, model: str = "sklearn", **changes) -> SubmitReques
 
 
 def _service(tmp_path: Path, data_root: Path, **kw) -> JobService:
+    # the limits hold however the jobs are isolated: isolated where this machine can (as root with bubblewrap,
+    # the job runs in its owner's account and sandbox), else as the test's own user
     kw.setdefault("poll_interval", 0.1)
+    kw.setdefault("allow_unisolated", True)
     return JobService(Settings(state_dir=tmp_path / "state", data_roots=(data_root,), tokens=TOKENS, **kw))
 
 
@@ -85,8 +88,20 @@ def _wait_for(predicate, svc: JobService, timeout: float = 90.0, what: str = "co
 
 
 def _log(svc: JobService, job_id: str) -> str:
-    path = svc.settings.jobs_dir / job_id / runner.LOG_FILE
+    path = svc.log_path(svc.db.get(job_id))
     return path.read_text(errors="replace")[-4000:] if path.exists() else "(no log)"
+
+
+def _descendant(svc: JobService, job_id: str, name: str) -> int | None:
+    """The pid, as this test sees it, of the process ``name`` the job started (in a sandbox, the pid the job
+    sees is another one: its PID namespace's)."""
+    import psutil
+
+    pid = svc.db.get(job_id).pid
+    try:
+        return next((p.pid for p in psutil.Process(pid).children(recursive=True) if p.name() == name), None)
+    except psutil.Error:
+        return None
 
 
 def _submit(svc: JobService, data_root: Path, model_source: str, user: User = ALICE, **changes):
@@ -168,8 +183,9 @@ def _status(fn) -> tuple[int, str]:
 
 def test_paths_are_confined_to_the_data_roots(data_root):
     roots = (data_root,)
+    names = ("eos.example", "host", "cms-xrd-global.cern.ch")  # listed: not resolved (offline), see netpolicy
     ok = resolve_files(["higgs_signal.root", str(data_root / "higgs_background.root"),
-                        "root://eos.example//store/x.root", "https://host/f.root"], roots)
+                        "root://eos.example//store/x.root", "https://host/f.root"], roots, allowed_hosts=names)
     assert ok[0] == str(data_root / "higgs_signal.root") and ok[2].startswith("root://")
     cases = {
         "../outside.root": "'..' is not allowed",
@@ -192,7 +208,7 @@ def test_paths_are_confined_to_the_data_roots(data_root):
         link.unlink()
     # without data roots only URLs are read; a redirector turns unknown paths into URLs (files.txt's rule)
     assert "reads no local files" in _status(lambda: resolve_files(["/store/x.root"], ()))[1]
-    assert resolve_files(["/store/x.root"], (), "root://cms-xrd-global.cern.ch") == \
+    assert resolve_files(["/store/x.root"], (), "root://cms-xrd-global.cern.ch", names) == \
         ["root://cms-xrd-global.cern.ch//store/x.root"]
 
 
@@ -228,7 +244,7 @@ def test_http_refusals_and_ownership_on_the_app(tmp_path, data_root):
     from mlaas4hep_lab.jobs.app import create_app
 
     settings = Settings(state_dir=tmp_path / "state", data_roots=(data_root,), tokens=TOKENS, poll_interval=0.2,
-                        max_concurrent=1, max_body_bytes=64 * 1024)
+                        max_concurrent=1, max_body_bytes=64 * 1024, allow_unisolated=True)
     app = create_app(settings)
     alice, bob = ({"Authorization": f"Bearer {TOKENS[u]}"} for u in ("alice", "bob"))
     body = _request(data_root, "sklearn").model_dump()
@@ -333,8 +349,8 @@ def test_wall_clock_limit_kills_the_process_group(tmp_path, data_root):
     svc = _service(tmp_path, data_root, time_limit=8, kill_grace=1.0)
     job = _submit(svc, data_root, SLEEPER_WITH_CHILD)
     folder = svc.settings.jobs_dir / job.id
-    child_pid = int(_wait_for(lambda: (folder / "child.pid").exists() and (folder / "child.pid").read_text(), svc,
-                              what="the job's child process"))
+    child_pid = _wait_for(lambda: (folder / "child.pid").exists() and _descendant(svc, job.id, "sleep"), svc,
+                          what="the job's child process")
     job = _wait_final(svc, job.id)
     assert job.status == "failed" and "time limit of 8 s exceeded (wall clock)" in job.error, job.error
     assert _gone(job.pid) and _gone(child_pid), "the worker and its child must be killed with their group"
@@ -400,8 +416,8 @@ def test_cancel_kills_the_process_group_and_queued_jobs_wait(tmp_path, data_root
     first = _submit(svc, data_root, SLEEPER_WITH_CHILD)
     second = _submit(svc, data_root, SLEEPER_WITH_CHILD)
     folder = svc.settings.jobs_dir / first.id
-    child_pid = int(_wait_for(lambda: (folder / "child.pid").exists() and (folder / "child.pid").read_text(), svc,
-                              what="the job's child process"))
+    child_pid = _wait_for(lambda: (folder / "child.pid").exists() and _descendant(svc, first.id, "sleep"), svc,
+                          what="the job's child process")
     assert svc.db.get(second.id).status == "queued", "the concurrency cap holds the second job back"
     worker_pid = svc.db.get(first.id).pid
     cancelled = svc.cancel(svc.db.get(first.id))

@@ -155,7 +155,8 @@ def test_every_route_but_health_needs_a_token(client):
     assert checked >= 25
     assert client.get("/models", headers={"Authorization": "Bearer nope-nope"}).status_code == 401
     assert client.get("/models", headers={"Authorization": "Basic abc"}).status_code == 401
-    assert client.get("/whoami", headers=BOB).json() == {"name": "bob", "source": "static", "groups": []}
+    assert client.get("/whoami", headers=BOB).json() == {"name": "bob", "source": "static", "groups": [], "usage": {
+        "bytes": 0, "versions": 0, "quota_bytes": 10 << 30, "quota_versions": 100}}
 
 
 # ------------------------------------------------------------------------------------------ store
@@ -175,7 +176,7 @@ def test_versions_tags_replacement_and_restart(tmp_path, bundles):
         assert c.post("/v2/models/higgs/tags", json={"tag": "latest", "version": 1}, headers=ALICE).status_code == 400
         # an explicit version replaces what is served under it at once
         replaced = c.post("/upload?version=1", content=bundles["v2"], headers={**ALICE, **gz}).json()
-        assert replaced["version"] == "1" and replaced["tags"] == {"latest": "1", "prod": "1"}
+        assert replaced["version"] == "1" and replaced["tags"] == {"latest": "2", "prod": "1"}  # the highest
         np.testing.assert_allclose(predict(c, X4, version="prod").json(), scores(X4, W2, B2), atol=1e-6)
         listed = c.get("/models", headers=ALICE).json()
     # a new process over the same store serves the same models, versions and tags

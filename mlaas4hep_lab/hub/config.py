@@ -172,7 +172,7 @@ def services(s: HubSettings) -> list[dict[str, Any]]:
             "name": "jobs",
             "url": s.service_url("jobs"),
             "command": [*cli, "jobs", "--host", s.service_ip, "--port", str(s.jobs_port),
-                        "--state", str(s.jobs_state_dir)],
+                        "--state", str(s.jobs_state_dir), *_jobs_isolation(s)],
             "environment": {**common,
                             "MLAAS4HEP_HUB_SCOPES": f"{SERVICE_ACCESS['jobs']},access:services",
                             "MLAAS4HEP_JOBS_SUBMIT_SCOPE": SUBMIT_SCOPE,
@@ -183,6 +183,21 @@ def services(s: HubSettings) -> list[dict[str, Any]]:
             "oauth_no_confirm": True,
         })
     return out
+
+
+def _jobs_isolation(s: HubSettings) -> list[str]:
+    """The jobs service's isolation flags. It runs as the hub's user: as root, with bubblewrap installed, each
+    training job runs under a system account of its owner in a bubblewrap sandbox (users+bwrap); not as
+    root, in the sandbox only, under the hub's uid (bwrap; needs unprivileged user namespaces). Without
+    either it refuses jobs (503) unless MLAAS4HEP_JOBS_ALLOW_UNISOLATED=1. The hub's state (its database,
+    cookie secret, users' homes) and the model store are hidden from jobs; the jobs' data roots stay readable.
+    """
+    s.store_dir.mkdir(parents=True, exist_ok=True)   # a path to hide must exist when the jobs service starts
+    flags = ["--isolation", os.environ.get("MLAAS4HEP_JOBS_ISOLATION", "auto").strip() or "auto",
+             "--hide", str(s.state_dir), "--hide", str(s.store_dir)]
+    if os.environ.get("MLAAS4HEP_JOBS_ALLOW_UNISOLATED", "").strip().lower() in ("1", "true", "yes", "on"):
+        flags.append("--allow-unisolated")
+    return flags
 
 
 def roles(s: HubSettings) -> list[dict[str, Any]]:

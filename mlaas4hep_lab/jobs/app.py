@@ -31,7 +31,6 @@ from fastapi.responses import FileResponse, Response
 from mlaas4hep_lab import __version__
 from mlaas4hep_lab.auth import Authenticator, User
 from mlaas4hep_lab.jobs import schemas as S
-from mlaas4hep_lab.jobs.runner import LOG_FILE
 from mlaas4hep_lab.jobs.service import JobService
 from mlaas4hep_lab.jobs.settings import Settings
 from mlaas4hep_lab.jobs.submission import check_submission
@@ -44,7 +43,8 @@ from mlaas4hep_lab.serving.service import json_response
 __all__ = ["create_app", "serve"]
 
 log = logging.getLogger("mlaas4hep_lab.jobs")
-_ERRORS = {code: {"model": S.ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 429)}
+# 503: a service that cannot isolate jobs refuses them (jobs/isolation.py)
+_ERRORS = {code: {"model": S.ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503)}
 TAIL_BYTES = 64 * 1024
 MAX_LOG_READ = 1 << 20
 
@@ -94,7 +94,7 @@ def _public_router(svc: JobService) -> APIRouter:
 
     @router.get("/health", response_model=S.Health)
     async def health():
-        return json_response({"live": True, **await asyncio.to_thread(svc.counts)})
+        return json_response({"live": True, **await asyncio.to_thread(svc.counts), "isolation": svc.isolation.mode})
 
     return router
 
@@ -114,7 +114,7 @@ def _jobs_router(svc: JobService) -> APIRouter:
             raise TooLarge(f"request body of {len(body)} bytes is larger than this service's limit of "
                            f"{s.max_body_bytes}")
         req = parse_body(body, S.SubmitRequest, s.max_json_depth)
-        sub = await asyncio.to_thread(check_submission, req, s.data_roots, s.max_files)
+        sub = await asyncio.to_thread(check_submission, req, s.data_roots, s.max_files, s.allowed_hosts)
         token = Authenticator.token_from_header(request.headers.get("authorization"))
         push = req.push.model_dump() if req.push else None
         job = await asyncio.to_thread(svc.submit, user, sub, req.name, push, token)
@@ -139,7 +139,7 @@ def _jobs_router(svc: JobService) -> APIRouter:
     async def logs(job_id: str, offset: int | None = Query(None, ge=0),
                    limit: int = Query(TAIL_BYTES, ge=1, le=MAX_LOG_READ), user: User = user_dep):
         """The job's log: its last 64 KiB, or from byte ``offset`` on (at most ``limit`` bytes)."""
-        path = Path(svc.owned(user, job_id).job_dir) / LOG_FILE
+        path = svc.log_path(svc.owned(user, job_id))   # in the service's state, not in the job's folder
         return json_response(await asyncio.to_thread(_read_log, path, offset, limit))
 
     @router.get("/jobs/{job_id}/bundle", response_class=Response,

@@ -1,22 +1,30 @@
 """What the routes share (:class:`JobService`): the jobs table, the job folders, the worker processes, the
 queue, the watchdog and the pushes to the inference service.
 
-Life of a job: ``submit`` checks it and writes its private folder (``model.py``, the push token) and a
-``queued`` row; the monitor (every ``poll_interval``) starts queued jobs while fewer than
-``max_concurrent`` run, copies each worker's ``status.json`` into the table, applies the wall-clock limit,
-notices ended workers, and pushes bundles. All state is in the table and the job folders, so the service
+Life of a job: ``submit`` checks it, writes its folder (``model.py``; the push token goes to the service's
+own ``push_tokens/``) and a ``queued`` row; the monitor (every ``poll_interval``) starts queued jobs while
+fewer than ``max_concurrent`` run, copies each worker's ``status.json`` into the table, applies the
+wall-clock limit, notices ended workers, and pushes bundles. All state is in the table and the job folders, so the service
 can be killed at any time:
 
 * **restart**: workers run in their own sessions and survive the service; on start-up, a job whose worker
   is still alive (same pid *and* start time) is simply watched again; one whose worker ended meanwhile
   gets its result from ``status.json``; one whose worker died without a result is **resumed from its
   checkpoint** (at most ``max_resumes`` times), or marked ``interrupted`` when there is none.
+* **isolation** (:mod:`~mlaas4hep_lab.jobs.isolation`): each job runs under its owner's system account in a
+  bubblewrap sandbox where the machine allows it; a service that cannot isolate its jobs refuses them (503)
+  unless ``allow_unisolated`` is set. The job folder then belongs to the job: the service reads from it
+  only through :func:`~mlaas4hep_lab.jobs.runner.open_in` and keeps what it trusts in its own state folder
+  (0700): ``logs/ID.log``, ``push_tokens/ID``, ``bundles/ID.tar.gz`` (the copy it serves and pushes),
+  ``accounts.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import threading
@@ -29,9 +37,10 @@ from starlette.requests import Request
 from mlaas4hep_lab.auth import Authenticator, AuthError, User
 from mlaas4hep_lab.jobs import runner
 from mlaas4hep_lab.jobs.db import Job, JobDB
+from mlaas4hep_lab.jobs.isolation import Account, IsolationError, resolve
 from mlaas4hep_lab.jobs.settings import Settings
 from mlaas4hep_lab.jobs.submission import Submission
-from mlaas4hep_lab.serving import BadRequest, Conflict, Forbidden, NotFound, ServingError
+from mlaas4hep_lab.serving import BadRequest, Conflict, Forbidden, NotFound, ServingError, Unavailable
 
 __all__ = ["JobService"]
 
@@ -49,9 +58,19 @@ class JobService:
         self.settings = settings
         self.auth = Authenticator.from_settings(settings)
         settings.jobs_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(settings.state_dir, 0o700)
-        os.chmod(settings.jobs_dir, 0o700)
+        # job accounts without a sandbox reach their own folders by path through these: traverse, not list
+        private = 0o711 if settings.isolation == "users" else 0o700
+        os.chmod(settings.state_dir, private)
+        os.chmod(settings.jobs_dir, private)
+        for name in ("logs", "push_tokens", "bundles"):
+            (settings.state_dir / name).mkdir(mode=0o700, exist_ok=True)
+            os.chmod(settings.state_dir / name, 0o700)
         self.db = JobDB(settings.db_path)
+        for suffix in ("-wal", "-shm"):   # SQLite made them with the umask's mode, before the table's chmod
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(f"{settings.db_path}{suffix}", 0o600)
+        self.isolation = resolve(settings)
+        (log.info if self.isolation.mode != "none" else log.warning)("%s", self.isolation.describe())
         self.procs: dict[str, Any] = {}          # job id -> Popen of the workers this process started
         self._lock = threading.RLock()           # job state transitions (monitor thread vs routes)
         self._pushing: set[str] = set()
@@ -88,10 +107,25 @@ class JobService:
     def job_dir(self, job: Job) -> Path:
         return Path(job.job_dir)
 
+    def log_path(self, job: Job) -> Path:
+        """The job's log: in the service's state, where the job cannot swap it for a link to a secret."""
+        return self.settings.state_dir / "logs" / f"{job.id}.log"
+
+    def _token_path(self, job_id: str) -> Path:
+        return self.settings.state_dir / "push_tokens" / job_id
+
+    def _account(self, owner: str) -> Account | None:
+        try:
+            return self.isolation.account(owner)
+        except IsolationError as err:
+            raise Unavailable(f"cannot give your jobs their own system account: {err}") from err
+
     # -- submit / cancel / delete -----------------------------------------------------------------
     def submit(self, user: User, sub: Submission, name: str | None, push: dict[str, Any] | None,
                token: str | None) -> Job:
         s = self.settings
+        if not self.isolation.ready:
+            raise Unavailable(self.isolation.refusal())
         if s.max_jobs_per_user and self.db.count(user.name) >= s.max_jobs_per_user:
             raise TooMany(f"you have {s.max_jobs_per_user} jobs queued or running, this service's limit; wait "
                           "for one to end or cancel one (DELETE /jobs/{id})")
@@ -106,12 +140,13 @@ class JobService:
             if not token:
                 raise BadRequest("push: your request carries no token to push with")
             push = {"url": url, "name": push["name"], "shared": bool(push.get("shared"))}
+        self._account(user.name)   # created now: a failure is this request's answer, not a failed job
         job_id = self.db.new_id()
         folder = s.jobs_dir / job_id
         folder.mkdir(mode=0o700)
         _write_private(folder / "model.py", sub.model_source)
         if push is not None:
-            _write_private(folder / runner.TOKEN_FILE, token)
+            _write_private(self._token_path(job_id), token)
         spec = {"files": sub.files, "labels": sub.labels, "params": sub.params, "preproc": sub.preproc,
                 "model_kind": sub.model_kind, "warnings": sub.warnings}
         job = self.db.create(user.name, spec, folder, name=name or "", push=push, job_id=job_id)
@@ -130,7 +165,7 @@ class JobService:
                                   phase="cancelled"):
                     self._stop(job)
             self._forget_token(job)
-        _log_line(job, "cancelled by the user")
+        self._note(job, "cancelled by the user")
         return self.db.get(job.id) or job
 
     def delete(self, job: Job) -> None:
@@ -144,7 +179,11 @@ class JobService:
             self.procs.pop(job.id, None)
         folder = Path(job.job_dir)
         if folder.parent == self.settings.jobs_dir:  # never anything else, whatever the table says
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)   # fd-based: links in the job's folder are not followed
+        self._forget_token(job)
+        for path in (self.log_path(job), self.settings.state_dir / "bundles" / f"{job.id}.tar.gz"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     # -- the monitor ------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -179,8 +218,9 @@ class JobService:
                 if report.get("attempt") == job.attempts and report.get("status") in ("succeeded", "failed"):
                     self._finish(job, report)
                 else:
-                    self._fail(job, runner.exit_reason(rc, self.settings.memory_limit,
-                                                       self.settings.effective_cpu_limit))
+                    s = self.settings
+                    self._fail(job, runner.exit_reason(rc, s.memory_limit, s.effective_cpu_limit,
+                                                       sandboxed=self.isolation.sandboxed))
                 return
         elif not runner.is_alive(job.pid, job.pid_started):
             report = runner.read_status(folder)
@@ -196,7 +236,7 @@ class JobService:
             if self.db.update(job.id, only_if=("running",), status="failed", finished=time.time(), phase="failed",
                               error=f"time limit of {limit:g} s exceeded (wall clock{earlier}); the job was "
                                     "stopped. Use fewer events or epochs, or ask for a service with a larger limit"):
-                _log_line(job, f"time limit of {limit:g} s exceeded: stopping the job")
+                self._note(job, f"time limit of {limit:g} s exceeded: stopping the job")
                 self._stop(job)
                 self._forget_token(job)
 
@@ -206,15 +246,13 @@ class JobService:
             self.db.update(job.id, only_if=("running",), **values)
 
     def _finish(self, job: Job, report: dict[str, Any]) -> None:
-        folder = Path(job.job_dir)
         status = report["status"]
         bundle = None
         if status == "succeeded":
-            candidate = (folder / str(report.get("bundle") or "")).resolve()
-            if folder.resolve() in candidate.parents and candidate.is_file():
-                bundle = str(candidate)
-            else:
-                status, report = "failed", dict(report, error="the job ended without a bundle")
+            try:
+                bundle = self._collect_bundle(job, str(report.get("bundle") or ""))
+            except OSError as err:
+                status, report = "failed", dict(report, error=f"the job ended without a bundle ({err})")
         self.db.update(job.id, only_if=("running",), status=status, bundle=bundle,
                        finished=report.get("finished") or time.time(), progress=report.get("progress", 1.0),
                        phase=report.get("phase", status), metrics=report.get("metrics") or job.metrics,
@@ -227,28 +265,28 @@ class JobService:
     def _fail(self, job: Job, error: str) -> None:
         self.db.update(job.id, only_if=("running",), status="failed", finished=time.time(), phase="failed",
                        error=error)
-        _log_line(job, f"failed: {error}")
+        self._note(job, f"failed: {error}")
         self._forget_token(job)
 
     def _interrupted(self, job: Job, reason: str) -> None:
-        from mlaas4hep_lab.training.checkpoint import Checkpoint
-
-        has_checkpoint = Checkpoint(Path(job.job_dir) / runner.OUTPUT_DIR).load() is not None
+        has_checkpoint = _has_checkpoint(Path(job.job_dir))
         if has_checkpoint and job.attempts <= self.settings.max_resumes:
             used = job.used_seconds + _attempt_seconds(job)
             if self.db.update(job.id, only_if=("running",), status="queued", resume=True, pid=None,
                               pid_started=None, phase="queued to resume", used_seconds=used):
-                _log_line(job, f"{reason}; queued again, to resume from its last checkpoint")
+                self._note(job, f"{reason}; queued again, to resume from its last checkpoint")
             return
         why = "no checkpoint to resume from" if not has_checkpoint else \
             f"already resumed {job.attempts - 1} time(s)"
         self.db.update(job.id, only_if=("running",), status="interrupted", finished=time.time(),
                        phase="interrupted", error=f"{reason}; {why}")
-        _log_line(job, f"interrupted: {reason}; {why}")
+        self._note(job, f"interrupted: {reason}; {why}")
         self._forget_token(job)
 
     def _start_queued(self) -> None:
         s = self.settings
+        if not self.isolation.ready:   # queued before the service lost its isolation: they wait for it
+            return
         free = s.max_concurrent - self.db.count(status=("running",))
         for job in self.db.list(status=("queued",), limit=max(free, 0)) if free > 0 else []:
             self._start(job)
@@ -259,11 +297,16 @@ class JobService:
         attempt = job.attempts + 1
         spec = dict(job.spec, id=job.id, owner=job.owner, name=job.name or f"job-{job.id}",
                     resume=job.resume, attempt=attempt,
-                    limits={"memory": s.memory_limit, "cpu": s.effective_cpu_limit})
-        runner.write_json_atomic(folder / runner.SPEC_FILE, spec)
-        _log_line(job, f"starting attempt {attempt}" + (" (resuming)" if job.resume else ""))
-        try:
-            launched = runner.launch(folder, s.threads, s.pass_env)
+                    limits={"memory": s.memory_limit, "cpu": s.effective_cpu_limit},
+                    allowed_hosts=list(s.allowed_hosts))  # the worker checks input addresses again
+        self._note(job, f"starting attempt {attempt}" + (" (resuming)" if job.resume else ""))
+        try:   # IsolationError is an OSError too
+            account = self.isolation.account(job.owner)
+            _hand_over(folder, account)
+            runner.write_json_atomic(folder / runner.SPEC_FILE, spec,
+                                     owner=(account.uid, account.gid) if account else None)
+            launched = runner.launch(folder, s.threads, s.pass_env, log_file=self.log_path(job),
+                                     isolation=self.isolation, account=account)
         except OSError as err:
             self.db.update(job.id, only_if=("queued",), status="failed", finished=time.time(),
                            error=f"cannot start the worker process: {err}")
@@ -297,7 +340,7 @@ class JobService:
     def _push(self, job: Job) -> None:
         from mlaas4hep_lab.serving.client import Client, ServiceError
 
-        token_file = Path(job.job_dir) / runner.TOKEN_FILE
+        token_file = self._token_path(job.id)
         push = job.push or {}
         try:
             token = token_file.read_text().strip()
@@ -326,13 +369,37 @@ class JobService:
                     break
         self._forget_token(job)
         self.db.update(job.id, push_result=result)
-        _log_line(job, f"push to {push.get('url')}: " + ("done" if result["ok"] else f"failed: {result['error']}"))
+        self._note(job, f"push to {push.get('url')}: " + ("done" if result["ok"] else f"failed: {result['error']}"))
         self._pushing.discard(job.id)
 
     def _forget_token(self, job: Job) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._token_path(job.id).unlink()
+
+    def _collect_bundle(self, job: Job, relative: str) -> str:
+        """Copy the bundle the worker reported into the service's state (``bundles/ID.tar.gz``, 0600): what
+        is served and pushed is then a file the job can no longer change or replace with a link."""
+        target = self.settings.state_dir / "bundles" / f"{job.id}.tar.gz"
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+        with os.fdopen(runner.open_in(job.job_dir, relative), "rb") as source:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    shutil.copyfileobj(source, out, 1 << 20)
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        return str(target)
+
+    def _note(self, job: Job, message: str) -> None:
+        """A line of the service's own in the job's log, so the user sees what happened to the job."""
         try:
-            (Path(job.job_dir) / runner.TOKEN_FILE).unlink()
-        except FileNotFoundError:
+            fd = os.open(self.log_path(job), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "a") as f:
+                f.write(f"[{time.strftime('%H:%M:%S')}] service: {message}\n")
+        except OSError:
             pass
 
     def counts(self) -> dict[str, int]:
@@ -349,13 +416,25 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
-def _log_line(job: Job, message: str) -> None:
-    """A line of the service's own in the job's log, so the user sees what happened to the job."""
-    try:
-        with open(Path(job.job_dir) / runner.LOG_FILE, "a") as f:
-            f.write(f"[{time.strftime('%H:%M:%S')}] service: {message}\n")
-    except OSError:
-        pass
+def _hand_over(folder: Path, account: Account | None) -> None:
+    """Give a job folder the service still owns (a new job, or one queued before isolation) and its model.py
+    to the job's account. A folder the account owns already is left alone: its content is the job's."""
+    if account is None or os.lstat(folder).st_uid != os.geteuid():
+        return
+    os.chown(folder / "model.py", account.uid, account.gid, follow_symlinks=False)
+    os.chown(folder, account.uid, account.gid, follow_symlinks=False)
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    """Whether the job left a checkpoint to resume from (what ``Checkpoint.load`` would find), looked at
+    without following links: the folder is the job's."""
+    for name in ("checkpoint", "checkpoint.old", "checkpoint.new"):
+        try:
+            os.close(runner.open_in(folder, f"{runner.OUTPUT_DIR}/{name}/state.json"))
+            return True
+        except OSError:
+            continue
+    return False
 
 
 
@@ -366,7 +445,7 @@ def _attempt_seconds(job: Job) -> float:
         return 0.0
     last = job.updated
     try:
-        last = max(last, (Path(job.job_dir) / runner.STATUS_FILE).stat().st_mtime)
+        last = max(last, os.stat(Path(job.job_dir) / runner.STATUS_FILE, follow_symlinks=False).st_mtime)
     except OSError:
         pass
     return max(0.0, min(last, time.time()) - job.started)

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from mlaas4hep_lab.errors import ConfigError
+from mlaas4hep_lab.jobs.isolation import MODES as ISOLATION_MODES
+from mlaas4hep_lab.jobs.netpolicy import parse_allowed_hosts
 from mlaas4hep_lab.serving.settings import AuthSettings, env_setting, url_prefix
 
 __all__ = ["Settings", "parse_size", "SUBMIT_SCOPE"]
@@ -49,6 +51,10 @@ def parse_size(value: Any, key: str = "memory_limit") -> int:
     return int(number * 1024 ** " kmgt".index(unit or " "))
 
 
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in raw.split(",") if s.strip())
+
+
 def _paths(raw: str) -> tuple[Path, ...]:
     return tuple(Path(p) for p in raw.split(os.pathsep) if p.strip())
 
@@ -69,6 +75,10 @@ class Settings(AuthSettings):
     # -- what a job may read: local paths must lie below one of these folders (os.pathsep-separated);
     # none: only root:// and http(s):// URLs are accepted [MLAAS4HEP_JOBS_DATA_ROOTS]
     data_roots: tuple[Path, ...] = field(default_factory=lambda: _paths(env_setting("MLAAS4HEP_JOBS_DATA_ROOTS", "")))
+    # input URLs (files, params 'redirector') must name hosts whose addresses are all public; these hosts are
+    # allowed although they are loopback, link-local or private (a site's XRootD redirector): host names,
+    # host:port, IP addresses, [v6]:port, CIDR networks, comma-separated [MLAAS4HEP_JOBS_ALLOWED_HOSTS]
+    allowed_hosts: tuple[str, ...] = field(default_factory=lambda: _list(env_setting("MLAAS4HEP_JOBS_ALLOWED_HOSTS", "")))
 
     # -- limits of each job (its own process and process group)
     max_concurrent: int = field(default_factory=lambda: env_setting("MLAAS4HEP_JOBS_MAX_CONCURRENT", 1, int))
@@ -109,6 +119,19 @@ class Settings(AuthSettings):
     admins: tuple[str, ...] = field(default_factory=lambda: tuple(
         s.strip() for s in env_setting("MLAAS4HEP_JOBS_ADMINS", "").split(",") if s.strip()))
 
+    # -- isolation of each job from the service, from other users' jobs and from the machine
+    # (mlaas4hep_lab/jobs/isolation.py): auto (users+bwrap as root, bwrap otherwise, if it works here),
+    # users+bwrap (an account per user, in a bubblewrap sandbox), users, bwrap, none [MLAAS4HEP_JOBS_ISOLATION]
+    isolation: str = field(default_factory=lambda: env_setting("MLAAS4HEP_JOBS_ISOLATION", "auto"))
+    # run jobs although they cannot be isolated (or isolation is none); otherwise such a service refuses
+    # them (503) [MLAAS4HEP_JOBS_ALLOW_UNISOLATED]
+    allow_unisolated: bool = field(default_factory=lambda: env_setting("MLAAS4HEP_JOBS_ALLOW_UNISOLATED", False,
+                                                                       bool))
+    # more folders or files jobs must not see in their sandbox (the hub's state, ...), os.pathsep-separated;
+    # the state dir, the tokens file and $MLAAS4HEP_STORE (the inference service's store) always are hidden
+    # [MLAAS4HEP_JOBS_HIDE]
+    hide_paths: tuple[Path, ...] = field(default_factory=lambda: _paths(env_setting("MLAAS4HEP_JOBS_HIDE", "")))
+
     def __post_init__(self) -> None:
         self.check_auth()
         self.state_dir = Path(self.state_dir).expanduser().resolve()
@@ -116,6 +139,10 @@ class Settings(AuthSettings):
         self.data_roots = tuple(Path(p).expanduser().resolve() for p in self.data_roots)
         self.memory_limit = parse_size(self.memory_limit)
         self.admins, self.pass_env = tuple(self.admins), tuple(self.pass_env)
+        if isinstance(self.allowed_hosts, str):
+            self.allowed_hosts = _list(self.allowed_hosts)
+        self.allowed_hosts = tuple(str(h).strip() for h in self.allowed_hosts if str(h).strip())
+        parse_allowed_hosts(self.allowed_hosts)  # a bad entry fails at start-up, named, not at the first job
         for name in ("max_concurrent", "threads", "max_body_bytes", "max_json_depth", "max_files"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -136,6 +163,14 @@ class Settings(AuthSettings):
         for root in self.data_roots:
             if not root.is_dir():
                 raise ConfigError(f"data root {root} is not a folder", key="data_roots")
+        self.isolation = str(self.isolation).strip().lower()
+        if self.isolation not in ISOLATION_MODES:
+            raise ConfigError(f"unknown isolation {self.isolation!r}; one of {', '.join(ISOLATION_MODES)}", key="isolation")
+        self.hide_paths = tuple(Path(p).expanduser().resolve() for p in self.hide_paths)
+        for path in self.hide_paths:   # a typo must not leave something visible that was meant to be hidden
+            if not path.exists():
+                raise ConfigError(f"{path} does not exist; a path to hide from jobs must exist when the service "
+                                  "starts", key="hide_paths")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:

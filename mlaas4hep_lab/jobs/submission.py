@@ -5,7 +5,9 @@ a failed job.
 * files: ``root://``, ``roots://``, ``http(s)://`` URLs, or local paths that resolve (symbolic links
   followed) inside one of the service's data roots; ``..`` is refused outright; a relative path is looked
   up in each data root; a local path not found there is sent to params ``redirector`` when one is set
-  (the original files.txt rule), otherwise refused;
+  (the original files.txt rule), otherwise refused. A URL (and the redirector) must name a host whose
+  addresses are all public, or one of the service's ``allowed_hosts``
+  (:mod:`mlaas4hep_lab.jobs.netpolicy`): a job never reads from this machine or its private network;
 * labels: numbers, one per file;
 * params: :func:`mlaas4hep_lab.params.load_params` (unknown keys come back as warnings);
 * preproc: :meth:`mlaas4hep_lab.data.preprocess.Preproc.from_json` (expressions compiled by the safe
@@ -25,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mlaas4hep_lab.errors import ConfigError, ExpressionError, MLaaSError
+from mlaas4hep_lab.jobs.netpolicy import AddressPolicy, AddressRefused
 from mlaas4hep_lab.serving import BadRequest, ServingError
 
 __all__ = ["Submission", "check_submission", "resolve_files", "check_model", "MAX_MODEL_SOURCE"]
@@ -60,8 +63,13 @@ def _local_candidates(path: str, roots: tuple[Path, ...]) -> list[Path]:
     return [p] if p.is_absolute() else [root / p for root in roots]
 
 
-def resolve_files(files: list[str], roots: tuple[Path, ...], redirector: str = "") -> list[str]:
-    """Each entry as the worker will open it (see the module docstring); BadRequest names the bad one."""
+def resolve_files(files: list[str], roots: tuple[Path, ...], redirector: str = "",
+                  allowed_hosts: tuple[str, ...] | AddressPolicy = ()) -> list[str]:
+    """Each entry as the worker will open it (see the module docstring); BadRequest names the bad one.
+
+    ``allowed_hosts``: the service's setting (or a policy made from it) that lets URLs name hosts on
+    loopback or private addresses."""
+    policy = allowed_hosts if isinstance(allowed_hosts, AddressPolicy) else AddressPolicy(allowed_hosts)
     out = []
     for i, raw in enumerate(files):
         where = f"files[{i}] {raw!r}"
@@ -75,6 +83,7 @@ def resolve_files(files: list[str], roots: tuple[Path, ...], redirector: str = "
             if match.group(1).lower() not in _SCHEMES:
                 raise BadRequest(f"{where}: scheme {match.group(1)!r} is not read by this service; use "
                                  f"{', '.join(s + '://' for s in _SCHEMES)} or a path below a data root")
+            _check_address(policy, entry, where)
             out.append(entry)
             continue
         local = entry[len("file://"):] if entry.startswith("file://") else entry
@@ -95,7 +104,9 @@ def resolve_files(files: list[str], roots: tuple[Path, ...], redirector: str = "
         if found is not None:
             out.append(str(found))
         elif redirector:
-            out.append(redirector.rstrip("/") + "//" + local.lstrip("/"))
+            url = redirector.rstrip("/") + "//" + local.lstrip("/")
+            _check_address(policy, url, f"{where} (not found locally, so read through params 'redirector')")
+            out.append(url)
         elif not roots:
             raise BadRequest(f"{where}: this service reads no local files (it has no data roots); "
                              f"give root:// or http(s):// URLs")
@@ -103,6 +114,13 @@ def resolve_files(files: list[str], roots: tuple[Path, ...], redirector: str = "
             raise BadRequest(f"{where}: file not found below the data roots ({', '.join(map(str, roots))}); "
                              "check the path, or set params 'redirector' to read it remotely")
     return out
+
+
+def _check_address(policy: AddressPolicy, url: str, where: str) -> None:
+    try:
+        policy.check_url(url, where)
+    except AddressRefused as err:
+        raise BadRequest(str(err)) from None
 
 
 def check_model(model: str) -> tuple[str, str]:
@@ -140,8 +158,11 @@ def _labels(labels: list[float] | str, n_files: int) -> list[float]:
     return [float(v) for v in labels]
 
 
-def check_submission(req, roots: tuple[Path, ...], max_files: int = 1000) -> Submission:
-    """Validate a :class:`~mlaas4hep_lab.jobs.schemas.SubmitRequest`; raises a 4xx ServingError."""
+def check_submission(req, roots: tuple[Path, ...], max_files: int = 1000,
+                     allowed_hosts: tuple[str, ...] = ()) -> Submission:
+    """Validate a :class:`~mlaas4hep_lab.jobs.schemas.SubmitRequest`; raises a 4xx ServingError.
+
+    ``allowed_hosts``: the service's setting of that name (hosts input URLs may name although private)."""
     from mlaas4hep_lab.params import load_params
 
     files = _lines(req.files) if isinstance(req.files, str) else list(req.files)
@@ -160,7 +181,13 @@ def check_submission(req, roots: tuple[Path, ...], max_files: int = 1000) -> Sub
         raise Invalid(f"params: {err}") from None
     if params.redirector and not _URL.match(params.redirector):
         raise Invalid(f"params: key 'redirector': {params.redirector!r} is not a root:// or http(s):// URL")
-    resolved = resolve_files(files, roots, params.redirector)
+    policy = AddressPolicy(allowed_hosts)
+    if params.redirector:
+        try:
+            policy.check_url(params.redirector, f"params: key 'redirector' {params.redirector!r}")
+        except AddressRefused as err:
+            raise Invalid(str(err)) from None
+    resolved = resolve_files(files, roots, params.redirector, policy)
     preproc = None
     if req.preproc:
         from mlaas4hep_lab.data.preprocess import Preproc

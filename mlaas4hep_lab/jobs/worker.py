@@ -7,7 +7,10 @@ events in ``output/metrics.jsonl``, evaluation and the bundle in ``output/bundle
 
 It reports in ``JOB_DIR/status.json`` (replaced atomically): status, phase, progress, latest metrics, and at
 the end the result or a clear error. Its output (one line per training step, tracebacks) goes to the job
-log. The user's model.py runs here, never in the service.
+log. The user's model.py runs here, never in the service: under its owner's system account, in a sandbox
+where the service isolates its jobs (see :mod:`mlaas4hep_lab.jobs.runner` for what it can and cannot touch).
+The ``pid`` it reports is its own as it sees it (inside the sandbox's PID namespace, a small number); the
+service identifies the process by the pid it started.
 """
 
 from __future__ import annotations
@@ -104,6 +107,10 @@ def run(job_dir: Path, spec: dict[str, Any], reporter: Reporter) -> dict[str, An
     reporter.write(phase="specs", progress=0.01)
     print(f"job {spec['id']} of {spec['owner']}: {len(spec['files'])} files, model {spec['model_kind']}"
           + (" (resuming from the checkpoint)" if spec.get("resume") else ""), flush=True)
+    from mlaas4hep_lab.jobs.netpolicy import enforce_in_worker
+
+    # input addresses again, here: a name may resolve elsewhere now (DNS rebinding), a server may redirect
+    enforce_in_worker(spec["files"], params.get("redirector") or "", spec.get("allowed_hosts") or ())
     inputs = load_inputs(spec["files"], spec["labels"], params, spec.get("preproc") or None)
     specs = ensure_specs(inputs, out / "specs.json", recompute=not spec.get("resume"), progress=False)
     print(f"specs: {specs.n_features} features, {specs.events.get('total')} events after cuts", flush=True)

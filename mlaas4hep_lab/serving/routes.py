@@ -4,6 +4,7 @@ Open Inference Protocol v2 with the raw-events and store routes, service). See :
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from typing import Any
 
@@ -95,7 +96,7 @@ def _tfaas_router(svc: Service) -> APIRouter:
         events, ``keys`` names their features in any order; returns a list of floats, one per event."""
         return await svc.predict_json(request, user)
 
-    @router.post("/upload", status_code=201, response_model=S.UploadResponse)
+    @router.post("/upload", status_code=201, response_model=S.UploadResponse, openapi_extra=S.UPLOAD_DOC)
     async def upload(request: Request, name: str | None = None, version: str | None = None,
                      shared: bool | None = None, user: User = user_dep):
         """Upload a bundle: the tarball as the body (``application/gzip``, query ``name``, ``version``,
@@ -148,7 +149,10 @@ def _bundle_files(svc: Service, state: dict[str, Any], version: str) -> dict[str
 
 
 async def _upload(svc: Service, request: Request, user: User, name, version, shared) -> dict[str, Any]:
-    upload = await S.read_upload(request, svc.store.root / ".staging", name, version, shared)
+    """Stream the upload to ``.staging`` and hand it to the store; the staged file goes whatever happens
+    (the store removes its own extraction folder)."""
+    upload = await S.read_upload(request, svc.store.root / ".staging", name, version, shared,
+                                 svc.settings.max_json_depth)
     try:
         if upload.bare:  # the original TFaaS form with a bare model file (ONNX here)
             return await asyncio.to_thread(svc.store.ingest_onnx, user.name, upload.path, upload.name,
@@ -156,7 +160,8 @@ async def _upload(svc: Service, request: Request, user: User, name, version, sha
         return await asyncio.to_thread(svc.store.ingest, user.name, upload.path, upload.name, upload.version,
                                        upload.shared)
     finally:
-        os.unlink(upload.path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(upload.path)
 
 
 def _v2_router(svc: Service) -> APIRouter:
@@ -271,7 +276,9 @@ def _admin_router(svc: Service) -> APIRouter:
 
     @router.get("/whoami", response_model=S.WhoAmI)
     async def whoami(user: User = user_dep):
-        return _json({"name": user.name, "source": user.source, "groups": list(user.groups)})
+        """Who the token says you are, and what you store against your quota (0: no limit)."""
+        return _json({"name": user.name, "source": user.source, "groups": list(user.groups),
+                      "usage": svc.store.usage(user.name)})
 
     @router.get("/openapi.json", include_in_schema=False)
     async def openapi(request: Request, user: User = user_dep):

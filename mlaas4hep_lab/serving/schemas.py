@@ -9,6 +9,7 @@ numbers). Every refusal is a :class:`~mlaas4hep_lab.serving.BadRequest` (400) or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tarfile
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mlaas4hep_lab.errors import MLaaSError, close_matches
@@ -29,7 +29,7 @@ __all__ = ["parse_body", "load_json", "JsonRequest", "InferInput", "InferRequest
            "InferOutput", "InferResponse", "EventsRequest", "EventsResponse", "TagRequest", "ShareRequest",
            "ModelSummary", "ModelMetadata", "TensorMetadata", "ServerMetadata", "UploadResponse",
            "DeleteResponse", "ErrorResponse", "Health", "Ready", "WhoAmI", "BODY_MODELS", "json_matrix",
-           "infer_matrix", "events_matrix", "read_upload", "Upload", "body_doc", "model_metadata"]
+           "infer_matrix", "events_matrix", "read_upload", "Upload", "body_doc", "UPLOAD_DOC", "model_metadata"]
 
 M = TypeVar("M", bound=BaseModel)
 Version = Annotated[str | int, Field(description="a version (e.g. 3) or a tag (latest, prod)")]
@@ -199,6 +199,8 @@ class WhoAmI(BaseModel):
     name: str
     source: str
     groups: list[str]
+    usage: dict[str, int] | None = Field(default=None, description="bytes and versions stored, and the quota "
+                                         "(quota_bytes, quota_versions; 0: no limit)")
 
 
 # -- uploads ---------------------------------------------------------------------------------------
@@ -219,16 +221,18 @@ class Upload:
 
 
 async def read_upload(request, staging: Path, name: str | None, version: str | None,
-                      shared: bool | None) -> Upload:
+                      shared: bool | None, max_depth: int = 32) -> Upload:
     """Stream ``POST /upload`` to a file under ``staging``: the body itself (a bundle tarball), or the
     file field of a multipart form (``bundle``, ``file``, ``model``...) with its text fields ``name``,
-    ``version``, ``shared`` and, as the original TFaaS form has them, ``params`` and ``labels`` files."""
-    fd, path = tempfile.mkstemp(prefix="upload-", suffix=".bin", dir=staging)
-    os.close(fd)
+    ``version``, ``shared`` and, as the original TFaaS form has them, ``params`` and ``labels`` files
+    (``params`` JSON nested at most ``max_depth`` levels). Whatever fails (a bad field, the client gone
+    mid-upload, a cancelled request), the file is removed before the error goes on."""
+    # named after this process: a restarted server removes what a killed one left, not its siblings' files
+    fd, path = tempfile.mkstemp(prefix=f"upload-{os.getpid()}-", suffix=".bin", dir=staging)
     upload = Upload(path, name or None, version or None, shared)
     form = None
     try:
-        with open(path, "wb") as out:
+        with os.fdopen(fd, "wb") as out:
             if request.headers.get("content-type", "").startswith("multipart/form-data"):
                 form = await request.form(max_files=8, max_fields=32)
                 field = next((form[k] for k in UPLOAD_FIELDS if hasattr(form.get(k), "read")), None)
@@ -246,29 +250,46 @@ async def read_upload(request, staging: Path, name: str | None, version: str | N
             raise BadRequest("empty upload: send a bundle .tar.gz as the body or in a form field 'bundle'")
         if form is not None and not await asyncio.to_thread(tarfile.is_tarfile, path):
             upload.bare = True
-            upload.params, upload.labels = await _form_extras(form)
+            upload.params, upload.labels = await _form_extras(form, max_depth)
         return upload
     except BaseException:
-        os.unlink(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
         raise
     finally:
         if form is not None:
-            await form.close()
+            with contextlib.suppress(Exception):  # closing spooled files must not hide the real error
+                await form.close()
 
 
-async def _form_extras(form) -> tuple[dict[str, Any] | None, list[str] | None]:
+_FORM_FILE_BYTES = 1 << 20  # params.json and labels.txt of the original TFaaS form
+
+
+async def _form_extras(form, max_depth: int) -> tuple[dict[str, Any] | None, list[str] | None]:
+    """``params`` (JSON object, depth-checked on its bytes before it is parsed) and ``labels`` (one per
+    line) of the original TFaaS form: text fields or files, each at most 1 MiB."""
     params = labels = None
-    if hasattr(form.get("params"), "read"):
+    given = {k for k in ("params", "labels") if hasattr(form.get(k), "read") or str(form.get(k) or "").strip()}
+    if "params" in given:
+        raw = await _form_bytes(form, "params")
         try:
-            params = orjson.loads(await form["params"].read(1 << 20))
-        except orjson.JSONDecodeError as err:
-            raise BadRequest(f"params is not JSON: {err}") from None
+            params = load_json(raw, max_depth, what="params")
+        except BadRequest as err:  # the depth refusal does not say which field
+            raise BadRequest(str(err) if "params" in str(err) else f"params: {err}") from None
         if not isinstance(params, dict):
-            raise BadRequest("params must be a JSON object")
-    if hasattr(form.get("labels"), "read"):
-        raw = (await form["labels"].read(1 << 20)).decode("utf-8", "replace")
+            raise BadRequest("params must be a JSON object, e.g. {\"features\": [\"pt\", \"eta\"]}")
+    if "labels" in given:
+        raw = (await _form_bytes(form, "labels")).decode("utf-8", "replace")
         labels = [line.strip() for line in raw.splitlines() if line.strip()][:1000]
     return params, labels
+
+
+async def _form_bytes(form, key: str) -> bytes:
+    value = form[key]
+    data = value.encode() if isinstance(value, str) else await value.read(_FORM_FILE_BYTES + 1)
+    if len(data) > _FORM_FILE_BYTES:
+        raise BadRequest(f"form field {key!r} is larger than {_FORM_FILE_BYTES} bytes")
+    return data
 
 
 # bodies parsed by parse_body (their schemas are added to the OpenAPI document by the app)
@@ -279,6 +300,19 @@ def body_doc(model: type) -> dict[str, Any]:
     """OpenAPI requestBody of a route that parses its body itself (orjson, depth check, strict model)."""
     return {"requestBody": {"required": True, "content": {"application/json": {
         "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
+_BINARY = {"type": "string", "format": "binary"}
+# POST /upload's body, which read_upload streams itself: documented so that clients and fuzzers send one
+UPLOAD_DOC = {"requestBody": {"required": True, "content": {
+    "application/gzip": {"schema": dict(_BINARY, description="the bundle .tar.gz (query: name, version, shared)")},
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "bundle": dict(_BINARY, description="the bundle .tar.gz (also accepted in a field file, tarball, archive)"),
+        "model": dict(_BINARY, description="the original TFaaS form: a bare ONNX file, with params and labels"),
+        "params": dict(_BINARY, description="TFaaS form: params JSON with features"),
+        "labels": dict(_BINARY, description="TFaaS form: one label per line"),
+        "name": {"type": "string"}, "version": {"type": "string"},
+        "shared": {"type": "string", "description": "1, true, yes or on to share it"}}}}}}}
 
 
 def model_metadata(name: str, state: dict[str, Any], version: str, platform: str) -> dict[str, Any]:

@@ -43,8 +43,7 @@ class Service:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.auth = Authenticator.from_settings(settings)
-        self.store = ModelStore(settings.store_dir, settings.runtime, settings.runtime_threads,
-                                settings.max_tar_members, settings.max_tar_bytes)
+        self.store = ModelStore.from_settings(settings)
         self.metrics = Metrics()
         self.executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="mlaas4hep-infer")
         self.depth = settings.max_json_depth

@@ -131,8 +131,22 @@ class Settings(AuthSettings):
     max_body_bytes: int = field(default_factory=lambda: env_setting("MLAAS4HEP_MAX_BODY", 1 * MiB, int))
     max_upload_bytes: int = field(default_factory=lambda: env_setting("MLAAS4HEP_MAX_UPLOAD", 500 * MiB, int))
     max_json_depth: int = 32
-    max_tar_members: int = 10_000
-    max_tar_bytes: int = 2 << 30  # unpacked size of an uploaded bundle
+    # an uploaded tarball is unpacked in one pass that stops at the first member or byte over these caps
+    # (whatever its headers claim): members [MLAAS4HEP_MAX_TAR_MEMBERS], bytes of one member
+    # [MLAAS4HEP_MAX_TAR_MEMBER_BYTES], unpacked bytes in all [MLAAS4HEP_MAX_TAR_BYTES]
+    max_tar_members: int = field(default_factory=lambda: env_setting("MLAAS4HEP_MAX_TAR_MEMBERS", 10_000, int))
+    max_tar_member_bytes: int = field(default_factory=lambda: env_setting("MLAAS4HEP_MAX_TAR_MEMBER_BYTES",
+                                                                          2 << 30, int))
+    max_tar_bytes: int = field(default_factory=lambda: env_setting("MLAAS4HEP_MAX_TAR_BYTES", 2 << 30, int))
+    # unpacked bytes per uploaded byte above which an upload is refused as a compression bomb (checked
+    # past 16 MiB unpacked; real models compress 1-10x, zeros 1000x); 0: no check [MLAAS4HEP_MAX_TAR_RATIO]
+    max_tar_ratio: float = field(default_factory=lambda: env_setting("MLAAS4HEP_MAX_TAR_RATIO", 100.0, float))
+
+    # -- quotas, per owner over all their models; 0: no limit (over one: 413 saying what is used)
+    # unpacked bytes of the stored bundles [MLAAS4HEP_QUOTA_BYTES]
+    quota_bytes: int = field(default_factory=lambda: env_setting("MLAAS4HEP_QUOTA_BYTES", 10 << 30, int))
+    # model versions [MLAAS4HEP_QUOTA_VERSIONS]
+    quota_versions: int = field(default_factory=lambda: env_setting("MLAAS4HEP_QUOTA_VERSIONS", 100, int))
 
     def __post_init__(self) -> None:
         self.check_auth()
@@ -142,12 +156,15 @@ class Settings(AuthSettings):
             raise ConfigError(f"unknown runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}",
                               key="runtime")
         for name in ("port", "workers", "runtime_threads", "max_batch", "queue_size", "inference_threads",
-                     "max_body_bytes", "max_upload_bytes", "max_json_depth", "max_tar_members", "max_tar_bytes"):
+                     "max_body_bytes", "max_upload_bytes", "max_json_depth", "max_tar_members",
+                     "max_tar_member_bytes", "max_tar_bytes", "quota_bytes", "quota_versions"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "port" else 1):
-                raise ConfigError(f"must be a positive integer, not {value!r}", key=name)
-        if self.max_delay_ms < 0 or self.inline_rows < 0:
-            raise ConfigError("max_delay_ms and inline_rows must not be negative")
+            least = 0 if name in ("port", "quota_bytes", "quota_versions") else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ConfigError(f"must be {'a non-negative' if least == 0 else 'a positive'} integer, not "
+                                  f"{value!r}", key=name)
+        if self.max_delay_ms < 0 or self.inline_rows < 0 or self.max_tar_ratio < 0:
+            raise ConfigError("max_delay_ms, inline_rows and max_tar_ratio must not be negative")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:

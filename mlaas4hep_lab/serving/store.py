@@ -1,14 +1,31 @@
 """The model store on disk: ``<root>/<owner>/<name>/<version>/`` (one extracted bundle each).
 
-``<root>/<owner>/<name>/model.json`` holds the model's state: versions (with metadata from the manifest
-and a ``stamp`` that changes on every upload), tags (``latest`` moves on each upload; others such as
-``prod`` are set by the owner) and whether the model is shared. All state is on disk, written atomically
-(temporary file + rename), so a restarted server serves what it served before; ``<root>/.generation``
-changes on every change, so several server processes over one store see each other's uploads.
+``<root>/<owner>/<name>/model.json`` holds the model's state: versions (with metadata from the manifest,
+their size and a ``stamp`` that changes on every upload), tags and whether the model is shared. All state
+is on disk, written atomically (temporary file + rename), so a restarted server serves what it served
+before; ``<root>/.generation`` changes on every change, so several server processes over one store see
+each other's uploads.
 
-An upload is checked (tar members, sizes), extracted into ``<root>/.staging``, loaded (runtime built and
-a test prediction made), and only then moved into place and activated: until that moment the previous
-version keeps serving, and a model that cannot be served is refused with the reason.
+``latest`` is the highest version number, as Triton's ``latest`` version policy has it: versions that are
+numbers compare as numbers (10 after 9), so uploading version 3 after 5 leaves ``latest`` at 5, and
+deleting 5 moves it to the next highest. Versions that are not numbers (``?version=test``) are served
+under their name but become ``latest`` only while the model has no numbered version; then the most
+recently uploaded of them is. An upload without a version gets the next number. Other tags (``prod``...)
+are set by the owner and stay on the version they were set on.
+
+An upload is extracted into ``<root>/.staging`` in one bounded pass (:func:`.archive.extract_upload`:
+member count, bytes per member and in all, compression ratio; manifest.json checked as it arrives),
+loaded (runtime built and a test prediction made), and only then moved into place and activated: until
+that moment the previous version keeps serving, and a model that cannot be served is refused with the
+reason. Whatever fails, the upload's staging files are removed; at start-up, those of dead processes too.
+
+Each owner has a quota of bytes (the unpacked bundles) and of model versions (``quota_bytes``,
+``quota_versions``; 0: no limit). An upload that would go over it is refused with 413 (a 4xx: the user
+can fix it by deleting versions, and clients do not retry it), saying what is used and what the limit
+is; a version replaced by an upload is not counted twice, and deleting frees its share at once.
+
+The store is private to the service: folders are created 0700 and files 0600, whatever modes an archive
+gives (and an older store is brought to these modes at start-up).
 
 Models belong to their uploader. Others may read (predict, metadata) a model only when it is shared, and
 address it as ``owner:name`` (``owner/name`` is accepted in request bodies, ``owner%2Fname`` in URLs).
@@ -25,9 +42,7 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +50,21 @@ from typing import Any
 
 import numpy as np
 
-from mlaas4hep_lab.bundle import Bundle, safe_extract
+from mlaas4hep_lab.bundle import Bundle
 from mlaas4hep_lab.errors import MLaaSError
-from mlaas4hep_lab.serving import BadRequest, Forbidden, NotFound
-from mlaas4hep_lab.serving.archive import check_archive, check_bundle_sizes, file_sha256
+from mlaas4hep_lab.serving import BadRequest, Forbidden, NotFound, TooLarge
+from mlaas4hep_lab.serving.archive import check_bundle_sizes, extract_upload, file_sha256
+from mlaas4hep_lab.serving.files import (
+    atomic_write,
+    clear_scratch,
+    human_size,
+    private_dir,
+    private_dirs,
+    scratch_dir,
+    tighten,
+    tree_bytes,
+)
+from mlaas4hep_lab.serving.quota import Quota, QuotaExceeded
 from mlaas4hep_lab.serving.runtime import (
     PLATFORMS,
     RUNTIME_ORDER,
@@ -48,8 +74,9 @@ from mlaas4hep_lab.serving.runtime import (
     onnx_bundle,
     probe_runtime,
 )
+from mlaas4hep_lab.untar import TarLimits
 
-__all__ = ["ModelStore", "LoadedModel", "check_archive", "split_ref", "NAME_PATTERN"]
+__all__ = ["ModelStore", "LoadedModel", "QuotaExceeded", "latest_version", "split_ref", "NAME_PATTERN"]
 
 log = logging.getLogger(__name__)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$"
@@ -64,7 +91,18 @@ def _now() -> str:
 
 
 def _version_key(v: str) -> tuple:
-    return (0, int(v), "") if v.isdigit() else (1, 0, v)
+    return (0, int(v), v) if v.isdigit() else (1, 0, v)
+
+
+def latest_version(versions: dict[str, dict[str, Any]]) -> str | None:
+    """What ``latest`` means: the highest numbered version; with none numbered, the most recently
+    uploaded one (``seq`` counts a model's uploads); None for no versions."""
+    numbered = [v for v in versions if v.isdigit()]
+    if numbered:
+        return max(numbered, key=_version_key)
+    if not versions:
+        return None
+    return max(versions, key=lambda v: (versions[v].get("seq", 0), versions[v].get("uploaded") or "", v))
 
 
 def split_ref(ref: str, default_owner: str) -> tuple[str, str]:
@@ -110,27 +148,44 @@ class ModelStore:
     Args:
         root: the store's folder (created when missing).
         runtime: ``auto``, ``onnx`` or ``tf``; runtime_threads: intra-op threads of each runtime.
-        max_members, max_bytes: caps on an uploaded archive.
+        max_members, max_bytes: caps on an uploaded archive (members; unpacked bytes in all).
+        max_member_bytes: cap on one member (default: ``max_bytes``); max_ratio: unpacked per packed byte
+            above which an archive is taken for a compression bomb (0: no check).
+        quota_bytes, quota_versions: per owner, over all their models (0: no limit).
     """
 
     def __init__(self, root: str | Path, runtime: str = "auto", runtime_threads: int = 1,
-                 max_members: int = 10_000, max_bytes: int = 2 << 30):
+                 max_members: int = 10_000, max_bytes: int = 2 << 30, *, max_member_bytes: int | None = None,
+                 max_ratio: float = 0.0, quota_bytes: int = 0, quota_versions: int = 0):
         self.root = Path(root).resolve()
         self.runtime, self.runtime_threads = runtime, runtime_threads
         self.max_members, self.max_bytes = max_members, max_bytes
-        self.root.mkdir(parents=True, exist_ok=True)
-        for scratch in (".staging", ".trash"):
-            (self.root / scratch).mkdir(exist_ok=True)
-            for left in (self.root / scratch).iterdir():  # left over by a killed process (not a live upload)
-                if time.time() - left.stat().st_mtime > 3600:
-                    shutil.rmtree(left, ignore_errors=True) if left.is_dir() else left.unlink(missing_ok=True)
+        self.max_member_bytes, self.max_ratio = max_member_bytes or max_bytes, max_ratio
+        self.quota = Quota(quota_bytes, quota_versions)
+        private_dir(self.root, parents=True)
+        tighten(self.root)  # a store written by an older version had 0755/0644
+        clear_scratch(self.root / ".staging")  # what killed processes left, not other workers' uploads
+        clear_scratch(self.root / ".trash", everything=True)
         self._lock = threading.RLock()
         self._load_locks: dict[tuple[str, str, str], threading.Lock] = {}
         self._index: dict[tuple[str, str], dict[str, Any]] = {}
         self._loaded: dict[tuple[str, str, str], LoadedModel] = {}
         self._generation: tuple | None = None
         self._generation_file = str(self.root / _GENERATION)
+        self._sizes: dict[tuple, int] = {}  # (owner, name, version, stamp) -> bytes, for states without them
         self.reload()
+
+    @classmethod
+    def from_settings(cls, settings) -> ModelStore:
+        """The store of a service's :class:`~mlaas4hep_lab.serving.settings.Settings`."""
+        return cls(settings.store_dir, settings.runtime, settings.runtime_threads, settings.max_tar_members,
+                   settings.max_tar_bytes, max_member_bytes=settings.max_tar_member_bytes,
+                   max_ratio=settings.max_tar_ratio, quota_bytes=settings.quota_bytes,
+                   quota_versions=settings.quota_versions)
+
+    def scratch(self, kind: str = ".staging") -> Path:
+        """A new private folder for one upload (or one deletion, ``.trash``), named after this process."""
+        return scratch_dir(self.root / kind)
 
     # -- state on disk ----------------------------------------------------------------------------
     def _stat_generation(self) -> tuple | None:
@@ -156,9 +211,14 @@ class ModelStore:
                     state.update(owner=owner, name=name)
                     state.setdefault("tags", {}), state.setdefault("versions", {})
                     state.setdefault("shared", False)
-                except (OSError, ValueError, AttributeError) as err:
+                    self._fill_sizes(state)
+                except (OSError, ValueError, AttributeError, TypeError) as err:
                     log.error("skipping %s: %s", state_file, err)
                     continue
+                # a store written before latest meant the highest version: the rule applies at once
+                latest = latest_version(state["versions"])
+                if latest is not None:
+                    state["tags"]["latest"] = latest
                 index[(owner, name)] = state
             self._index = index
             for key, model in list(self._loaded.items()):
@@ -166,14 +226,23 @@ class ModelStore:
                 if info is None or info.get("stamp") != model.stamp:
                     self._loaded.pop(key).retire()
 
+    def _fill_sizes(self, state: dict[str, Any]) -> None:
+        """The ``bytes`` of versions stored before sizes were kept (measured once per stamp)."""
+        for version, info in state["versions"].items():
+            if not isinstance(info.get("bytes"), int):
+                key = (state["owner"], state["name"], version, info.get("stamp"))
+                if key not in self._sizes:
+                    self._sizes[key] = tree_bytes(self.root / state["owner"] / state["name"] / version)
+                info["bytes"] = self._sizes[key]
+
     def _write_state(self, state: dict[str, Any]) -> None:
         folder = self.root / state["owner"] / state["name"]
-        folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(folder / _STATE, json.dumps(state, indent=1))
+        private_dirs(self.root, folder)
+        atomic_write(folder / _STATE, json.dumps(state, indent=1))
         self._bump()
 
     def _bump(self) -> None:
-        _atomic_write(self.root / _GENERATION, uuid.uuid4().hex)
+        atomic_write(self.root / _GENERATION, uuid.uuid4().hex)
         self._generation = self._stat_generation()
 
     # -- lookup -----------------------------------------------------------------------------------
@@ -309,21 +378,32 @@ class ModelStore:
     # -- changes ----------------------------------------------------------------------------------
     def ingest(self, user: str, archive: str | Path, name: str | None = None, version: str | None = None,
                shared: bool | None = None) -> dict[str, Any]:
-        """Check, extract, load and test an uploaded bundle tarball, then activate it (blocking).
-        ``version`` None takes the next integer; an existing version is replaced."""
+        """Extract (one bounded pass), load and test an uploaded bundle tarball, then activate it
+        (blocking). ``version`` None takes the next integer; an existing version is replaced."""
         archive = Path(archive)
-        check_archive(archive, self.max_members, self.max_bytes)
-        staging = Path(tempfile.mkdtemp(prefix="upload-", dir=self.root / ".staging"))
+        self.refresh()
+        cap = self.quota.room(self._index, user, name, version, self.max_bytes)  # the quota caps it too
+        limits = TarLimits(members=self.max_members, member_bytes=min(self.max_member_bytes, cap),
+                           total_bytes=cap, ratio=self.max_ratio)
+        staging = self.scratch()
         try:
             try:
-                bundle_dir = safe_extract(archive, staging / "x", self.max_members, self.max_bytes)
-            except MLaaSError as err:
-                raise BadRequest(str(err)) from err
-            if not (bundle_dir / "manifest.json").is_file():
-                raise BadRequest("the archive holds no model bundle (manifest.json at its top or in its one folder)")
+                bundle_dir = extract_upload(archive, staging / "x", limits)
+            except TooLarge as err:
+                what = getattr(err, "what", "")
+                if (what == "total" and cap < self.max_bytes) or (what == "member" and cap < self.max_member_bytes):
+                    # the quota's room was reached, not one of the service's caps
+                    raise self.quota.error(self.quota.usage(self._index, user), user,
+                                           f"more than {human_size(cap)}") from None
+                raise
             return self.activate(user, bundle_dir, name, version, shared, archive=archive)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def usage(self, owner: str) -> dict[str, int]:
+        """What ``owner`` stores (bytes of unpacked bundles, versions) and their quota (0: none)."""
+        self.refresh()
+        return self.quota.usage(self._index, owner)
 
     def ingest_onnx(self, user: str, model_file: str | Path, name: str | None, version: str | None = None,
                     shared: bool | None = None, params: dict[str, Any] | None = None,
@@ -332,7 +412,9 @@ class ModelStore:
         name = name or (params or {}).get("name")
         if not isinstance(name, str) or not name:
             raise BadRequest("give the model a 'name' (form field or params.json)")
-        staging = Path(tempfile.mkdtemp(prefix="upload-", dir=self.root / ".staging"))
+        self.refresh()
+        self.quota.room(self._index, user, name, version, self.max_bytes)
+        staging = self.scratch()
         try:
             folder = onnx_bundle(staging / "bundle", Path(model_file), name, params, labels)
             return self.activate(user, folder, name, version, shared, archive=Path(model_file))
@@ -356,6 +438,8 @@ class ModelStore:
             raise BadRequest(f"version {version!r} is not usable (letters, digits, _ . + -; not a tag name)")
         model = self._build(bundle_dir, user, name, "", "")  # the test before anything changes
         digest = file_sha256(archive) if archive is not None else None
+        tighten(bundle_dir)  # private before it enters the store (a wrapped ONNX model was written 0644)
+        size = tree_bytes(bundle_dir)
         with self._commit():
             old_state = self._index.get((user, name))
             state = json.loads(json.dumps(old_state)) if old_state else {
@@ -364,16 +448,19 @@ class ModelStore:
                 [state.get("next_version", 1)] + [int(v) + 1 for v in state["versions"] if v.isdigit()]))
             if version in state["tags"]:
                 raise BadRequest(f"version {version!r} would be hidden by the tag of the same name")
+            self.quota.check(self._index, user, size, state["versions"].get(version))
             final = self.root / user / name / version
-            final.parent.mkdir(parents=True, exist_ok=True)
+            private_dirs(self.root, final.parent)
             trash = None
             if final.exists():
-                trash = Path(tempfile.mkdtemp(dir=self.root / ".trash"))
+                trash = self.scratch(".trash")
                 os.replace(final, trash / "old")
             os.replace(bundle_dir, final)
             model.bundle.path, model.version, model.stamp = final, version, uuid.uuid4().hex
+            state["upload_seq"] = state.get("upload_seq", 0) + 1
             state["versions"][version] = {
                 "stamp": model.stamp, "uploaded": _now(), "uploader": user, "sha256": digest,
+                "bytes": size, "seq": state["upload_seq"],
                 "bundle_name": manifest.get("name"), "bundle_version": manifest.get("version"),
                 "backend": manifest.get("backend"), "created": manifest.get("created"),
                 "features": model.features, "labels": manifest.get("labels"),
@@ -382,7 +469,7 @@ class ModelStore:
                 "exports": sorted(find_exports(final, manifest)),
                 "input_branches": model.bundle.input_branches(), "tree": model.bundle.specs.tree,
                 "identifier": list(model.bundle.specs.identifier or [])}
-            state["tags"]["latest"] = version
+            state["tags"]["latest"] = latest_version(state["versions"])
             if version.isdigit():
                 state["next_version"] = max(state.get("next_version", 1), int(version) + 1)
             if shared is not None:
@@ -404,7 +491,8 @@ class ModelStore:
     @contextlib.contextmanager
     def _commit(self):
         """Serialise changes: between threads (a lock) and between server processes (a file lock)."""
-        with self._lock, open(self.root / ".lock", "a") as fh:
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        with self._lock, os.fdopen(fd, "r+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 self.refresh()
@@ -418,10 +506,10 @@ class ModelStore:
             state = json.loads(json.dumps(self.owned(user, ref)))
             key = (state["owner"], state["name"])
             folder = self.root / key[0] / key[1]
-            trash = Path(tempfile.mkdtemp(dir=self.root / ".trash"))
             if version is not None:
                 _, version = self.find(user, ref, version)
                 del state["versions"][version]
+            trash = self.scratch(".trash")  # after the lookups that may refuse: nothing left behind then
             if version is None or not state["versions"]:  # the whole model goes
                 removed = [version] if version is not None else sorted(state["versions"], key=_version_key)
                 self._index = {k: v for k, v in self._index.items() if k != key}
@@ -432,7 +520,7 @@ class ModelStore:
             else:
                 removed = [version]
                 state["tags"] = {t: v for t, v in state["tags"].items() if v != version}
-                state["tags"].setdefault("latest", sorted(state["versions"], key=_version_key)[-1])
+                state["tags"]["latest"] = latest_version(state["versions"])
                 if (folder / version).exists():
                     os.replace(folder / version, trash / "version")
                 self._write_state(state)
@@ -471,12 +559,3 @@ class ModelStore:
             self._write_state(state)
             self._index = {**self._index, (state["owner"], state["name"]): state}
         return self.summary(state)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
