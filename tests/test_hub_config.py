@@ -84,6 +84,15 @@ def test_default_config_local_hub(hub_env, monkeypatch):
     assert services["tfaas"]["command"][3:] == ["serve", "--host", "127.0.0.1", "--port", "9183", "--store",
                                                 str(state / "models")]
     assert services["jobs"]["command"][3:6] == ["jobs", "--host", "127.0.0.1"]
+    # jobs run isolated, with the hub's state and the model store hidden from them
+    jobs_cmd = services["jobs"]["command"]
+    assert jobs_cmd[jobs_cmd.index("--isolation") + 1] == "auto" and "--allow-unisolated" not in jobs_cmd
+    assert {str(state), str(state / "models")} <= {jobs_cmd[i + 1] for i, a in enumerate(jobs_cmd) if a == "--hide"}
+    assert "--allow-host" not in jobs_cmd
+    monkeypatch.setenv("MLAAS4HEP_JOBS_ALLOWED_HOSTS", "xrootd.site.internal:1094, 10.1.0.0/16")
+    jobs_cmd = {s["name"]: s for s in load_config().JupyterHub.services}["jobs"]["command"]
+    assert [jobs_cmd[i + 1] for i, a in enumerate(jobs_cmd) if a == "--allow-host"] == [
+        "xrootd.site.internal:1094", "10.1.0.0/16"]
     assert services["tfaas"]["environment"]["MLAAS4HEP_PUSH_SCOPE"] == "custom:tfaas:push"
     # single-user servers find the services and get a token with the scopes for them
     assert c.Spawner.environment["MLAAS4HEP_SERVICE_URL"] == "http://127.0.0.1:9183/services/tfaas/"

@@ -197,6 +197,10 @@ def _jobs_isolation(s: HubSettings) -> list[str]:
              "--hide", str(s.state_dir), "--hide", str(s.store_dir)]
     if os.environ.get("MLAAS4HEP_JOBS_ALLOW_UNISOLATED", "").strip().lower() in ("1", "true", "yes", "on"):
         flags.append("--allow-unisolated")
+    # internal data servers (a site XRootD redirector) jobs may read although their addresses are private
+    for host in os.environ.get("MLAAS4HEP_JOBS_ALLOWED_HOSTS", "").split(","):
+        if host.strip():
+            flags += ["--allow-host", host.strip()]
     return flags
 
 
