@@ -24,6 +24,8 @@ Every knob is an environment variable (defaults in brackets; the code is mlaas4h
   for each job to run under a system account of its owner in a sandbox)
     MLAAS4HEP_JOBS_ISOLATION     auto | users+bwrap | users | bwrap | none [auto: users+bwrap as root, else bwrap]
     MLAAS4HEP_JOBS_ALLOW_UNISOLATED  1: run jobs even where they cannot be isolated (as the hub's user!) [0: refuse]
+    MLAAS4HEP_JOBS_ALLOWED_HOSTS internal data servers jobs may read, e.g. xrootd.site:1094,10.1.0.0/16
+                                 [none: only hosts whose addresses are all public]
   network
     MLAAS4HEP_HUB_URL            public URL the proxy listens on [http://127.0.0.1:8000]
     MLAAS4HEP_HUB_IP, _PORT      the hub's internal API [127.0.0.1, 8081]
