@@ -141,15 +141,17 @@ class Bundle:
             raise InputFileError(f"{self.path} is not a model bundle (no manifest.json)", str(self.path))
         self.manifest = json.loads(manifest_file.read_text())
         self.specs = Specs.from_dict(json.loads((self.path / "specs.json").read_text()), str(self.path))
-        from mlaas4hep_lab.params import load_params
+        from mlaas4hep_lab.params import LEGACY_DEFAULTS, load_params
 
-        self.params = load_params(json.loads((self.path / "params.json").read_text()))
+        # a key missing from an older bundle's params.json means what it meant when the bundle was written
+        self.params = load_params(LEGACY_DEFAULTS | json.loads((self.path / "params.json").read_text()))
         preproc = json.loads((self.path / "preproc.json").read_text())
         self.preproc = None
         if preproc:
             from mlaas4hep_lab.data.preprocess import Preproc
 
             self.preproc = Preproc.from_json(preproc)
+        # the specs fix the layout (padding included: "zeros" in specs written before padding was configurable)
         self.vectorizer = Vectorizer.from_specs(self.specs, self.params.normalization, self.params.missing_values)
         self._backend = None
         self._tmp = None

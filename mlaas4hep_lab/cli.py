@@ -11,9 +11,11 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
-from mlaas4hep_lab.errors import MLaaSError
+from mlaas4hep_lab.cli_errors import EXIT_INTERRUPTED, describe_error, stdout_closed, traceback_requested
+from mlaas4hep_lab.errors import TreeNotFoundError
 
 __all__ = ["main", "build_parser"]
 
@@ -29,7 +31,11 @@ def _add_inputs(p: argparse.ArgumentParser, model: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlaas4hep", description="Machine Learning as a Service for HEP")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--traceback", action="store_true",
+                        help="on an error, print the full Python traceback as well as the one-line message "
+                        "(also MLAAS4HEP_TRACEBACK=1); may be given anywhere on the line")
+    parser.add_argument("--debug", action="store_true",
+                        help="log at INFO level and let errors propagate (the traceback, for a debugger)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     wf = sub.add_parser("workflow", help="specs pass, chunk creation and training (the original workflow.py)")
@@ -58,10 +64,24 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="score ROOT files with a model bundle (its own preprocessing)")
     pr.add_argument("bundle", help="bundle directory or .tar.gz")
     pr.add_argument("--files", nargs="+", required=True, help="ROOT files, or one files.txt")
-    pr.add_argument("--out", default="scores.csv", help="scores with identifiers: .csv or .root (default: %(default)s)")
+    pr.add_argument("--out", default="scores.csv", help="scores with identifiers: .csv or .root; a missing "
+                    "folder is created (default: %(default)s)")
+    pr.add_argument("--tree", help="TTree path or RNTuple name to read in each file (default: the one the bundle "
+                    "was trained on), e.g. dir/events")
     pr.add_argument("--submission", help="also write the Higgs challenge submission CSV (EventId,RankOrder,Class)")
     pr.add_argument("--threshold", type=float, help="score threshold for the submission (default: the bundle's best-AMS one)")
     pr.add_argument("--chunk-size", type=int, default=100_000)
+
+    rep = sub.add_parser("report", help="rebuild the training report (variable ranking, overtraining check, "
+                         "input correlations, learning curve) of a finished run")
+    rep.add_argument("out", help="the run's output folder (workflow --fout): holds bundle/ and report_sample.npz")
+    rep.add_argument("--files", help="files.txt (or ROOT files, comma-separated) to re-read the test split from, "
+                     "when the run has no report_sample.npz")
+    rep.add_argument("--labels", help="labels.txt matching --files")
+    rep.add_argument("--events", type=int, default=50_000, help="test and train events used (default: %(default)s)")
+    rep.add_argument("--repeats", type=int, default=3, help="shuffles per feature for the ranking (default: %(default)s)")
+    rep.add_argument("--seconds", type=float, default=60.0,
+                     help="time budget of the ranking; fewer repeats, then events, beyond it (default: %(default)s)")
 
     demo = sub.add_parser("demo", help="write example data and train a model on it (the README's first command)")
     demo.add_argument("--out", default="mlaas4hep-demo", help="folder (default: %(default)s)")
@@ -98,6 +118,10 @@ def _print_summary(summary: dict) -> None:
 def _workflow(args) -> int:
     from mlaas4hep_lab.pipeline import dry_run, ensure_specs, load_inputs
 
+    if args.model and not args.dry_run:
+        from mlaas4hep_lab.training.model_file import check_model_file
+
+        check_model_file(args.model)  # a missing model.py or a syntax error: before the (long) specs pass
     inputs = load_inputs(args.files, args.labels, args.params, args.preproc)
     fout = Path(args.fout)
     specs_path = Path(args.specs) if args.specs else fout / "specs.json"
@@ -137,7 +161,11 @@ def _specs(args) -> int:
 def _inspect(args) -> int:
     from mlaas4hep_lab.data.reader import inspect_file
 
-    print(inspect_file(args.file, args.tree))
+    try:
+        print(inspect_file(args.file, args.tree), flush=True)
+    except BrokenPipeError:
+        # `mlaas4hep inspect FILE | head`: the reader left; send the rest (and Python's final flush) nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
@@ -157,9 +185,35 @@ def _predict(args) -> int:
     from mlaas4hep_lab.training.predict import score_files
 
     summary = score_files(args.bundle, args.files, args.out, submission=args.submission,
-                          threshold=args.threshold, chunk_size=args.chunk_size)
+                          threshold=args.threshold, chunk_size=args.chunk_size, tree=args.tree)
     print(f"scored {summary['events']:,} events from {summary['files']} files -> {args.out}"
           + (f"; submission -> {args.submission}" if args.submission else ""))
+    return 0
+
+
+def _report(args) -> int:
+    from mlaas4hep_lab.training.report import rebuild_report
+
+    files = args.files.split(",") if args.files and not args.files.endswith(".txt") else args.files
+    labels = args.labels.split(",") if args.labels and not args.labels.endswith(".txt") else args.labels
+    m = rebuild_report(args.out, files, labels, max_events=args.events, repeats=args.repeats,
+                       max_seconds=args.seconds)
+    info = m["report"]
+    print(f"report of {args.out}: {info['events_test']:,} test and {info['events_train']:,} train events; "
+          f"plots in {Path(args.out) / 'plots'}, numbers in {Path(args.out) / 'metrics.json'}")
+
+    def p(value) -> str:
+        return "n/a" if value is None else f"{value:.3g}"
+
+    print(f"overtraining check (Kolmogorov-Smirnov p-value, train vs test): signal {p(m['ks_pvalue_signal'])}, "
+          f"background {p(m['ks_pvalue_background'])}")
+    print(f"variable ranking (test AUC {_num(info['ranking_baseline_auc'])} drop when shuffled, "
+          f"{info['ranking_events']:,} events x {info['ranking_repeats']} repeats):")
+    for i, row in enumerate(m["ranking"][:15], 1):
+        native = f"   {info['native_importance']} {row['native']:.4f}" if row.get("native") is not None else ""
+        print(f"  {i:3d}. {row['feature']:<32s} {_num(row['importance'])} +- {_num(row['importance_std'])}{native}")
+    if len(m["ranking"]) > 15:
+        print(f"  ... {len(m['ranking']) - 15} more in metrics.json")
     return 0
 
 
@@ -210,7 +264,8 @@ def _add_remote_commands(sub) -> None:
     rp.add_argument("model", help="model name (owner/name for a model another user shared)")
     service(rp)
     rp.add_argument("--files", nargs="+", required=True, help="ROOT files, or one files.txt")
-    rp.add_argument("--out", default="scores.csv", help="CSV of scores (default: %(default)s)")
+    rp.add_argument("--out", default="scores.csv", help="CSV of scores; a missing folder is created "
+                    "(default: %(default)s)")
     rp.add_argument("--tree", help="tree to read (default: the model's)")
     rp.add_argument("--version", help="model version (default: latest)")
     rp.add_argument("--batch-size", type=int, default=2_000, help="events per request; halved when the service "
@@ -259,9 +314,15 @@ def _models(args) -> int:
 
 def _predict_remote(args) -> int:
     from mlaas4hep_lab.serving.client import score_files
+    from mlaas4hep_lab.training.predict import prepare_output
 
-    summary = score_files(_client(args), args.model, args.files, args.out, tree=args.tree,
-                          batch_size=args.batch_size, version=args.version, max_events=args.max_events)
+    prepare_output(args.out)
+    try:
+        summary = score_files(_client(args), args.model, args.files, args.out, tree=args.tree,
+                              batch_size=args.batch_size, version=args.version, max_events=args.max_events)
+    except TreeNotFoundError as err:  # the reader's hint names params 'branch', which this command has not
+        raise TreeNotFoundError(err.tree, err.path, err.available, hint=(
+            "give --tree PATH (a TTree path such as dir/events, or an RNTuple's name)")) from None
     print(f"scored {summary['events']:,} events from {summary['files']} files with {args.model} -> {args.out}")
     return 0
 
@@ -428,14 +489,15 @@ def _jobs(args) -> int:
 
 
 _COMMANDS = {"workflow": _workflow, "specs": _specs, "inspect": _inspect, "example": _example,
-             "predict": _predict, "demo": _demo,
+             "predict": _predict, "report": _report, "demo": _demo,
              "push": _push, "models": _models, "predict-remote": _predict_remote, "serve": _serve,
              "jobs": _jobs}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; every error ends as one line on stderr and a non-zero status (see cli_errors)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, when Keras is used
-    argv = list(sys.argv[1:] if argv is None else argv)
+    show_traceback, argv = traceback_requested(list(sys.argv[1:] if argv is None else argv))
     original = ("--files", "--labels", "--params", "--model", "--preproc", "--fout")
     if not any(a in _COMMANDS for a in argv) and any(a.split("=", 1)[0] in original for a in argv):
         # the original workflow.py call, without a sub-command (global options stay in front)
@@ -449,14 +511,23 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return _COMMANDS[args.command](args)
-    except MLaaSError as err:
+    except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
+        if show_traceback:
+            traceback.print_exc()
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as err:
+        if args.debug:
+            raise
+        if isinstance(err, BrokenPipeError) and stdout_closed():
+            return 0  # `mlaas4hep ... | head`: the reader has what it wanted
+        if show_traceback:
+            traceback.print_exc()
+        message, status = describe_error(err)
+        print(f"error: {message}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

@@ -21,7 +21,13 @@ __all__ = [
     "ExpressionError",
     "SpecsError",
     "StaleSpecsError",
+    "DuplicateFileError",
+    "DataError",
+    "NoEventsError",
+    "MissingClassError",
+    "NonFiniteError",
     "MissingExtraError",
+    "ModelFileError",
     "close_matches",
 ]
 
@@ -69,14 +75,15 @@ class RemoteReadError(InputFileError):
 class TreeNotFoundError(MLaaSError, KeyError):
     """The tree named by params ``branch`` is not in the file."""
 
-    def __init__(self, tree: str, path: str, available: Iterable[str]):
+    def __init__(self, tree: str, path: str, available: Iterable[str], hint: str | None = None):
         available = sorted(set(available))
         close = close_matches(tree, available)
         msg = f"tree {tree!r} not found in {path}"
         if close:
             msg += f"; did you mean {', '.join(map(repr, close))}?"
-        msg += f" Trees in the file: {', '.join(available) if available else '(none)'}."
-        msg += " Set params 'branch' to the tree path (e.g. 'events' or 'dir/events')."
+        shown = close + [a for a in available if a not in close]  # the closest spellings first
+        msg += f" Trees in the file: {', '.join(shown) if shown else '(none)'}."
+        msg += " " + (hint or "Set params 'branch' to the tree path (e.g. 'events' or 'dir/events').")
         super().__init__(msg)
         self.tree, self.path, self.available = tree, path, available
 
@@ -142,3 +149,32 @@ class StaleSpecsError(SpecsError):
 
 class MissingExtraError(MLaaSError, ImportError):
     """An optional framework is not installed."""
+
+
+class ModelFileError(ConfigError):
+    """The user's model.py cannot be loaded, or its model fails on the data (a wrong input width, an
+    exception raised by the user's own code): the message names model.py and the line."""
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None):
+        super().__init__(message)
+        self.key, self.path, self.line = "model", path, line
+
+
+class DuplicateFileError(ConfigError):
+    """The same ROOT file is listed twice in files.txt (it would count twice, possibly under two labels)."""
+
+
+class DataError(MLaaSError, ValueError):
+    """The events cannot train a classifier that can be trusted (checked before training starts)."""
+
+
+class NoEventsError(DataError):
+    """No event is left after the cuts."""
+
+
+class MissingClassError(DataError):
+    """A class (signal or background) has no event, overall or in the train, validation or test split."""
+
+
+class NonFiniteError(DataError):
+    """A feature is NaN or infinite everywhere (overall, or in every event of one class)."""

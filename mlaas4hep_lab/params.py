@@ -18,10 +18,17 @@ from typing import Any
 
 from mlaas4hep_lab.errors import ConfigError, InputFileError
 
-__all__ = ["Params", "load_params", "load_json"]
+__all__ = ["Params", "load_params", "load_json", "PADDINGS", "DEFAULT_PADDING", "LEGACY_DEFAULTS"]
 
 _NORMALIZATIONS = ("minmax", "standard", "none")
 _TRAINING_MODES = ("per_chunk", "epochs")
+# How padded slots (and masked values) reach the model; see mlaas4hep_lab.data.vectorize for each mode.
+PADDINGS = ("multiplicity", "below", "mask", "multiplicity+mask", "zeros")
+DEFAULT_PADDING = "multiplicity"
+# What a key meant before it existed: a params.json written by an older version (a bundle's, a finished
+# run's) that lacks the key is read with this value, so an old model sees exactly the inputs it was
+# trained on, while new runs get the dataclass default.
+LEGACY_DEFAULTS: dict[str, Any] = {"padding": "zeros"}
 
 
 @dataclass
@@ -53,6 +60,7 @@ class Params:
     prefetch: int = 1                   # chunks prepared ahead in a background thread (0: none)
     balance_weights: bool = True        # rescale training weights so each label's mean weight is 1
     early_stopping: int = 0             # stop after this many validations without a better val_loss (0: off)
+    padding: str = DEFAULT_PADDING      # padded slots the model can tell from real values; "zeros": as before
 
     def __post_init__(self) -> None:
         self.validate()
@@ -80,6 +88,9 @@ class Params:
             raise ConfigError(f"must be one of {_NORMALIZATIONS}, got {self.normalization!r}", "normalization", source)
         if self.training not in _TRAINING_MODES:
             raise ConfigError(f"must be one of {_TRAINING_MODES}, got {self.training!r}", "training", source)
+        if self.padding not in PADDINGS:
+            raise ConfigError(f"must be one of {PADDINGS} (\"zeros\" gives the layout of models trained "
+                              f"before this key existed), got {self.padding!r}", "padding", source)
         _check_jagged_length(self.max_jagged_length, source)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """The data side of a workflow, as the CLI, the widgets and the services call it.
 
-``load_inputs`` validates files.txt, labels.txt, params.json and preproc.json together;
-``ensure_specs`` reuses a matching specs file or runs the first pass; ``dry_run`` builds every chunk
-without training and reports what a model would be trained on.
+``load_inputs`` validates files.txt, labels.txt, params.json and preproc.json together (labels fit the
+task, each file is listed once); ``ensure_specs`` reuses a matching specs file or runs the first pass, and
+refuses data with no event after the cuts or a feature that is never finite; ``dry_run`` builds every chunk
+without training and reports what a model would be trained on. The rules are in
+:mod:`mlaas4hep_lab.data.validation`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from mlaas4hep_lab.data import sources
+from mlaas4hep_lab.data import sources, validation
 from mlaas4hep_lab.data.specs import Specs, compute_specs, load_specs, specs_fingerprint
 from mlaas4hep_lab.data.stream import SPLITS, ChunkStream
 from mlaas4hep_lab.errors import LabelsError
@@ -39,18 +41,26 @@ class Inputs:
 def load_inputs(files: str | os.PathLike | Sequence[str], labels: str | os.PathLike | Sequence[float],
                 params: str | os.PathLike | dict | Params | None = None,
                 preproc: str | os.PathLike | dict | None = None) -> Inputs:
-    """Validate a workflow's inputs: paths of files.txt/labels.txt (or lists), params, preproc."""
+    """Validate a workflow's inputs: paths of files.txt/labels.txt (or lists), params, preproc.
+
+    Labels must fit the task (binary: 1 signal, 0 background) and no file may be listed twice
+    (LabelsError, DuplicateFileError)."""
     p = params if isinstance(params, Params) else load_params(params)
-    if isinstance(files, (str, os.PathLike)):
+    task = getattr(p, "task", "binary")
+    from_file = isinstance(files, (str, os.PathLike))
+    if from_file:
         file_list = sources.read_file_list(files, p.redirector or None)
     else:
         file_list = [sources.resolve_path(str(f), None, p.redirector or None) for f in files]
+    shown = [os.path.basename(f) for f in file_list]
     if isinstance(labels, (str, os.PathLike)):
-        label_list = sources.read_labels(labels, len(file_list))
+        label_list = validation.read_labels(labels, len(file_list), task, shown)
     else:
-        label_list = [float(v) for v in labels]
+        label_list = list(labels)
         if len(label_list) != len(file_list):
             raise LabelsError(f"{len(label_list)} labels for {len(file_list)} files: give one label per file")
+        label_list = validation.check_labels(label_list, task, files=shown)
+    validation.check_unique_files(file_list, files if from_file else None, label_list)
     pre = None
     if preproc is not None:
         from mlaas4hep_lab.data.preprocess import Preproc
@@ -64,21 +74,28 @@ def load_inputs(files: str | os.PathLike | Sequence[str], labels: str | os.PathL
 def ensure_specs(inputs: Inputs, path: str | os.PathLike | None = None, recompute: bool = False,
                  progress: bool | None = None) -> Specs:
     """Reuse the specs at ``path`` when they match the inputs (StaleSpecsError when they do not),
-    or compute them (and save them to ``path`` when given)."""
+    or compute them (and save them to ``path`` when given). DataError when no event passes the cuts or
+    a feature is NaN/inf everywhere (the specs are saved first: their counts say why)."""
     fingerprint = specs_fingerprint(inputs.params, inputs.preproc)
     if path is not None and Path(path).is_file() and not recompute:
         specs = load_specs(path)
         specs.check(inputs.files, fingerprint, str(path))
         log.info("reusing specs %s", path)
-        return specs
-    specs = compute_specs(inputs.files, inputs.params, inputs.preproc, progress=progress)
-    if path is not None:
-        specs.save(path)
+        validation.log_warnings(specs, inputs.preproc)   # a fresh pass logs them as it ends
+    else:
+        specs = compute_specs(inputs.files, inputs.params, inputs.preproc, progress=progress)
+        if path is not None:
+            specs.save(path)   # before the checks: its counts (cutflow, nonfinite) explain a refusal
+    validation.check_specs(inputs, specs)
     return specs
 
 
 def dry_run(inputs: Inputs, specs: Specs, progress: bool | None = None) -> dict[str, Any]:
-    """Build every chunk of one pass without training; return what a model would see."""
+    """Build every chunk of one pass without training; return what a model would see.
+
+    The checks a training makes first (:func:`~mlaas4hep_lab.data.validation.check_training_data`) run
+    first here too: a dry run fails where the training would."""
+    validation.check_training_data(inputs, specs)
     params = inputs.params
     counts = np.zeros((3, 2), np.int64)   # split x (background, signal)
     by_label: dict[float, int] = {}

@@ -347,6 +347,39 @@ def test_xgboost_save_load_round_trip_and_onnx(stream, model, tmp_path):
     np.testing.assert_allclose(got, backend.predict(stream["X_test"]), atol=1e-4)
 
 
+def test_xgboost_continues_a_saved_model_as_if_never_interrupted(stream, tmp_path):
+    """Stopped after some rounds, saved, loaded and continued with the rounds' history: the same rounds,
+    the same best round (early stopping goes on from the replayed scores) and the same scores as one run."""
+    def eager():
+        return xgb.XGBClassifier(n_estimators=300, max_depth=4, learning_rate=0.5, early_stopping_rounds=4)
+
+    whole = XGBoostBackend(eager(), N_FEATURES, {"seed": 3})
+    rounds_whole = []
+    whole.fit_stream(CountingSource(stream["chunks"]), CountingSource(stream["validation"]),
+                     on_round=lambda m: rounds_whole.append(m) and False)
+    trained = len(rounds_whole)
+    assert whole.best_iteration is not None and trained == whole.best_iteration + 1 + 4 < 300
+
+    stop_at = whole.best_iteration + 3  # after the best round: early stopping must remember it across the stop
+    first = XGBoostBackend(eager(), N_FEATURES, {"seed": 3})
+    seen = []
+    first.fit_stream(CountingSource(stream["chunks"]), CountingSource(stream["validation"]),
+                     on_round=lambda m: seen.append(m) or len(seen) == stop_at)
+    # a stop request keeps every round done (the history lists them), not only those up to the best
+    assert first.booster.num_boosted_rounds() == stop_at
+    first.save(tmp_path / "checkpoint")
+
+    resumed = XGBoostBackend.load(tmp_path / "checkpoint", N_FEATURES, {"seed": 3})
+    more = []
+    result = resumed.fit_stream(CountingSource(stream["chunks"]), CountingSource(stream["validation"]),
+                                on_round=lambda m: more.append(m) and False, previous_rounds=seen)
+    assert [m["round"] for m in more] == list(range(stop_at + 1, trained + 1))  # rounds count on
+    assert resumed.best_iteration == whole.best_iteration
+    assert resumed.booster.num_boosted_rounds() == whole.booster.num_boosted_rounds() == whole.best_iteration + 1
+    assert result["round"] == trained
+    np.testing.assert_array_equal(resumed.predict(stream["X_test"]), whole.predict(stream["X_test"]))
+
+
 MEMORY_SCRIPT = textwrap.dedent('''
     import sys, threading, time
     import numpy as np

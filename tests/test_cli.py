@@ -60,7 +60,7 @@ def test_workflow_dry_run_prints_summary_and_writes_specs(toy_data, tmp_path, ca
     s = summary(out)
     assert tuple(s) == SUMMARY_KEYS
     assert (s["files"], s["chunks"], s["events_read"], s["events_after_cuts"]) == ("2", "10", "10000", "10000")
-    assert s["features"] == str(specs.n_features) == "35"
+    assert s["features"] == str(specs.n_features) == "37"  # 15 flat, 2 x 10 jagged, 2 multiplicities
     assert json.loads(s["events_per_label"]) == {"0.0": 7000, "1.0": 3000}
     split = json.loads(s["split"])
     assert sum(split.values()) == 10_000 and 6000 < split["train"] < 6800
@@ -81,9 +81,9 @@ def test_second_run_reuses_the_specs(toy_data, tmp_path, capsys, monkeypatch):
     assert rc == 0, err
     assert (specs_path.read_bytes(), specs_path.stat().st_mtime_ns) == before
     assert summary(out)["events_read"] == "10000"
-    # --recompute-specs does recompute
+    # --recompute-specs does recompute (--debug: the exception propagates instead of becoming an error line)
     with pytest.raises(AssertionError, match="recomputed"):
-        cli.main([*argv, "--recompute-specs"])
+        cli.main(["--debug", *argv, "--recompute-specs"])
 
 
 def test_explicit_specs_path(toy_data, tmp_path, capsys):

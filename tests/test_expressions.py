@@ -383,8 +383,14 @@ def _column(message: str) -> int:
         ("x +* 2", "syntax error", 4),
         ("log(x", "syntax error", 4),
         ("  x +* 2", "syntax error", 6),
-        ("  x.y", "attribute", 4),
-        ("é + x.y", "attribute", 6),
+        ("  x.y(1)", "attribute", 4),
+        ("é + x.y(1)", "attribute", 6),
+        ("x.__class__ + 1", "attribute", 2),
+        ("`x`.y", "attribute", 4),
+        ("a && && b", "syntax error", 6),
+        ("`x", "unclosed backtick", 1),
+        ("`` + 1", "between backticks", 1),
+        ("!(x > 1) + 'a'", "string", 12),
         ("-True", "'-' failed", 1),
     ],
 )
@@ -567,9 +573,11 @@ def test_errors_at_evaluation_carry_the_position():
 
 
 def test_no_code_evaluation_in_the_module():
-    source = Path(expressions.__file__).read_text()
-    for token in ("eval" + "(", "exec" + "(", "compile" + "(", "__import__"):
-        assert token not in source
+    folder = Path(expressions.__file__).parent
+    for module in ("expressions", "_expression_compiler", "_expression_functions", "_expression_text"):
+        source = (folder / f"{module}.py").read_text()
+        for token in ("eval" + "(", "exec" + "(", "compile" + "(", "__import__"):
+            assert token not in source, (module, token)
 
 
 def _compile_in_child(text: str, names: list[str]):
@@ -590,3 +598,143 @@ def test_errors_come_back_whole_from_a_worker_process(text, error):
             pool.submit(_compile_in_child, text, ["pt", "eta"]).result()
     assert type(remote.value) is type(local.value)
     assert str(remote.value) == str(local.value) and vars(remote.value) == vars(local.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# names with '.' or '/', ROOT's && || !, count and len
+
+SPLIT_NAMES = ["Muon.PT", "Muon.Eta", "Info/runNum", "Info/rhoIso", "MET.MET", "x"]
+
+
+@pytest.fixture
+def split_arrays() -> ak.Array:
+    return ak.Array({"Muon.PT": ak.Array(PT), "Muon.Eta": ak.Array([[0.1, -2.0], [], [1.5], [0, 1, 2], [3.0]]),
+                     "Info/runNum": N, "Info/rhoIso": X, "MET.MET": X * 10, "x": X})
+
+
+def test_names_with_dots_and_slashes_between_backticks(split_arrays):
+    e = compile_expression("`Info/runNum` * 2 + `MET.MET`", names=SPLIT_NAMES)
+    assert e.names == {"Info/runNum", "MET.MET"}
+    np.testing.assert_allclose(e(split_arrays), N * 2 + X * 10)
+    out = compile_expression("sum(`Muon.PT` * (`Muon.Eta` > 0))")(split_arrays)
+    assert out.tolist() == [1.0, 0.0, 300.0, 13.0, 0.5]
+
+
+def test_plain_dotted_names_are_branches_as_in_rdataframe(split_arrays):
+    plain = compile_expression("max(Muon.PT) + MET.MET", names=SPLIT_NAMES)
+    quoted = compile_expression("max(`Muon.PT`) + `MET.MET`", names=SPLIT_NAMES)
+    assert plain.names == quoted.names == {"Muon.PT", "MET.MET"}
+    _nan_equal(plain(split_arrays).tolist(), quoted(split_arrays).tolist())
+    # without known names (preproc.json is parsed before the tree is opened) the dotted name is kept whole
+    assert compile_expression("Muon.PT > 10").names == {"Muon.PT"}
+
+
+@pytest.mark.parametrize(
+    "text, suggested",
+    [
+        ("Info + 1", "`Info/rhoIso`, `Info/runNum`"),      # the members of the object, quoted
+        ("Info/runNum > 1", "`Info/rhoIso`, `Info/runNum`"),  # '/' unquoted is a division
+        ("Muon > 1", "`Muon.Eta`, `Muon.PT`"),
+        ("`Muon.Pt` > 1", "`Muon.PT`"),
+        ("Muon.Pt > 1", "`Muon.PT`"),
+    ],
+)
+def test_unknown_names_suggest_the_quoted_spelling(text, suggested):
+    with pytest.raises(BranchNotFoundError) as info:
+        compile_expression(text, names=SPLIT_NAMES, where="new_branch.b.def")
+    message = str(info.value)
+    assert f"did you mean {suggested}" in message, message
+    assert "between backticks" in message and "new_branch.b.def" in message and repr(text) in message
+    assert isinstance(info.value, KeyError)
+
+
+def test_unknown_name_message_survives_pickling():
+    import pickle
+
+    with pytest.raises(BranchNotFoundError) as info:
+        compile_expression("Info + 1", names=SPLIT_NAMES)
+    again = pickle.loads(pickle.dumps(info.value))
+    assert str(again) == str(info.value) and again.branch == "Info"
+
+
+def test_attribute_of_a_branch_is_not_a_branch():
+    with pytest.raises(BranchNotFoundError, match=r"attribute access \('.real'\) is not allowed"):
+        compile_expression("x.real + 1", names=["x"])
+
+
+def test_quoted_name_may_be_anything_but_is_only_a_name(split_arrays):
+    # a quoted name is looked up, never evaluated: "__class__" or "_q0" are just (unknown) names
+    for text in ("`__class__` + 1", "`_q0` + x", "`x + 1`"):
+        with pytest.raises(BranchNotFoundError):
+            compile_expression(text, names=SPLIT_NAMES)
+    e = compile_expression("`x` + `_q0`", names=["x", "_q0"])
+    np.testing.assert_allclose(e({"x": X, "_q0": X}), 2 * X)
+    with pytest.raises(ExpressionError, match="'_'"):  # the placeholder spelling cannot be forged
+        compile_expression("_q0 + `x`", names=["x", "_q0"])
+
+
+@pytest.mark.parametrize(
+    "root, python",
+    [
+        ("n > 1 && x < 5", "n > 1 and x < 5"),
+        ("n > 1 || x < 0", "n > 1 or x < 0"),
+        ("!(n > 1)", "not (n > 1)"),
+        ("!n", "n == 0"),
+        ("!n == 0", "(n == 0) == 0"),              # '!' binds tightly, as in C++
+        ("n != 2 && !(x != 1)", "n != 2 and x == 1"),
+        ("n>1&&x<5||!x", "(n > 1 and x < 5) or not x"),
+        ("all(pt > 1 && pt < 10)", "all((pt > 1) & (pt < 10))"),
+        ("count(!(pt > 5))", "count(pt <= 5)"),
+    ],
+)
+def test_root_logical_operators(arrays, root, python):
+    assert as_list(ev(root, arrays)) == as_list(ev(python, arrays))
+
+
+def test_root_operators_are_not_rewritten_inside_strings():
+    with pytest.raises(ExpressionError) as info:
+        compile_expression("n > 1 && 'a&&b' != x")
+    assert "strings are not allowed" in info.value.reason and info.value.col == 9
+
+
+def test_error_columns_point_into_the_text_as_written():
+    with pytest.raises(ExpressionError) as info:
+        compile_expression("`Info/runNum` && lgo(x)")
+    assert info.value.col == 17 and "did you mean 'log'" in str(info.value)
+    lines = str(info.value).splitlines()
+    assert lines[-2].strip() == "`Info/runNum` && lgo(x)"
+    assert lines[-1].index("^") - lines[-2].index("`") == 17
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("count(pt > 1.5)", [1, 0, 1, 3, 0]),     # true values, as ROOT's Sum$(cond)
+        ("len(pt > 1.5)", [2, 0, 1, 3, 1]),       # elements, as ROOT's Length$
+        ("count(pt)", [2, 0, 1, 3, 1]),
+        ("len(pt)", [2, 0, 1, 3, 1]),
+        ("count(x > 0.7)", [0, 0, 1, 1, 1]),      # a flat condition: 1 where it holds
+        ("len(x)", [1, 1, 1, 1, 1]),
+        ("count(pt > 1.5) == sum(pt > 1.5)", [True] * 5),
+    ],
+)
+def test_count_counts_true_values_and_len_counts_elements(arrays, text, expected):
+    out = ev(text, arrays)
+    assert out.tolist() == expected
+    assert out.dtype.kind in "ib"
+
+
+def test_count_of_a_boolean_branch_counts_its_true_values():
+    data = ak.Array({"btag": ak.Array([[True, False, True], [], [False]]), "pt": ak.Array([[1.0, 2, 3], [], [4.0]])})
+    assert ev("count(btag)", data).tolist() == [2, 0, 0]
+    assert ev("len(btag)", data).tolist() == [3, 0, 1]
+    assert ev("count(btag && pt > 1.5)", data).tolist() == [1, 0, 0]
+    assert compile_expression("count(btag)").kind({"btag": "jagged"}) == "flat"
+
+
+def test_cost_limits_hold_with_quoted_names_and_root_operators():
+    text = " && ".join(f"`a.b{i}` > 0" for i in range(MAX_NODES // 3 + 1))
+    with pytest.raises(ExpressionError, match="too large"):
+        compile_expression(text)
+    with pytest.raises(ExpressionError, match="nested too deeply"):
+        compile_expression("!" * (MAX_DEPTH + 5) + "`a.b`")

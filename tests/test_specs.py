@@ -128,7 +128,8 @@ def test_max_jagged_length_int_cap(toy_data):
     s = compute_specs(toy_data.files, toy_params(toy_data, max_jagged_length=4), progress=False)
     assert s.jdim == {"Jet_pt": 4, "Trk_nhits": 4}
     assert s.jagged_max == {"Jet_pt": 10, "Trk_nhits": 10}
-    assert s.features[-8:] == [f"Jet_pt[{i}]" for i in range(4)] + [f"Trk_nhits[{i}]" for i in range(4)]
+    assert s.features[-10:] == [f"Jet_pt[{i}]" for i in range(4)] + [f"Trk_nhits[{i}]" for i in range(4)] + [
+        "len(Jet_pt)", "len(Trk_nhits)"]  # the default padding's multiplicity features come last
     # a cap larger than the longest list does not pad beyond it
     s = compute_specs(toy_data.files, toy_params(toy_data, max_jagged_length=50), progress=False)
     assert s.jdim == {"Jet_pt": 10, "Trk_nhits": 10}
@@ -185,8 +186,8 @@ def test_features_order(specs):
     assert specs.fkeys == FEATURE_FLAT  # identifier EventId left out
     assert specs.jkeys == ["Jet_pt", "Trk_nhits"]
     assert specs.features == FEATURE_FLAT + [f"Jet_pt[{i}]" for i in range(10)] + [
-        f"Trk_nhits[{i}]" for i in range(10)]
-    assert specs.n_features == len(FEATURE_FLAT) + 20
+        f"Trk_nhits[{i}]" for i in range(10)] + ["len(Jet_pt)", "len(Trk_nhits)"]  # default padding
+    assert specs.n_features == len(FEATURE_FLAT) + 22
     assert specs.identifier == ["EventId"]
 
 

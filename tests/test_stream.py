@@ -311,21 +311,48 @@ def test_weights_identifiers_and_features_are_row_aligned(toy_data, specs):
             np.testing.assert_array_equal(chunk.X[rows, col["f_int32"]], raw["f_int32"][entry].astype(np.float32))
             lead = raw["Jet_pt"][entry]
             n_jets = np.asarray([len(j) for j in lead.tolist()])
-            first = np.asarray([j[0] if len(j) else 0.0 for j in lead.tolist()], np.float32)
+            # no jet: a tenth of the range below the smallest jet pt (normalization none)
+            pad = specs.minv["Jet_pt"] - 0.1 * (specs.maxv["Jet_pt"] - specs.minv["Jet_pt"])
+            first = np.asarray([j[0] if len(j) else pad for j in lead.tolist()], np.float32)
             np.testing.assert_array_equal(chunk.X[rows, col["Jet_pt[0]"]], first)
             np.testing.assert_array_equal(chunk.mask[rows, col["Jet_pt[1]"]], n_jets > 1)
+            np.testing.assert_array_equal(chunk.X[rows, names.index("len(Jet_pt)")], n_jets)
     assert chunks[0].weight.dtype == np.float32
 
 
 def test_features_are_normalised_with_the_specs(toy_data, specs):
     chunks = one_pass(toy_data, specs, chunk_size=5000)
+    assert all(c.mask.shape == c.X.shape and c.mask.dtype == bool for c in chunks)  # the mask on every chunk
     X, mask = cat(chunks, "X"), cat(chunks, "mask")
     assert X.shape == (sum(SIZES), specs.n_features)
-    assert X.min() >= 0 and X.max() <= 1 + 1e-6  # min-max over exactly these events
+    assert X[mask].min() >= 0 and X.max() <= 1 + 1e-6  # min-max over exactly these events
     met = specs.features.index("MET")
     frac = 1 - mask[:, met].mean()
     assert 0.15 < frac < 0.25  # the -999 sentinels are masked
-    assert (X[~mask] == 0).all()
+    jagged = np.arange(specs.n_features) >= len(specs.fkeys)
+    # the default padding: jagged slots below every real value; a flat branch's sentinels keep 0
+    assert (X[:, jagged][~mask[:, jagged]] == np.float32(-0.1)).all()
+    assert (X[:, ~jagged][~mask[:, ~jagged]] == 0).all()
+    counts = [specs.features.index(f"len({name})") for name in ("Jet_pt", "Trk_nhits")]
+    assert mask[:, counts].all() and X[:, counts].min() == 0 and X[:, counts].max() == 1
+
+
+def test_padding_zeros_streams_the_layout_of_old_specs(toy_data):
+    params = base_params(toy_data, padding="zeros")
+    specs = compute_specs(toy_data.files, params, progress=False)
+    assert specs.features == [f for f in specs.features if not f.startswith(("len(", "mask("))]
+    with ChunkStream(toy_data.files, [1, 0], params, specs) as stream:
+        chunks = list(stream)
+    X, mask = cat(chunks, "X"), cat(chunks, "mask")
+    assert X.min() >= 0 and (X[~mask] == 0).all() and (~mask).any()
+
+
+def test_the_specs_fix_the_padding_and_a_different_param_is_reported(toy_data, specs, caplog):
+    with caplog.at_level("WARNING", logger="mlaas4hep_lab.data.stream"):
+        stream = ChunkStream(toy_data.files, [1, 0], base_params(toy_data, padding="mask"), specs)
+    stream.close()
+    assert stream.feature_names == specs.features
+    assert "padding 'multiplicity'" in caplog.text and "'mask'" in caplog.text and "recompute" in caplog.text
 
 
 # -- configuration errors ---------------------------------------------------------------------------

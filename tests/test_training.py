@@ -275,6 +275,134 @@ def test_resume_after_kill_trains_every_chunk_exactly_once(example_higgs, torch_
     trained = [h["chunk"] for h in history if h["kind"] == "chunk"]
     assert trained == list(range(30)), trained  # none lost, none trained twice
     assert "AUC" in resumed.stdout
+    # metrics.jsonl: one history, the chunks done after the last checkpoint not repeated, events seen going on
+    lines = _jsonl(fout / "metrics.jsonl")
+    chunks = [ln for ln in lines if ln["kind"] == "chunk"]
+    assert [ln["chunk"] for ln in chunks] == list(range(30))
+    assert all(a["events_seen"] < b["events_seen"] for a, b in zip(chunks, chunks[1:]))
+    starts = [ln for ln in lines if ln["kind"] == "start"]
+    assert len(starts) == 2 and "restored" not in starts[0] and starts[1]["restored"] >= 3
+    assert [ln["kind"] for ln in lines].count("end") == 1 and lines[-1]["kind"] == "end"
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+XGB_RESUMABLE = """
+import xgboost
+
+fit_options = {"checkpoint_rounds": 10}
+
+
+def model():
+    return xgboost.XGBClassifier(n_estimators=120, max_depth=3, learning_rate=0.1, random_state=0)
+"""
+
+
+@pytest.mark.slow
+def test_xgboost_resume_after_kill_continues_the_boosting(example_higgs, tmp_path):
+    """kill -9 in the middle of the boosting, then --resume: the bundle's model has every round once, as
+    an uninterrupted run's (same scores), and metrics.jsonl lists each round once."""
+    model = tmp_path / "model.py"
+    model.write_text(XGB_RESUMABLE)
+    params = json.loads(Path(example_higgs.params_json).read_text())
+    params.update(chunk_size=10_000, verbose=0)
+    p = tmp_path / "params.json"
+    p.write_text(json.dumps(params))
+    fout = tmp_path / "out"
+    proc = subprocess.Popen(_workflow_cmd(example_higgs, p, model, fout), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    state = fout / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 180
+    killed_at = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            rounds = json.loads(state.read_text()).get("rounds", 0)
+        except (json.JSONDecodeError, FileNotFoundError):
+            rounds = 0
+        if rounds >= 20:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed_at = rounds
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=30)
+    assert killed_at is not None, f"training ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    assert proc.returncode == -signal.SIGKILL and killed_at < 120
+    assert not (fout / "bundle").exists()
+    resumed = subprocess.run(_workflow_cmd(example_higgs, p, model, fout, "--resume"),
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    meta = json.loads((fout / "bundle" / "model" / "xgboost.json").read_text())
+    assert meta["rounds"] == 120
+    rounds = [ln["epoch"] for ln in _jsonl(fout / "metrics.jsonl") if ln["kind"] == "round"]
+    assert rounds == list(range(1, 121)), rounds  # the rounds after the last checkpoint are not listed twice
+    history = json.loads((fout / "bundle" / "history.json").read_text())
+    assert [h["epoch"] for h in history if h["kind"] == "round"] == list(range(1, 121))
+
+    # the same training without the kill (in this process): the same model
+    inputs = load_inputs(example_higgs.files_txt, example_higgs.labels_txt, p)
+    specs = ensure_specs(inputs, progress=False)
+    whole = Trainer(inputs, specs, load_model_file(model, specs.n_features), tmp_path / "whole").run()
+    assert whole.backend.booster.num_boosted_rounds() == 120
+    import uproot
+
+    from mlaas4hep_lab.bundle import Bundle
+
+    bundle = Bundle.load(fout / "bundle")
+    scores, _ = bundle.predict_arrays(uproot.open(inputs.files[0])["events"].arrays())
+    bundle.close()
+    sel = whole.test["file_index"] == 0
+    np.testing.assert_allclose(scores[whole.test["entry"][sel]], whole.test["score"][sel], atol=1e-6)
+    events = [h["events_seen"] for h in history if h["kind"] == "round"]
+    assert events[0] == events[-1] == whole.metrics["events_seen"]  # one pass's training events, not re-counted
+
+
+def test_new_run_into_an_existing_folder_starts_a_fresh_history(example_higgs, torch_model, tmp_path):
+    inputs = inputs_for(example_higgs, chunk_size=10_000, epochs=1)
+    specs = ensure_specs(inputs, progress=False)
+    for _ in range(2):
+        train(inputs, specs, torch_model, tmp_path / "out", progress=False, plots=False)
+    kinds = [ln["kind"] for ln in _jsonl(tmp_path / "out" / "metrics.jsonl")]
+    assert kinds.count("start") == 1 and kinds.count("chunk") == 3 and kinds.count("end") == 1
+
+
+def test_resumed_run_continues_the_history_of_the_run_it_resumes(example_higgs, torch_model, tmp_path):
+    inputs = inputs_for(example_higgs, chunk_size=5_000, epochs=2, training="epochs")
+    specs = ensure_specs(inputs, progress=False)
+    stop = threading.Event()
+    bus = EventBus()
+    bus.subscribe(lambda e: stop.set() if e.kind == "chunk" and (e.epoch, e.chunk) == (0, 3) else None)
+    first = train(inputs, specs, torch_model, tmp_path / "out", progress=False, plots=False, bus=bus, stop=stop)
+    assert first.result.stopped == "requested"
+    # the interrupted run's end line, and a chunk line written after its checkpoint (as a kill leaves it):
+    # neither belongs to the history the resumed run continues
+    log = tmp_path / "out" / "metrics.jsonl"
+    orphan = dict(_jsonl(log)[-2], chunk=4, events_seen=10**9)
+    log.write_text(log.read_text() + json.dumps(orphan) + "\n")
+    train(inputs, specs, torch_model, tmp_path / "out", progress=False, plots=False, resume=True)
+    lines = _jsonl(log)
+    chunks = [(ln["epoch"], ln["chunk"]) for ln in lines if ln["kind"] == "chunk"]
+    n = len([c for c in chunks if c[0] == 0])
+    assert chunks == [(e, c) for e in range(2) for c in range(n)]
+    seen = [ln["events_seen"] for ln in lines if ln["kind"] == "chunk"]
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+    assert [ln["epoch"] for ln in lines if ln["kind"] == "epoch"] == [0, 1]
+    kinds = [ln["kind"] for ln in lines]
+    assert kinds.count("start") == 2 and kinds.count("end") == 1 and kinds[-1] == "end"
+    assert lines[kinds.index("start", 1)]["restored"] == 4  # chunks 0-3 of the first pass
+
+
+def test_resume_without_a_checkpoint_starts_a_fresh_history(example_higgs, torch_model, tmp_path):
+    inputs = inputs_for(example_higgs, chunk_size=10_000, epochs=1)
+    specs = ensure_specs(inputs, progress=False)
+    train(inputs, specs, torch_model, tmp_path / "out", progress=False, plots=False)
+    import shutil
+
+    shutil.rmtree(tmp_path / "out" / "checkpoint")
+    train(inputs, specs, torch_model, tmp_path / "out", progress=False, plots=False, resume=True)
+    kinds = [ln["kind"] for ln in _jsonl(tmp_path / "out" / "metrics.jsonl")]
+    assert kinds.count("start") == 1 and kinds.count("chunk") == 3
 
 
 def test_resume_with_changed_configuration_is_refused(example_higgs, torch_model, tmp_path):

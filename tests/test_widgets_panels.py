@@ -205,4 +205,9 @@ def test_a_short_training_fills_every_plot(lab):
     assert int(panel.loss_points.value) == len(run.curves) >= 3
     assert "test AUC" in panel.result.value and "best AMS" in panel.result.value
     assert panel.roc_plot.value[:4] == b"\x89PNG" and panel.progress.value > 0
+    # the training report: each tab shows the run's own plot, the KS p-values and ranking above them
+    for name, image in panel.report_plots.items():
+        assert image.value == (run.fout / "plots" / f"{name}.png").read_bytes(), name
+    assert "Kolmogorov-Smirnov" in panel.report_text.value
+    assert run.summary["ranking"][0]["feature"] in panel.report_text.value
     assert lab.state.specs is not None and lab.state.specs.events["total"] == 3000

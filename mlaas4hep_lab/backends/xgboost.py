@@ -8,6 +8,11 @@ matrix (one byte per value), so the float events are never all in memory at once
 
 model.py returns an ``xgboost.XGBClassifier`` (or an ``XGBRegressor`` with a logistic objective) or a dict
 of booster parameters (``n_estimators`` / ``num_boost_round`` and ``early_stopping_rounds`` allowed in it).
+
+Training continues a saved model (``fit_stream(..., previous_rounds=...)`` after :meth:`XGBoostBackend.load`):
+the matrices are rebuilt from the stream, boosting goes on from the loaded booster (xgboost's ``xgb_model``
+continuation) for the rounds still missing, and early stopping starts from the rounds already done. The
+booster is available (``backend.booster``) after every round, so that the trainer can checkpoint it.
 """
 
 from __future__ import annotations
@@ -102,14 +107,18 @@ def _iterator_class() -> type:
     return ChunkIter
 
 
-def _round_callback(on_round: Callable[[dict[str, float]], bool | None] | None, history: list[dict[str, float]]):
+def _round_callback(on_round: Callable[[dict[str, float]], bool | None] | None, history: list[dict[str, float]],
+                    keep: Callable[[Any], None], interrupt: Callable[[], None], start: int = 0):
     xgb = extras.xgboost()
 
     class RoundCallback(xgb.callback.TrainingCallback):
-        """After each boosting round: record the metrics, hand them to ``on_round``, stop when it says so."""
+        """After each boosting round: record the metrics, ``keep`` the booster (a checkpoint may save it),
+        hand the metrics to ``on_round``, stop (and ``interrupt``) when it says so. Rounds count on from
+        ``start`` (the rounds of a continued model), as xgboost's ``epoch`` restarts at 0 in a continuation."""
 
         def after_iteration(self, model: Any, epoch: int, evals_log: dict[str, dict[str, list]]) -> bool:
-            metrics: dict[str, float] = {"round": float(epoch + 1)}
+            keep(model)
+            metrics: dict[str, float] = {"round": float(start + epoch + 1)}
             for data_name, by_metric in evals_log.items():
                 for metric, values in by_metric.items():
                     value = values[-1]
@@ -119,9 +128,41 @@ def _round_callback(on_round: Callable[[dict[str, float]], bool | None] | None, 
             if "validation_logloss" in metrics:
                 metrics["val_loss"] = metrics["validation_logloss"]
             history.append(metrics)
-            return bool(on_round(dict(metrics))) if on_round is not None else False
+            stop = bool(on_round(dict(metrics))) if on_round is not None else False
+            if stop:
+                interrupt()
+            return stop
 
     return RoundCallback()
+
+
+@functools.cache
+def _early_stopping_class() -> type:
+    xgb = extras.xgboost()
+
+    class ResumableEarlyStopping(xgb.callback.EarlyStopping):
+        """xgboost's EarlyStopping, resumable: it first replays the scores of the rounds a continued model
+        already has (from the checkpoint's history), so that a resumed training stops where an uninterrupted
+        one would and keeps the same best round; and it keeps every round when training was interrupted
+        (a stop request: the model is checkpointed and may be resumed, so it must hold the rounds the
+        history lists), cutting back to the best round only at the real end."""
+
+        def __init__(self, previous: list[float], interrupted: Callable[[], bool], **kwargs: Any):
+            super().__init__(**kwargs)
+            self._previous, self._interrupted = previous, interrupted
+
+        def before_training(self, model: Any) -> Any:
+            model = super().before_training(model)
+            for i in range(len(self._previous)):
+                # after_iteration adds starting_round (the continued model's rounds) to the epoch it gets
+                self.after_iteration(model, i - self.starting_round,
+                                     {self.data: {self.metric_name: list(self._previous[: i + 1])}})
+            return model
+
+        def after_training(self, model: Any) -> Any:
+            return model if self._interrupted() else super().after_training(model)
+
+    return ResumableEarlyStopping
 
 
 def _json_safe(params: dict[str, Any]) -> dict[str, Any]:
@@ -215,6 +256,9 @@ class XGBoostBackend(Backend):
         """Train on in-memory arrays (a stream of one chunk)."""
         return self.fit_stream(lambda: iter([(X, y, weight)]), None, epochs=1, batch_size=len(X))
 
+    def _keep_booster(self, booster: Any) -> None:
+        self.booster = booster
+
     def _keep_probe(self, X: np.ndarray) -> None:
         have = 0 if self._probe is None else len(self._probe)
         if have < _PROBE_ROWS:
@@ -223,19 +267,26 @@ class XGBoostBackend(Backend):
 
     def fit_stream(self, train: ChunkSource, validation: ChunkSource | None = None, *, epochs: int = 1,
                    batch_size: int | None = None,
-                   on_round: Callable[[dict[str, float]], bool | None] | None = None) -> dict[str, float]:
+                   on_round: Callable[[dict[str, float]], bool | None] | None = None,
+                   previous_rounds: list[dict[str, float]] | None = None) -> dict[str, float]:
         """Boost ``n_estimators`` rounds over the whole training stream (``epochs`` and ``batch_size`` do not
         apply: each round already sees every event). ``on_round(metrics)`` is called after each round with
         ``round``, ``train_logloss``/``train_auc``, ``validation_logloss``/``validation_auc`` (``loss`` and
         ``val_loss`` as aliases) and stops training when it returns True. Early stopping (on the validation
-        logloss, keeping the best model) when ``early_stopping_rounds`` is set and a validation stream given."""
+        logloss, keeping the best model) when ``early_stopping_rounds`` is set and a validation stream given.
+
+        ``previous_rounds``: continue the loaded booster (see :meth:`load`) instead of starting afresh; the
+        metrics of its rounds (as ``on_round`` received them), for early stopping to go on from. Only the
+        missing ``n_estimators - done`` rounds are boosted; round numbers count on from ``done``."""
+        if previous_rounds is not None and self.booster is None:
+            raise RuntimeError("no XGBoost model to continue: load() the checkpoint first")
         external = bool(self._opt("external_memory", False))
         cache_root = None
         if external:
             cache_root = tempfile.mkdtemp(prefix="mlaas4hep-xgb-", dir=self._opt("cache_dir", None))
-        self.history = []
+        self.history = list(previous_rounds or [])
         try:
-            n_events = self._train(train, validation, on_round, cache_root)
+            n_events = self._train(train, validation, on_round, cache_root, previous_rounds)
         finally:
             # the matrices (which own the page files) are gone once _train has returned
             if cache_root is not None:
@@ -249,8 +300,11 @@ class XGBoostBackend(Backend):
         return result
 
     def _train(self, train: ChunkSource, validation: ChunkSource | None,
-               on_round: Callable[[dict[str, float]], bool | None] | None, cache_root: str | None) -> int:
+               on_round: Callable[[dict[str, float]], bool | None] | None, cache_root: str | None,
+               previous_rounds: list[dict[str, float]] | None = None) -> int:
         xgb = extras.xgboost()
+        continued = self.booster if previous_rounds is not None else None
+        done = continued.num_boosted_rounds() if continued is not None else 0
         ChunkIter = _iterator_class()
         build = self._matrix_builder(xgb, external=cache_root is not None)
 
@@ -269,18 +323,27 @@ class XGBoostBackend(Backend):
             dval = build(val_iter, dtrain)
             if val_iter.events_last_pass:
                 evals.append((dval, "validation"))
-        callbacks = [_round_callback(on_round, self.history)]
+        interrupted = [False]
+        callbacks = [_round_callback(on_round, self.history, self._keep_booster,
+                                     lambda: interrupted.__setitem__(0, True), start=done)]
         if self.early_stopping_rounds:
             if any(name == "validation" for _, name in evals):
-                metric = "logloss" if "logloss" in self.params["eval_metric"] else None
-                callbacks.append(xgb.callback.EarlyStopping(
-                    rounds=self.early_stopping_rounds, metric_name=metric, data_name="validation",
-                    save_best=True))
+                # xgboost's default is the last metric; named here so that a continuation replays the same
+                metric = "logloss" if "logloss" in self.params["eval_metric"] else self.params["eval_metric"][-1]
+                previous = [r.get(f"validation_{metric}") for r in previous_rounds or []]
+                if not all(isinstance(v, (int, float)) for v in previous):
+                    warnings.warn("the checkpoint's rounds have no validation scores: early stopping starts "
+                                  "afresh from the resumed round", UserWarning, stacklevel=3)
+                    previous = []
+                callbacks.append(_early_stopping_class()(
+                    previous, lambda: interrupted[0], rounds=self.early_stopping_rounds, metric_name=metric,
+                    data_name="validation", save_best=True))
             else:
                 warnings.warn("early_stopping_rounds is set but there is no validation stream: training "
                               "runs all n_estimators rounds", UserWarning, stacklevel=3)
-        self.booster = xgb.train(self.params, dtrain, num_boost_round=self.n_estimators, evals=evals,
-                                 callbacks=callbacks, verbose_eval=False)
+        # a continuation boosts only the missing rounds (xgb.train counts num_boost_round from the model's)
+        self.booster = xgb.train(self.params, dtrain, num_boost_round=max(self.n_estimators - done, 0),
+                                 evals=evals, callbacks=callbacks, verbose_eval=False, xgb_model=continued)
         self.stream_stats = {"train": train_iter.stats}
         if val_iter is not None:
             self.stream_stats["validation"] = val_iter.stats

@@ -32,9 +32,10 @@ from mlaas4hep_lab.data._expression_functions import (
     FUNCTIONS,
     UNARY_OPERATORS,
 )
+from mlaas4hep_lab.data._expression_text import Rewritten, quote_name
 from mlaas4hep_lab.errors import BranchNotFoundError, ExpressionError, close_matches
 
-__all__ = ["MAX_DEPTH", "MAX_NODES", "Compiler", "EvalFailure", "kind_from_tree", "limit_error"]
+__all__ = ["MAX_DEPTH", "MAX_NODES", "Compiler", "EvalFailure", "kind_from_tree", "limit_error", "unknown_name"]
 
 MAX_DEPTH = 100
 """Deepest nesting of syntax nodes accepted."""
@@ -76,6 +77,27 @@ def limit_error(text: str, reason: str, col: int | None = None, where: str | Non
     return ExpressionError(text[:80] + "...", reason + at, where=where)
 
 
+def unknown_name(name: str, where: str, available, context: str = "") -> BranchNotFoundError:
+    """BranchNotFoundError for a name no branch has, suggesting names as an expression writes them:
+    the members of an object named ``name`` (``Muon`` -> `` `Muon.PT` ``, ``Info`` -> `` `Info/runNum` ``)
+    first, else the closest spellings; with a reminder of the backticks when a suggestion needs them."""
+    available = sorted(set(available))
+    err = BranchNotFoundError(name, where, available, context)
+    members = [a for a in available if a.startswith((name + ".", name + "/"))]
+    hits = members[:5] or close_matches(name, available, n=3)
+    head, _, attr = name.rpartition(".")
+    attribute = bool(head) and head in available  # x.real: attribute access, not a branch name
+    if members or attribute or any(not h.isidentifier() for h in hits):
+        msg = f"unknown name {quote_name(name)} in {where}" + (f" ({context})" if context else "")
+        if attribute:
+            msg += f"; no branch is called {name!r}, and attribute access ('.{attr}') is not allowed"
+        if hits:
+            msg += f"; did you mean {', '.join(quote_name(h) for h in hits)}?"
+        msg += " Write names that contain '.' or '/' between backticks, e.g. `Info/runNum`."
+        err.args = (msg,)
+    return err
+
+
 class EvalFailure(Exception):
     """Raised inside the closure tree; turned into an ExpressionError by Expression."""
 
@@ -103,27 +125,31 @@ def _guard(col: int, what: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 class Compiler:
     """Checks an ``ast`` tree against the whitelist and builds the closure tree."""
 
-    def __init__(self, text: str, names: frozenset[str] | None, where: str | None, line_starts: list[int]):
+    def __init__(self, text: str, rewritten: Rewritten, names: frozenset[str] | None, where: str | None,
+                 line_starts: list[int]):
+        # ``text`` is what the user wrote (quoted in messages); the tree is parsed from ``rewritten.body``
         self.text, self.known, self.where = text, names, where
+        self.body, self.quoted, self.source_col = rewritten.body, rewritten.quoted, rewritten.source_col
         self.line_starts = line_starts
         self.used: set[str] = set()
         self.kind_tree: Any = None
 
     # positions ------------------------------------------------------------------------------
     def col(self, node: ast.AST, end: bool = False) -> int:
+        """The column of ``node`` (or of its end) in the user's text."""
         lineno = getattr(node, "end_lineno" if end else "lineno", 1) or 1
         offset = getattr(node, "end_col_offset" if end else "col_offset", 0) or 0
         start = self.line_starts[min(lineno, len(self.line_starts)) - 1]
-        line = self.text[start:]
+        line = self.body[start:]
         # ast offsets count UTF-8 bytes; convert to characters
         chars = len(line.encode("utf-8")[:offset].decode("utf-8", errors="ignore"))
-        return start + chars
+        return self.source_col[min(start + chars, len(self.source_col) - 1)]
 
     def fail(self, node: ast.AST, reason: str, end: bool = False) -> ExpressionError:
         return ExpressionError(self.text, reason, col=self.col(node, end), where=self.where)
 
     def snippet(self, node: ast.AST) -> str:
-        text = ast.get_source_segment(self.text, node) or "?"
+        text = self.text[self.col(node): self.col(node, end=True)] or "?"
         return text if len(text) <= 60 else text[:57] + "..."
 
     # cost -----------------------------------------------------------------------------------
@@ -154,6 +180,8 @@ class Compiler:
             return self.constant(node)
         if isinstance(node, ast.Name):
             return self.name(node)
+        if isinstance(node, ast.Attribute):
+            return self.dotted(node)
         if isinstance(node, ast.BinOp):
             op = BINARY_OPERATORS.get(type(node.op))
             if op is None:
@@ -165,6 +193,8 @@ class Compiler:
             return self.combine(node, f"'{op[0]}'", op[1], [left, right]), ("op", lk, rk)
         if isinstance(node, ast.UnaryOp):
             op = UNARY_OPERATORS[type(node.op)]
+            if isinstance(node.op, ast.Invert) and self.text[self.col(node):self.col(node) + 1] == "!":
+                op = UNARY_OPERATORS[ast.Not]  # ROOT's '!' (rewritten as '~' for its precedence)
             operand, k = self.build(node.operand, d)
             return self.combine(node, f"'{op[0]}'", op[1], [operand]), ("op", k)
         if isinstance(node, ast.BoolOp):
@@ -231,6 +261,8 @@ class Compiler:
 
     def name(self, node: ast.Name) -> tuple[Any, tuple]:
         name = node.id
+        if name in self.quoted:  # `Muon.PT`: a branch, whatever it is called
+            return self.branch(node, self.quoted[name])
         if name.startswith("_"):
             raise self.fail(node, f"names starting with '_' are not allowed ({name!r})")
         is_branch = self.known is not None and name in self.known
@@ -238,10 +270,26 @@ class Compiler:
             return np.float64(CONSTANTS[name]), ("flat",)
         if name in ALLOWED_FUNCTIONS and not is_branch:
             raise self.fail(node, f"{name!r} is a function; call it as {name}(...)")
-        if self.known is not None and not is_branch:
-            raise BranchNotFoundError(
-                name, self.where or "the expression", self.known, context=f"in expression {self.text!r}"
-            )
+        return self.branch(node, name)
+
+    def dotted(self, node: ast.Attribute) -> tuple[Any, tuple]:
+        """``Muon.PT`` written without backticks: the branch of that name (RDataFrame's spelling of a
+        split object's member), since attribute access has no other meaning here."""
+        parts, value = [node.attr], node.value
+        while isinstance(value, ast.Attribute):
+            parts.append(value.attr)
+            value = value.value
+        if not isinstance(value, ast.Name) or value.id in self.quoted:
+            raise self.reject(node)
+        parts.append(value.id)
+        name = ".".join(reversed(parts))
+        if any(p.startswith("_") for p in parts) and (self.known is None or name not in self.known):
+            raise self.reject(node)  # x.__class__: attribute access, refused as such
+        return self.branch(node, name)
+
+    def branch(self, node: ast.AST, name: str) -> tuple[Any, tuple]:
+        if self.known is not None and name not in self.known:
+            raise unknown_name(name, self.where or "the expression", self.known, f"in expression {self.text!r}")
         self.used.add(name)
         return (lambda lookup: lookup(name)), ("name", name)
 

@@ -92,12 +92,32 @@ def _clip(x: Any, lo: Any, hi: Any) -> Any:
     return np.minimum(np.maximum(x, lo), hi)
 
 
+def _is_boolean(x: Any) -> bool:
+    """True for booleans (a condition), flat or jagged."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return x.dtype == np.bool_
+    if isinstance(x, bool):
+        return True
+    if not _is_ak(x):
+        return False
+    t = x.type.content
+    while isinstance(t, (ak.types.ListType, ak.types.RegularType, ak.types.OptionType)):
+        t = t.content
+    return isinstance(t, ak.types.NumpyType) and t.primitive == "bool"
+
+
 def _reducer(name: str) -> Callable[[Any], Any]:
-    """One-argument reduction over each event's list (last axis); identity on flat input."""
+    """One-argument reduction over each event's list (last axis); identity on flat input.
+
+    ``count`` counts the true values of a condition (``count(Jet_pt > 30)``, as ROOT's ``Sum$``) and the
+    elements of anything else; ``len`` always counts the elements (ROOT's ``Length$``).
+    """
 
     def reduce(x: Any) -> Any:
+        if name == "count" and _is_boolean(x):
+            return ak.sum(x, axis=-1) if is_jagged(x) else np.asarray(x, dtype=np.int64)
         if not is_jagged(x):
-            if name == "count":
+            if name in ("count", "len"):
                 return (
                     np.ones(len(x), dtype=np.int64) if isinstance(x, (ak.Array, np.ndarray)) else np.int64(1)
                 )
@@ -112,7 +132,7 @@ def _reducer(name: str) -> Callable[[Any], Any]:
             return _nan_filled(ak.mean(x, axis=-1))
         if name == "sum":
             return ak.sum(x, axis=-1)
-        if name == "count":
+        if name in ("count", "len"):
             return ak.count(x, axis=-1)
         if name == "any":
             return ak.any(x, axis=-1)
@@ -164,6 +184,7 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], int, int | None, bool]] = {
     "sum": (_reducer("sum"), 1, 1, True),
     "mean": (_reducer("mean"), 1, 1, True),
     "count": (_reducer("count"), 1, 1, True),
+    "len": (_reducer("len"), 1, 1, True),
     "any": (_reducer("any"), 1, 1, True),
     "all": (_reducer("all"), 1, 1, True),
 }

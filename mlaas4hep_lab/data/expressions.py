@@ -1,6 +1,6 @@
 """Safe expressions over branches: new-branch definitions and cuts of preproc.json.
 
-An expression such as ``log(partonE) * 2``, ``1 <= nJets <= 16`` or ``sum(Jet_pt > 30) >= 2`` is
+An expression such as ``log(partonE) * 2``, ``1 <= nJets <= 16`` or ``count(Jet_pt > 30) >= 2`` is
 parsed with :func:`ast.parse`, checked against a whitelist of node types and functions, and turned
 into a small tree of Python closures that call numpy / awkward functions on whole arrays. The
 user's text is never handed to Python's code evaluation machinery, so an expression can only do
@@ -10,12 +10,20 @@ Semantics
 ---------
 - Flat branches are 1-D arrays; jagged branches are ``var * T`` awkward arrays. Arithmetic between
   a flat and a jagged operand broadcasts the per-event value over the event's list.
-- ``and`` / ``or`` / ``not`` are elementwise (like ``&`` / ``|`` / ``~``); comparisons may be chained
-  in any direction (``1 <= x <= 16``, ``16 >= x >= 1``): the AND of the pairwise comparisons.
+- Any branch can be named: a name containing ``.`` or ``/`` is written between backticks
+  (`` `Info/runNum` ``, `` `Muon.PT` ``); a dotted name may also be written plainly (``Muon.PT``, as in
+  RDataFrame), since attribute access has no other meaning here.
+- ``and`` / ``or`` / ``not`` are elementwise (like ``&`` / ``|`` / ``~``); ROOT's ``&&``, ``||`` and
+  ``!`` are accepted as ``and``, ``or`` and ``not`` (``!`` binds as tightly as in C++: ``!a == b`` is
+  ``(not a) == b``; ``!=`` is not-equal). Comparisons may be chained in any direction
+  (``1 <= x <= 16``, ``16 >= x >= 1``): the AND of the pairwise comparisons.
 - ``min``/``max`` with two or more arguments are elementwise; with one argument they, like
-  ``sum mean count any all``, reduce each event's list (last axis) to one value. Empty lists give
-  ``sum`` 0, ``count`` 0, ``any`` False, ``all`` True and NaN for ``min``/``max``/``mean``. On a flat
-  argument the reductions are the identity (``count`` gives 1, ``any``/``all`` the truth value).
+  ``sum mean count len any all``, reduce each event's list (last axis) to one value. ``count`` counts
+  the true values of a condition (``count(Jet_pt > 30)``: jets above 30, ROOT's ``Sum$``) and the
+  elements of anything else; ``len`` always counts the elements (ROOT's ``Length$``). Empty lists give
+  ``sum`` 0, ``count`` 0, ``len`` 0, ``any`` False, ``all`` True and NaN for ``min``/``max``/``mean``.
+  On a flat argument the reductions are the identity (``len`` gives 1, ``count`` 1 or, for a
+  condition, 1 where it holds and 0 elsewhere, ``any``/``all`` the truth value).
 - Numerical problems follow numpy (``1/0`` is inf, ``log(-1)`` is NaN) with its warnings silenced.
   Constant parts are computed when the expression is compiled: one whose value is not a finite
   64-bit float (``10**400``, ``9**9**9**9``, ``1e308*10``, ``1/0``) is refused there with the reason.
@@ -32,9 +40,10 @@ Modules
 -------
 This module is the public entry point (:func:`compile_expression`, :class:`Expression` and the
 names listed in ``__all__``). The parts live in private modules and are re-exported here:
-``_array_kinds`` (flat vs jagged arrays), ``_expression_functions`` (the operator and function
-tables with their numpy/awkward implementations) and ``_expression_compiler`` (the whitelist check
-of the syntax tree and the closures it builds).
+``_array_kinds`` (flat vs jagged arrays), ``_expression_text`` (quoted names and ROOT's operators,
+rewritten before parsing), ``_expression_functions`` (the operator and function tables with their
+numpy/awkward implementations) and ``_expression_compiler`` (the whitelist check of the syntax tree
+and the closures it builds).
 """
 
 from __future__ import annotations
@@ -54,9 +63,11 @@ from mlaas4hep_lab.data._expression_compiler import (
     EvalFailure,
     kind_from_tree,
     limit_error,
+    unknown_name,
 )
 from mlaas4hep_lab.data._expression_functions import ALLOWED_FUNCTIONS, CONSTANTS
-from mlaas4hep_lab.errors import BranchNotFoundError, ExpressionError
+from mlaas4hep_lab.data._expression_text import quote_name, rewrite
+from mlaas4hep_lab.errors import ExpressionError
 
 __all__ = [
     "ALLOWED_FUNCTIONS",
@@ -70,6 +81,8 @@ __all__ = [
     "flat_to_numpy",
     "is_jagged",
     "kind_of",
+    "quote_name",
+    "unknown_name",
 ]
 
 MAX_LENGTH = 10_000
@@ -114,7 +127,7 @@ class Expression:
     def kind(self, kinds: Mapping[str, str]) -> str:
         """The kind (``"flat"``/``"jagged"``) of the result, given the kinds of the branches read.
 
-        Reductions (one-argument ``min max sum mean count any all``) make a jagged operand flat;
+        Reductions (one-argument ``min max sum mean count len any all``) make a jagged operand flat;
         everything else is jagged as soon as one operand is.
         """
         return kind_from_tree(self._kinds, kinds)
@@ -168,9 +181,8 @@ class Expression:
             try:
                 value = get(name)
             except KeyError:
-                raise BranchNotFoundError(
-                    name, self.where or "the arrays", available, context=f"in expression {self.text!r}"
-                ) from None
+                raise unknown_name(name, self.where or "the arrays", available,
+                                   f"in expression {self.text!r}") from None
             if isinstance(value, ak.Array):
                 value = flat_to_numpy(value)
             elif not isinstance(value, np.ndarray):
@@ -222,10 +234,10 @@ def compile_expression(text: str, names: Iterable[str] | None = None, where: str
         )
     if not text.strip():
         raise ExpressionError(text, "the expression is empty", where=where)
-    # leading blanks would be an indentation error; parse without them and shift the columns
-    lead = len(text) - len(text.lstrip(" \t"))
-    body = text[lead:]
     _check_brackets(text, where)
+    # quoted names, && || ! -> parseable text, with a map back to the user's columns
+    rewritten = rewrite(text, where)
+    body = rewritten.body
     starts = _line_starts(body)
     try:
         tree = ast.parse(body, mode="eval")
@@ -233,8 +245,8 @@ def compile_expression(text: str, names: Iterable[str] | None = None, where: str
         line = (exc.lineno or 1) - 1
         offset = max((exc.offset or 1) - 1, 0)
         col = (starts[line] if 0 <= line < len(starts) else 0) + offset
-        col = min(col, len(body))
-        raise ExpressionError(text, f"syntax error: {exc.msg}", col=lead + col, where=where) from None
+        col = rewritten.source_col[min(col, len(body))]
+        raise ExpressionError(text, f"syntax error: {exc.msg}", col=col, where=where) from None
     except (RecursionError, MemoryError):
         # the parser's own stack: operators chained thousands deep (- - - ... x)
         raise limit_error(text, "expression is nested too deeply for the parser", None, where) from None
@@ -242,15 +254,10 @@ def compile_expression(text: str, names: Iterable[str] | None = None, where: str
         raise ExpressionError(text, f"cannot be parsed: {exc}", where=where) from None
 
     known = frozenset(names) if names is not None else None
-    compiler = Compiler(body, known, where, starts)
+    compiler = Compiler(text, rewritten, known, where, starts)
     try:
         compiler.check_size(tree.body)
         root, kinds = compiler.build(tree.body)
-    except ExpressionError as exc:
-        if lead:
-            col = None if exc.col is None else exc.col + lead
-            raise limit_error(text, exc.reason, col, where) from None
-        raise
     except RecursionError:
         raise limit_error(text, "expression is nested too deeply", None, where) from None
     return Expression(text, frozenset(compiler.used), where, root, kinds)

@@ -56,7 +56,7 @@ from mlaas4hep_lab.data._preproc_json import (
     parse_preproc,
 )
 from mlaas4hep_lab.data._preproc_json import SECTIONS as SECTIONS  # importable from here, as before
-from mlaas4hep_lab.data.expressions import Expression, flat_to_numpy, is_jagged, kind_of
+from mlaas4hep_lab.data.expressions import Expression, flat_to_numpy, is_jagged, kind_of, unknown_name
 from mlaas4hep_lab.errors import BranchNotFoundError, ConfigError
 
 __all__ = ["Cut", "NewBranch", "BranchCut", "Preproc", "KINDS", "MODES"]
@@ -196,7 +196,7 @@ class Preproc:
 
         def check_names(expr: Expression, path: str) -> None:
             for name in sorted(expr.names - available):
-                raise BranchNotFoundError(name, where, available, context=f"preproc {path}: {expr.text!r}")
+                raise unknown_name(name, where, available, f"preproc {path}: {expr.text!r}")
 
         for nb in self.new_branches:
             path = f"new_branch.{nb.name}"
@@ -245,11 +245,12 @@ class Preproc:
                 raise ConfigError(_jagged_flat_cut(cut), key=cut.key, source=src)
 
     # application ------------------------------------------------------------------------------
-    def apply(self, arrays: ak.Array) -> tuple[ak.Array, np.ndarray]:
+    def apply(self, arrays: ak.Array, cutflow: dict[str, int] | None = None) -> tuple[ak.Array, np.ndarray]:
         """Add the new branches to ``arrays`` and compute which events pass every cut.
 
         Returns ``(arrays with the new branch fields, keep)`` where ``keep`` is a boolean numpy
-        array of ``len(arrays)``. Nothing is filtered here.
+        array of ``len(arrays)``. Nothing is filtered here. With ``cutflow``, the events passing each
+        cut on its own are added to ``cutflow[cut.key]`` (what the specs pass reports per file).
         """
         n = len(arrays)
         if self.is_empty():
@@ -281,7 +282,10 @@ class Preproc:
 
         keep = np.ones(n, dtype=bool)
         for cut in self.cuts():
-            keep &= self._mask(cut, lookup, n)
+            passed = self._mask(cut, lookup, n)
+            if cutflow is not None:
+                cutflow[cut.key] = cutflow.get(cut.key, 0) + int(np.count_nonzero(passed))
+            keep &= passed
         return _with_fields(arrays, new_values), keep
 
     def _mask(self, cut: Cut, lookup: Any, n: int) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Chunked reading of one tree (TTree or RNTuple): branch listing, classification and selection.
 
-Every branch is classified from its awkward form, which uproot derives from the streamer information
+Every leaf is classified from its awkward form, which uproot derives from the streamer information
 without reading data, so the same code handles uproot-written counted arrays (NanoAOD style), ROOT's
-``std::vector<T>`` branches, fixed-size arrays and RNTuple fields:
+``std::vector<T>`` branches, fixed-size arrays, members of split C++ objects (Delphes ``Muon.PT``,
+Bacon ``Info/runNum``) and RNTuple fields, records included (``Jet.pt``); :mod:`._layouts` says how
+leaves are named:
 
 * ``flat``   -- one number per event (bool, any integer or float width);
 * ``jagged`` -- a list of numbers per event (variable or fixed length);
@@ -20,6 +22,16 @@ import awkward as ak
 import numpy as np
 
 from mlaas4hep_lab.data import sources
+from mlaas4hep_lab.data._layouts import (
+    BOOKKEEPING,
+    Leaf,
+    classify,
+    extract,
+    read_problem,
+    rntuple_leaves,
+    ttree_leaves,
+    unclashing,
+)
 from mlaas4hep_lab.errors import BranchNotFoundError, ConfigError, InputFileError
 
 __all__ = ["BranchInfo", "TreeReader", "BlockReader", "select_branches", "inspect_file", "format_table"]
@@ -37,34 +49,7 @@ class BranchInfo:
     dtype: np.dtype
     typename: str
     fixed_length: int | None = None  # fixed-size arrays (float x[3]) are jagged with a known length
-
-
-def _classify(form: ak.forms.Form) -> tuple[str, np.dtype, int | None] | str:
-    """(kind, dtype, fixed_length) for a numeric form, else the reason it is skipped."""
-    params = form.parameters or {}
-    if params.get("__array__") in ("string", "bytestring", "char", "byte"):
-        return "strings are not numeric features"
-    if isinstance(form, ak.forms.NumpyForm):
-        dtype = np.dtype(ak.types.numpytype.primitive_to_dtype(form.primitive))
-        if dtype.kind not in "biuf":
-            return f"element type {form.primitive} is not numeric"
-        if len(form.inner_shape) == 0:
-            return "flat", dtype, None
-        if len(form.inner_shape) == 1:
-            return "jagged", dtype, int(form.inner_shape[0])
-        return f"multi-dimensional array {form.inner_shape} is not supported"
-    if isinstance(form, (ak.forms.ListOffsetForm, ak.forms.ListForm, ak.forms.RegularForm)):
-        inner = _classify(form.content)
-        if isinstance(inner, str):
-            return f"list of unsupported elements ({inner})"
-        if inner[0] != "flat":
-            return "nested lists (e.g. vector<vector<T>>) are not supported"
-        fixed = form.size if isinstance(form, ak.forms.RegularForm) else None
-        return "jagged", inner[1], fixed
-    if isinstance(form, (ak.forms.IndexedOptionForm, ak.forms.UnmaskedForm, ak.forms.ByteMaskedForm,
-                         ak.forms.BitMaskedForm, ak.forms.IndexedForm)):
-        return _classify(form.content)
-    return f"{type(form).__name__} (objects or records) is not supported"
+    path: str = ""  # where uproot finds it, when not at ``name``: "Muon/Muon.PT", RNTuple "Jet.pt"
 
 
 def _is_rntuple(tree) -> bool:
@@ -101,35 +86,50 @@ class TreeReader:
 
             self._executor = ThreadPoolExecutor(decompression_workers)
         self.branches: dict[str, BranchInfo] = {}
-        self.skipped: dict[str, str] = {}
+        self.skipped: dict[str, str] = {}  # name -> why it is not a feature
+        self.skipped_types: dict[str, str] = {}  # name -> ROOT type name of the skipped leaf
+        self.aliases: dict[str, str] = {}  # another spelling (full path, member name) -> the name used
         self._classify_branches()
 
     # -- branch listing ---------------------------------------------------------------------------
     def _classify_branches(self) -> None:
         if self.is_rntuple:
-            form = self._tree.arrays(entry_stop=0).layout.form
-            items = [(name, form.content(name), "") for name in form.fields]
+            leaves, self.aliases = rntuple_leaves(self._tree), {}
         else:
-            items = []
-            for name, branch in self._tree.iteritems(recursive=True, full_paths=True):
-                if len(branch.branches):  # a split object's parent holds no data of its own
-                    continue
-                try:
-                    form = branch.interpretation.awkward_form(self._file.file)
-                except Exception as err:  # uproot cannot interpret it: a custom class, typically
-                    self.skipped[name] = f"cannot be interpreted by uproot ({type(err).__name__})"
-                    continue
-                items.append((name, form, branch.typename))
-        for name, form, typename in items:
-            kind = _classify(form)
+            leaves, self.aliases = ttree_leaves(self._tree, self._file.file)
+        self._leaves: dict[str, Leaf] = {}
+        for leaf in leaves:
+            if leaf.name in self._leaves:  # an RNTuple field literally named like another's member
+                self.skipped[leaf.name] = f"another leaf is also called {leaf.name!r}"
+                continue
+            self._leaves[leaf.name] = leaf
+            kind = leaf.problem or classify(leaf.form)
             if isinstance(kind, str):
-                self.skipped[name] = kind
+                self.skipped[leaf.name] = kind
+                self.skipped_types[leaf.name] = leaf.typename
             else:
-                self.branches[name] = BranchInfo(name, kind[0], kind[1], typename or str(form.type), kind[2])
-        if self.skipped and (self.path, self.tree_name) not in _NOTIFIED:
+                path = "" if leaf.uproot_name == leaf.name and not self.is_rntuple else leaf.uproot_name
+                typename = leaf.typename or str(leaf.form.type)
+                self.branches[leaf.name] = BranchInfo(leaf.name, kind[0], kind[1], typename, kind[2], path)
+        # TObject bookkeeping (fUniqueID, fBits on every Delphes collection) is not worth a warning
+        worth = {k: v for k, v in self.skipped.items() if v != BOOKKEEPING}
+        if worth and (self.path, self.tree_name) not in _NOTIFIED:
             _NOTIFIED.add((self.path, self.tree_name))
             log.warning("%s: skipping %d branch(es) that are not numbers or lists of numbers: %s", self.path,
-                        len(self.skipped), ", ".join(f"{k} ({v})" for k, v in self.skipped.items()))
+                        len(worth), ", ".join(f"{k} ({v})" for k, v in worth.items()))
+
+    def unreadable(self) -> dict[str, str]:
+        """Skipped leaves that uproot cannot interpret or fails to read (the first entry is tried),
+        with uproot's reason: a type uproot knows is no promise that it can decode the bytes."""
+        out = {}
+        for name in self.skipped:
+            leaf = self._leaves.get(name)
+            if leaf is None or self.skipped[name] == BOOKKEEPING:
+                continue
+            problem = read_problem(self._tree, leaf, self.num_entries, self.is_rntuple)
+            if problem:
+                out[name] = problem
+        return out
 
     def kinds(self) -> dict[str, str]:
         """Branch name -> ``"flat"``/``"jagged"`` for every numeric branch."""
@@ -142,7 +142,14 @@ class TreeReader:
                 if name in self.skipped:
                     raise ConfigError(f"branch {name!r} in {self.path} cannot be used: {self.skipped[name]}",
                                       key=context or None)
-                raise BranchNotFoundError(name, f"tree {self.tree_name!r} of {self.path}", self.branches, context)
+                where = f"tree {self.tree_name!r} of {self.path}"
+                if self.aliases.get(name) in self.branches:
+                    # uproot's other spelling of a leaf (full path, or a member's bare name)
+                    raise BranchNotFoundError(
+                        name, where, [self.aliases[name]],
+                        f"{context + '; ' if context else ''}this leaf is called {self.aliases[name]!r} here",
+                    )
+                raise BranchNotFoundError(name, where, self.branches, context)
 
     # -- reading ----------------------------------------------------------------------------------
     def read(self, branches: Sequence[str], entry_start: int, entry_stop: int) -> ak.Array:
@@ -151,20 +158,23 @@ class TreeReader:
         wanted = list(dict.fromkeys(branches))
         entry_stop = min(entry_stop, self.num_entries)
 
-        def _read():
+        if not wanted:
+            return ak.Array(ak.contents.RecordArray([], [], length=max(0, entry_stop - entry_start)))
+        leaves = [self._leaves[name] for name in wanted]
+        options = {"entry_start": entry_start, "entry_stop": entry_stop}
+        if not self.is_rntuple:
+            options.update(array_cache=None, decompression_executor=self._executor, library="ak")
+
+        def _read() -> list[ak.Array]:
             if self.is_rntuple:
-                return self._tree.arrays(wanted, entry_start=entry_start, entry_stop=entry_stop)
-            return self._tree.arrays(
-                filter_name=set(wanted).__contains__,
-                entry_start=entry_start,
-                entry_stop=entry_stop,
-                array_cache=None,
-                decompression_executor=self._executor,
-                library="ak",
-            )
+                return [self._tree.arrays(list(dict.fromkeys(leaf.uproot_name for leaf in leaves)), **options)]
+            # by full path, not filter_name: uproot names the output of filter_name by the member's own name
+            # (runNum), which two split objects may share
+            return [self._tree.arrays([leaf.uproot_name for leaf in group], **options)
+                    for group in unclashing(leaves)]
 
         try:
-            arrays = sources.with_retries(_read, self.path, self.retries, self.backoff, what="read")
+            parts = sources.with_retries(_read, self.path, self.retries, self.backoff, what="read")
         except InputFileError:
             raise
         except Exception as err:
@@ -173,9 +183,14 @@ class TreeReader:
                 f"{type(err).__name__}: {err}. The file may be truncated or corrupt.",
                 self.path,
             ) from err
-        if arrays.fields != wanted:
-            arrays = arrays[wanted]
-        return arrays
+        if len(parts) == 1 and parts[0].fields == wanted:
+            return parts[0]
+        # fields named by the package's names, sharing uproot's buffers (no copy)
+        columns = {}
+        for arrays in parts:
+            columns.update({leaf.name: extract(arrays, leaf, self.is_rntuple) for leaf in leaves
+                            if leaf.path[0] in arrays.fields})
+        return ak.zip({name: columns[name] for name in wanted}, depth_limit=1)
 
     def cluster_boundaries(self, branches: Sequence[str]) -> np.ndarray:
         """Entry numbers at which every one of ``branches`` starts a new basket (cluster), 0 and the end
@@ -184,7 +199,8 @@ class TreeReader:
             if self.is_rntuple:
                 offsets = self._tree.common_entry_offsets()
             else:
-                offsets = self._tree.common_entry_offsets(filter_name=set(branches).__contains__)
+                paths = {self._leaves[b].uproot_name for b in branches if b in self._leaves}
+                offsets = self._tree.common_entry_offsets(filter_name=paths.__contains__)
         except Exception:  # no basket layout to exploit: the whole tree is one block
             offsets = []
         return np.unique(np.asarray([0, *offsets, self.num_entries], dtype=np.int64))
@@ -193,7 +209,7 @@ class TreeReader:
         """Uncompressed bytes per entry of ``branches`` (an estimate, used to bound buffers)."""
         if self.is_rntuple or not self.num_entries:
             return 8.0 * max(1, len(branches)) * 4
-        wanted = set(branches)
+        wanted = {self._leaves[b].uproot_name for b in branches if b in self._leaves}
         total = sum(b.uncompressed_bytes for name, b in self._tree.iteritems(recursive=True, full_paths=True)
                     if name in wanted)
         return max(1.0, total / self.num_entries)
@@ -294,7 +310,11 @@ def format_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str
 
 
 def inspect_file(path: str, tree: str | None = None) -> str:
-    """A readable description of the trees in a ROOT file: branches, types, flat/jagged, entries."""
+    """A readable description of the trees in a ROOT file: branches, types, flat/jagged, entries.
+
+    Skipped branches are listed with their ROOT type and the reason; those uproot fails to read (its
+    first entry is tried) are flagged ``UNREADABLE`` with uproot's error.
+    """
     f = sources.open_file(str(path))
     try:
         trees = [tree] if tree else [
@@ -311,10 +331,14 @@ def inspect_file(path: str, tree: str | None = None) -> str:
         with TreeReader(str(path), name) as r:
             kind = "RNTuple" if r.is_rntuple else "TTree"
             n_flat = sum(b.kind == "flat" for b in r.branches.values())
+            broken = r.unreadable()
             out.append(f"{kind} {name!r} in {path}: {r.num_entries} entries, {n_flat} flat and "
-                       f"{len(r.branches) - n_flat} jagged numeric branches, {len(r.skipped)} skipped")
+                       f"{len(r.branches) - n_flat} jagged numeric branches, {len(r.skipped)} skipped"
+                       + (f" ({len(broken)} that uproot cannot read)" if broken else ""))
             rows = [(b.name, b.typename, str(b.dtype), b.kind + (f"[{b.fixed_length}]" if b.fixed_length else ""))
                     for b in r.branches.values()]
-            rows += [(name, "", "", f"skipped: {why}") for name, why in r.skipped.items()]
+            rows += [(leaf, r.skipped_types.get(leaf, ""), "",
+                      f"UNREADABLE: {broken[leaf]}" if leaf in broken else f"skipped: {why}")
+                     for leaf, why in r.skipped.items()]
             out.append(format_table(rows, ("branch", "type", "dtype", "kind")))
     return "\n\n".join(out)

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 from mlaas4hep_lab.data import sources
 from mlaas4hep_lab.data.plan import Plan, events_to_use, make_plan
 from mlaas4hep_lab.data.reader import BlockReader, TreeReader
-from mlaas4hep_lab.data.vectorize import feature_names, jagged_buffers
+from mlaas4hep_lab.data.vectorize import LEGACY_PADDING, _padding, feature_names, jagged_buffers
 from mlaas4hep_lab.errors import ConfigError, InputFileError, SpecsError, StaleSpecsError
 from mlaas4hep_lab.params import Params
 
@@ -60,10 +61,21 @@ class Specs:
     fingerprint: str = ""
     version: int = SPECS_VERSION
     features: list[str] = field(default_factory=list)
+    # the padding mode (mlaas4hep_lab.data.vectorize) fixes part of the feature list; specs files written
+    # before it existed have no key and keep their layout ("zeros")
+    padding: str = LEGACY_PADDING
+    jagged_groups: list[list[str]] = field(default_factory=list)  # jagged branches of equal lengths
+    # what the checks before training read (mlaas4hep_lab.data.validation); absent from older specs files
+    cutflow: dict[str, dict[str, Any]] = field(default_factory=dict)      # per file: read, cuts, passed
+    split_events: dict[str, Any] = field(default_factory=dict)            # split, seed, per file [train, val, test]
+    nonfinite: dict[str, dict[str, Any]] = field(default_factory=dict)    # per branch: nan, inf, values, files
 
     def __post_init__(self) -> None:
         if not self.features:
-            self.features = feature_names(self.fkeys, self.jdim)
+            try:
+                self.features = feature_names(self.fkeys, self.jdim, self.padding, self.jagged_groups)
+            except ConfigError as err:
+                raise SpecsError(f"specs: {err}; written by a newer version? recompute them") from None
 
     @property
     def n_features(self) -> int:
@@ -100,7 +112,7 @@ class Specs:
                 f"[--preproc PREPROC] --fout {source}`, or delete it.")
         if self.fingerprint and fingerprint != self.fingerprint:
             raise StaleSpecsError(f"{source} was computed with other params (tree, branch selection, "
-                                  "identifiers, weight, nevts, missing values, jagged lengths) or another "
+                                  "identifiers, weight, nevts, missing values, jagged lengths, padding) or another "
                                   "preproc.json." + hint)
         if not self.files:
             return  # an original-format specs file: nothing to compare
@@ -133,20 +145,33 @@ def specs_fingerprint(params: Params, preproc=None) -> str:
             "missing_values", "max_jagged_length", "normalization")
     payload = {k: getattr(params, k) for k in keys}
     payload["preproc"] = preproc.fingerprint() if preproc is not None and not preproc.is_empty() else ""
+    if params.padding != LEGACY_PADDING:  # absent for "zeros", so specs written before the key still match
+        payload["padding"] = params.padding
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class _Stats:
-    """Running min/max/sum/sum of squares/count of one branch, and list lengths for jagged ones."""
+    """Running min/max/sum/sum of squares/count of one branch, list lengths for jagged ones, and the
+    values seen and how many were NaN or infinite (``counts``: values, nan, inf)."""
 
-    __slots__ = ("lo", "hi", "mean", "m2", "n", "lengths")
+    __slots__ = ("lo", "hi", "mean", "m2", "n", "lengths", "counts", "lengths_crc")
 
     def __init__(self, jagged: bool):
         self.lo, self.hi, self.mean, self.m2, self.n = np.inf, -np.inf, 0.0, 0.0, 0
         self.lengths = np.zeros(1, np.int64) if jagged else None
+        self.counts = np.zeros(3, np.int64)
+        # a running CRC of every event's list length (with the histogram of lengths, it groups the jagged
+        # branches of one collection; a fifth of the cost of a cryptographic hash)
+        self.lengths_crc = 0
 
     def update(self, values: np.ndarray, missing: np.ndarray) -> None:
         ok = np.isfinite(values) if values.dtype.kind == "f" else None
+        self.counts[0] += values.size
+        if ok is not None:
+            bad = values.size - int(np.count_nonzero(ok))
+            if bad:  # rare: only then tell NaN from inf
+                nan = int(np.count_nonzero(np.isnan(values)))
+                self.counts[1:] += (nan, bad - nan)
         for sentinel in missing:  # a handful of sentinels: plain comparisons beat np.isin
             other = values != sentinel
             ok = other if ok is None else np.logical_and(ok, other, out=ok)
@@ -167,6 +192,7 @@ class _Stats:
         self.n = n
 
     def update_lengths(self, counts: np.ndarray) -> None:
+        self.lengths_crc = zlib.crc32(np.ascontiguousarray(counts, dtype=np.int64), self.lengths_crc)
         hist = np.bincount(counts)
         if hist.size > self.lengths.size:
             hist[: self.lengths.size] += self.lengths
@@ -240,32 +266,52 @@ def compute_specs(files: Sequence[str], params: Params, preproc=None, progress: 
         missing = np.asarray(params.missing_values, dtype=np.float64)
         use = events_to_use([r.num_entries for r in readers], params.nevts)
         events: dict[str, int] = {"total": 0}
+        # per file, for the checks before training: events per cut and per split, NaN/inf per branch
+        from mlaas4hep_lab.data.validation import FileTally  # validation imports this module
+
+        tallies: list[FileTally] = []
+        nonfinite: dict[str, dict[str, list[int]]] = {}
         show = params.verbose > 0 if progress is None else progress
         bar = _progress(sum(use), "specs", show)
         t0 = time.perf_counter()
         for reader, n in zip(readers, use):
-            passed = 0
+            tally = FileTally()
+            before = {name: st.counts.copy() for name, st in stats.items()}
             blocks = BlockReader(reader, plan.read)
             for start in range(0, n, params.chunk_size):
                 stop = min(start + params.chunk_size, n)
-                for _, arrays in blocks.read(start, stop):
+                for first, arrays in blocks.read(start, stop):
                     keep = None
                     if preproc is not None and not preproc.is_empty():
-                        arrays, keep = preproc.apply(arrays)
-                        passed += int(np.count_nonzero(keep))
-                    else:
-                        passed += len(arrays)
+                        arrays, keep = preproc.apply(arrays, cutflow=tally.cuts)
+                    tally.add(reader.path, first, len(arrays), keep, params)
                     _update(stats, plan, arrays, keep, missing)
                 bar.update(stop - start)
-            events[reader.path] = passed
-            events["total"] += passed
+            tallies.append(tally)
+            events[reader.path] = tally.passed
+            events["total"] += tally.passed
+            for name, st in stats.items():
+                here = st.counts - before[name]
+                if here[1] or here[2]:
+                    nonfinite.setdefault(name, {})[reader.path] = here.tolist()
         bar.close()
         log.info("specs pass: %d events in %.1fs", sum(use), time.perf_counter() - t0)
     finally:
         if own:
             for r in readers:
                 r.close()
-    return _finish(stats, plan, params, preproc, events, readers, use)
+    specs = _finish(stats, plan, params, preproc, events, readers, use)
+    from mlaas4hep_lab.data.validation import log_warnings, tallies_to_json
+
+    specs.cutflow, specs.split_events = tallies_to_json(tallies, [r.path for r in readers], params)
+    specs.nonfinite = {
+        name: {"values": int(stats[name].counts[0]), "nan": int(stats[name].counts[1]),
+               "inf": int(stats[name].counts[2]),
+               "files": {path: dict(zip(("values", "nan", "inf"), c)) for path, c in per_file.items()}}
+        for name, per_file in sorted(nonfinite.items())
+    }
+    log_warnings(specs, preproc)
+    return specs
 
 
 def _update(stats: dict[str, _Stats], plan: Plan, arrays, keep, missing: np.ndarray) -> None:
@@ -304,6 +350,9 @@ def _finish(stats, plan: Plan, params: Params, preproc, events, readers, use) ->
         jagged_max[name] = int(st.lengths.size - 1 if st.lengths.any() else 0)
         jq[name] = {str(q): st.quantile(q) for q in _QUANTILES}
         jdim[name] = _jdim(name, jagged_max[name], st, caps)
+    groups: list[list[str]] = []
+    if _padding(params.padding).counts:
+        groups = _collections(stats, plan.jagged, (minv, maxv, mean, std))
     files = []
     for reader, n in zip(readers, use):
         info = sources.file_info(reader.path)
@@ -314,8 +363,28 @@ def _finish(stats, plan: Plan, params: Params, preproc, events, readers, use) ->
         std=std, nans=nans, events=events, files=files, jagged_max=jagged_max, jagged_quantiles=jq,
         tree=params.branch, identifier=list(plan.ids), weight=plan.weight,
         normalization=params.normalization, missing_values=list(params.missing_values),
-        fingerprint=specs_fingerprint(params, preproc),
+        fingerprint=specs_fingerprint(params, preproc), padding=params.padding, jagged_groups=groups,
     )
+
+
+def _collections(stats, jagged: Sequence[str], moments: tuple[dict, dict, dict, dict]) -> list[list[str]]:
+    """The jagged branches grouped by equal length in every event after cuts (a collection: ``Jet_pt``,
+    ``Jet_eta``, ...); each group's multiplicity feature gets the min, max, mean and std of its lengths."""
+    by_digest: dict[tuple[int, bytes], list[str]] = {}
+    for name in sorted(jagged):
+        st = stats[name]
+        by_digest.setdefault((st.lengths_crc, st.lengths.tobytes()), []).append(name)
+    groups = sorted(by_digest.values(), key=lambda group: group[0])
+    for group in groups:
+        hist = stats[group[0]].lengths.astype(np.float64)
+        n, length = hist.sum(), np.arange(hist.size, dtype=np.float64)
+        seen = np.flatnonzero(hist)
+        mu = float(hist @ length / n) if n else 0.0
+        values = (float(seen[0]), float(seen[-1]), mu, float(np.sqrt(hist @ (length - mu) ** 2 / n))) \
+            if n else (0.0, 0.0, 0.0, 0.0)
+        for table, value in zip(moments, values):
+            table[f"len({group[0]})"] = value
+    return groups
 
 
 class _NoBar:

@@ -58,8 +58,8 @@ def split_of(file_key: str, entries: np.ndarray, fractions: Sequence[float], see
 class Chunk:
     """One training chunk: features, mask, labels and bookkeeping, row-aligned numpy arrays."""
 
-    X: np.ndarray                 # float32[n, n_features], normalised, 0 where masked
-    mask: np.ndarray              # bool[n, n_features], True = real value
+    X: np.ndarray                 # float32[n, n_features], normalised, the pad value where masked
+    mask: np.ndarray              # bool[n, n_features], True = real value (always on every chunk)
     y: np.ndarray                 # float32[n]
     split: np.ndarray             # uint8[n]: 0 train, 1 validation, 2 test
     file_index: np.ndarray        # int16[n]: position of the event's file in the file list
@@ -113,7 +113,11 @@ class ChunkStream:
         self.readers = readers or [TreeReader(f, params.branch, retries=params.retries) for f in files]
         self.plan: Plan = make_plan(self.readers[0], params, preproc)
         self._check_plan()
+        # the specs fix the feature layout, as they fix the jagged lengths: a model's inputs follow them
         self.vectorizer = Vectorizer.from_specs(specs, params.normalization, params.missing_values)
+        if params.padding != self.vectorizer.padding:
+            log.warning("the specs were computed with padding %r, params ask for %r: the specs' layout is "
+                        "used; recompute the specs to change it", self.vectorizer.padding, params.padding)
         self.entries = events_to_use([r.num_entries for r in self.readers], params.nevts)
         self.n_chunks = _n_chunks(self.entries, params.chunk_size)
         self._blocks: list[BlockReader | None] = [None] * len(self.readers)

@@ -8,7 +8,8 @@ a failed job.
   (the original files.txt rule), otherwise refused. A URL (and the redirector) must name a host whose
   addresses are all public, or one of the service's ``allowed_hosts``
   (:mod:`mlaas4hep_lab.jobs.netpolicy`): a job never reads from this machine or its private network;
-* labels: numbers, one per file;
+* labels: one per file, checked as the engine checks them (binary task: 1 signal, 0 background;
+  :mod:`mlaas4hep_lab.data.validation`);
 * params: :func:`mlaas4hep_lab.params.load_params` (unknown keys come back as warnings);
 * preproc: :meth:`mlaas4hep_lab.data.preprocess.Preproc.from_json` (expressions compiled by the safe
   compiler, never evaluated);
@@ -147,15 +148,18 @@ def check_model(model: str) -> tuple[str, str]:
     return "model.py", model
 
 
-def _labels(labels: list[float] | str, n_files: int) -> list[float]:
-    if isinstance(labels, str):
-        try:
-            labels = [float(v) for v in _lines(labels)]
-        except ValueError as err:
-            raise Invalid(f"labels: {err}; give one number per line (1 signal, 0 background)") from None
-    if len(labels) != n_files:
-        raise Invalid(f"{len(labels)} labels for {n_files} files: give one label per file")
-    return [float(v) for v in labels]
+def _labels(labels: list[float] | str, n_files: int, task: str = "binary") -> list[float]:
+    """The labels checked by the rule the engine applies (:func:`mlaas4hep_lab.data.validation.check_labels`):
+    binary task, 1 signal and 0 background; an error names the line (or position) and the value."""
+    from mlaas4hep_lab.data.validation import check_labels
+
+    values = _lines(labels) if isinstance(labels, str) else list(labels)
+    if len(values) != n_files:
+        raise Invalid(f"{len(values)} labels for {n_files} files: give one label per file")
+    try:
+        return check_labels(values, task, source="labels")
+    except MLaaSError as err:
+        raise Invalid(str(err)) from None
 
 
 def check_submission(req, roots: tuple[Path, ...], max_files: int = 1000,
@@ -170,7 +174,7 @@ def check_submission(req, roots: tuple[Path, ...], max_files: int = 1000,
         raise Invalid("files: no file given")
     if len(files) > max_files:
         raise Invalid(f"files: {len(files)} files, more than this service's limit of {max_files}")
-    labels = _labels(req.labels, len(files))
+    labels = _labels(req.labels, len(files), str(req.params.get("task", "binary")))
     caught: list[str] = []
     try:
         with warnings.catch_warnings(record=True) as seen:

@@ -1,9 +1,10 @@
 """How good is a classifier: ROC/AUC, accuracy, log-loss, the Higgs challenge's AMS, plots, submissions.
 
 Everything is computed on whole arrays with numpy (one sort and cumulative sums for every curve; no loop
-over events or thresholds). Labels are 1 for signal and 0 for background (values above 0.5 count as
-signal); scores are larger for more signal-like events; weights are optional per-event weights (the
-Higgs challenge's ``Weight``). Selecting "above a threshold" always means ``score >= threshold``.
+over events or thresholds). Labels are 1 for signal and 0 for background (booleans too; any other
+value is a ValueError, not silently rounded); scores are larger for more signal-like events; weights
+are optional per-event weights (the Higgs challenge's ``Weight``). Selecting "above a threshold"
+always means ``score >= threshold``.
 
 Plots import matplotlib on first use (through :mod:`mlaas4hep_lab.extras`) and draw on standalone
 ``Figure`` objects, never on pyplot's global state, so they are safe headless and in threads. Each
@@ -62,10 +63,22 @@ def _vector(values: ArrayLike, what: str, dtype=np.float64) -> np.ndarray:
     return arr
 
 
+def _signal(y: ArrayLike) -> np.ndarray:
+    """True for signal (label 1), False for background (label 0); other labels are an error: a soft or
+    multi-class label thresholded at 0.5 would give metrics of another problem than the one trained."""
+    labels = _vector(y, "y")
+    signal = labels == 1
+    other = ~(signal | (labels == 0))
+    if other.any():
+        raise ValueError(f"y must be 1 (signal) or 0 (background); {int(np.count_nonzero(other))} of "
+                         f"{labels.size} labels are not, e.g. {labels[other][0]:g}")
+    return signal
+
+
 def _inputs(y: ArrayLike, score: ArrayLike, weight: ArrayLike | None):
     """(signal mask, score, weight) as checked float64/bool arrays of one length."""
     score = _vector(score, "score")
-    labels = _vector(y, "y")
+    labels = _signal(y)
     if labels.shape != score.shape:
         raise ValueError(f"y has {labels.size} events but score has {score.size}")
     bad = int(np.count_nonzero(~np.isfinite(score)))
@@ -81,7 +94,7 @@ def _inputs(y: ArrayLike, score: ArrayLike, weight: ArrayLike | None):
         bad = int(np.count_nonzero(~np.isfinite(w)))
         if bad:
             raise ValueError(f"weight has {bad} non-finite value(s) out of {w.size}")
-    return labels > 0.5, score, w
+    return labels, score, w
 
 
 def _cumulative(signal: np.ndarray, score: np.ndarray, weight: np.ndarray):
@@ -436,7 +449,7 @@ def _feature_items(features) -> list[tuple[str, np.ndarray, np.ndarray]]:
     if X.ndim != 2 or X.shape[1] != len(names):
         raise ValueError(f"X must be (n_events, n_features) with one name per column; got X {X.shape} and "
                          f"{len(names)} names")
-    signal = _vector(y, "y") > 0.5
+    signal = _signal(y)
     if signal.size != X.shape[0]:
         raise ValueError(f"y has {signal.size} events but X has {X.shape[0]}")
     good = np.isfinite(X)

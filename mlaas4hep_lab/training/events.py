@@ -1,8 +1,13 @@
 """Metric events published by the training loop, and their standard subscribers.
 
 The loop publishes :class:`MetricEvent` objects to an :class:`EventBus`; a terminal progress bar, the
-``metrics.jsonl`` log and (later) the notebook widgets subscribe to it. Subscribers run in the training
+``metrics.jsonl`` log and the notebook widgets subscribe to it. Subscribers run in the training
 thread and must be quick; a subscriber that raises is removed with a warning, training goes on.
+
+``metrics.jsonl`` holds the history of one run: a new run starts it afresh; a resumed run (``--resume``)
+keeps the lines of the run it resumes up to its checkpoint (the ``start`` line and the ``restored``
+chunk/round/epoch lines the checkpoint holds) and appends its own, so no chunk or round appears twice
+and the events-seen axis goes on.
 """
 
 from __future__ import annotations
@@ -36,11 +41,16 @@ class MetricEvent:
     events_per_second: float = 0.0
     time: float = field(default_factory=time.time)
     message: str = ""
+    # on the ``start`` event of a resumed run: how many chunk/round/epoch events it takes over from the
+    # checkpoint (left out of the JSON when 0, as on every other event)
+    restored: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["metrics"] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                         for k, v in self.metrics.items()}
+        if not d["restored"]:
+            del d["restored"]
         return d
 
 
@@ -76,18 +86,57 @@ class EventBus:
                         self._subscribers.remove(fn)
 
 
+_HISTORY_KINDS = ("chunk", "round", "epoch")   # the events History keeps (and checkpoints carry)
+
+
 class JsonlLog:
-    """Append every event as one JSON line (``metrics.jsonl``)."""
+    """Write every event as one JSON line (``metrics.jsonl``): one history per run.
+
+    Args:
+        path: the file.
+        append: the run may be a resumed one (``--resume``). The file is then kept until the run's
+            ``start`` event: a start with ``restored=N`` keeps the previous file's first ``start`` line and
+            its first N chunk/round/epoch lines (those the checkpoint holds) and drops the rest (events
+            after the checkpoint, which are done again, and the previous ``end``); a start without
+            ``restored`` (no checkpoint was found) starts the file afresh. Without ``append`` the file is
+            emptied at once: a new run into an existing folder does not mix with the previous one.
+    """
 
     def __init__(self, path: str | Path, append: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._pending = append
         if not append:
             self.path.write_text("")
 
     def __call__(self, event: MetricEvent) -> None:
+        if self._pending and event.kind == "start":
+            self._pending = False
+            self._continue(event.restored)
         with self.path.open("a") as f:
             f.write(json.dumps(event.to_dict()) + "\n")
+
+    def _continue(self, restored: int) -> None:
+        kept: list[str] = []
+        if restored and self.path.is_file():
+            started, history = False, 0
+            for line in self.path.read_text().splitlines():
+                try:
+                    kind = json.loads(line).get("kind")
+                except (json.JSONDecodeError, AttributeError):
+                    continue  # a line cut short by the kill
+                if kind == "start" and not started:
+                    started = True
+                    kept.append(line)
+                elif kind in _HISTORY_KINDS and history < restored:
+                    history += 1
+                    kept.append(line)
+            if history < restored:
+                log.warning("%s holds %d of the %d metric events of the checkpoint being resumed (was it edited "
+                            "or removed?); the history in it is incomplete", self.path, history, restored)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.path)
 
 
 class History:
@@ -97,7 +146,7 @@ class History:
         self.events: list[MetricEvent] = []
 
     def __call__(self, event: MetricEvent) -> None:
-        if event.kind in ("chunk", "round", "epoch"):
+        if event.kind in _HISTORY_KINDS:
             self.events.append(event)
 
     def series(self, key: str) -> list[float]:

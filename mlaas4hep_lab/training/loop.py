@@ -8,8 +8,12 @@ Two schedules (params ``training``):
 After each chunk the model is validated on the chunk's validation events, a metric event is published
 and a checkpoint is written; ``resume=True`` continues after the last completed chunk. Backends that
 train over the whole stream (XGBoost) or on the accumulated training split (scikit-learn estimators
-without ``partial_fit``/``warm_start``) get the stream in those forms instead. At the end the test
-split is scored in one more pass.
+without ``partial_fit``/``warm_start``) get the stream in those forms instead; XGBoost is checkpointed
+every minute of boosting (model.py ``fit_options``: ``checkpoint_seconds``, ``checkpoint_rounds``) and
+resumes from the last boosting round saved. At the end the test split is scored in one more pass.
+
+A resumed run continues the history of the run it resumes: the checkpoint's metric events are taken
+over, and the ``start`` event says how many (``restored``), so that ``metrics.jsonl`` keeps one history.
 """
 
 from __future__ import annotations
@@ -29,17 +33,23 @@ import numpy as np
 from mlaas4hep_lab.backends.base import Backend, get_backend
 from mlaas4hep_lab.data.specs import Specs
 from mlaas4hep_lab.data.stream import Chunk, ChunkStream
-from mlaas4hep_lab.errors import ConfigError
+from mlaas4hep_lab.errors import ConfigError, MLaaSError
 from mlaas4hep_lab.pipeline import Inputs
 from mlaas4hep_lab.training import evaluation
 from mlaas4hep_lab.training.checkpoint import Checkpoint
 from mlaas4hep_lab.training.events import EventBus, History, MetricEvent
-from mlaas4hep_lab.training.model_file import UserModel
+from mlaas4hep_lab.training.model_file import UserModel, input_width_error
 
 __all__ = ["Trainer", "TrainResult", "StopTraining"]
 
 log = logging.getLogger(__name__)
 _TRAIN_METRIC_SAMPLE = 5_000    # training AUC, when the framework does not report it, on this many events
+# backends whose untrained model already scores a batch: model.py's input width is checked before training
+_PROBED_BACKENDS = ("keras", "torch")
+# XGBoost checkpoints: after the round that ends this long after the previous checkpoint (so a kill loses
+# at most about a minute of boosting, at one model save a minute), and every N rounds when set
+_CHECKPOINT_SECONDS = 60.0
+_CHECKPOINT_ROUNDS = 0
 
 
 class StopTraining(Exception):
@@ -94,10 +104,24 @@ class Trainer:
         self.backend_cls = get_backend(user_model.backend)
         self.backend: Backend = self.backend_cls(user_model.model, self.n_features, options)
         self.backend.stop_event = self.stop
+        self._check_input_width()
         self.fingerprint = self._fingerprint()
         self.events_seen = 0
+        self._resumed = False   # a checkpoint was loaded: training continues it
         self._best = (float("inf"), 0)   # (best val_loss, validations since)
         self._t0 = time.perf_counter()
+
+    def _check_input_width(self) -> None:
+        """A model built for another number of inputs (``keras.Input(shape=(25,))`` where the data have 30
+        features) fails here, on a batch of zeros, with model.py's line, before any data are read."""
+        if self.backend.name not in _PROBED_BACKENDS:
+            return
+        try:
+            self.backend.predict(np.zeros((2, self.n_features), dtype=np.float32))
+        except MLaaSError:
+            raise
+        except Exception as err:  # whatever the framework raises for a shape mismatch
+            raise input_width_error(self.user_model, self.n_features, err) from err
 
     # -- configuration identity (resume refuses a changed one) --------------------------------------
     def _fingerprint(self) -> str:
@@ -128,6 +152,7 @@ class Trainer:
                 "or restore the original settings", key="resume")
         self.backend = self.backend_cls.load(model_dir, self.n_features, self.options)
         self.backend.stop_event = self.stop
+        self._resumed = True
         self.events_seen = int(state.get("events_seen", 0))
         self._best = tuple(state.get("best", (float("inf"), 0)))
         for event in state.get("history", []):
@@ -143,13 +168,15 @@ class Trainer:
                 **{k: getattr(p, k) for k in ("epochs", "batch_size", "training", "chunk_size", "seed", "split",
                                                "shuffle", "nevts", "weight")}}
 
-    def _save(self, epoch: int, next_chunk: int, done: bool = False) -> None:
+    def _save(self, epoch: int, next_chunk: int, done: bool = False, **extra: Any) -> None:
         if self.checkpoint is None:
             return
+        if self.backend.mode == "stream" and getattr(self.backend, "booster", True) is None:
+            return  # stopped before the first boosting round: no model yet, and --resume starts afresh
         self.checkpoint.save(self.backend, {
             "fingerprint": self.fingerprint, "config": self._config(), "epoch": epoch, "next_chunk": next_chunk,
             "done": done, "events_seen": self.events_seen, "best": list(self._best),
-            "history": [e.to_dict() for e in self.history.events],
+            "history": [e.to_dict() for e in self.history.events], **extra,
         })
 
     # -- the run ----------------------------------------------------------------------------------
@@ -172,8 +199,14 @@ class Trainer:
 
     def run(self) -> TrainResult:
         start_epoch, start_chunk = self._restore()
-        self._event("start", message=f"{self.user_model.backend} backend ({self.backend.mode}), "
-                                     f"{self.n_features} features, {self.stream.n_chunks} chunks")
+        what = (f"{self.user_model.backend} backend ({self.backend.mode}), {self.n_features} features, "
+                f"{self.stream.n_chunks} chunks")
+        if self._resumed or start_epoch < 0:
+            where = ("training was complete" if start_epoch < 0 else
+                     self._resume_point() if self.backend.mode == "stream" else
+                     f"epoch {start_epoch}, chunk {start_chunk}")
+            what += f"; resumed from {self.checkpoint.path if self.checkpoint else 'a checkpoint'} ({where})"
+        self._event("start", message=what, restored=len(self.history.events))
         stopped = ""
         try:
             if start_epoch >= 0:
@@ -183,7 +216,7 @@ class Trainer:
                 elif mode == "accumulate":
                     self._run_accumulate()
                 elif mode == "stream":
-                    self._run_stream()
+                    self._run_stream(resumed=self._resumed)
                 else:
                     raise ConfigError(f"backend {self.backend.name!r} has unknown mode {mode!r}")
                 self._save(0, 0, done=True)
@@ -255,27 +288,56 @@ class Trainer:
 
     def _source(self, split: str):
         def factory() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+            seen = 0
             for chunk in self.stream.iterate(0):
                 self._check_stop()
                 part = chunk.subset(split)
                 if len(part):
                     if split == "train":
-                        self.events_seen += len(part)
+                        # each boosting round sees every training event once, and the matrix is built in
+                        # several passes: the count is one pass's (the same again when resumed)
+                        seen += len(part)
+                        self.events_seen = max(self.events_seen, seen)
                     yield part.X, part.y, self._train_weight(part.y, part.weight)
         return factory
 
-    def _run_stream(self) -> None:
+    def _resume_point(self) -> str:
+        rounds = getattr(getattr(self.backend, "booster", None), "num_boosted_rounds", None)
+        return f"{rounds()} boosting rounds done" if callable(rounds) else "the saved model"
+
+    def _checkpoint_every(self) -> tuple[int, float]:
+        """(rounds, seconds) between XGBoost checkpoints: model.py's ``fit_options`` ``checkpoint_rounds``
+        (0: none by count) and ``checkpoint_seconds`` (default 60; 0: none by time)."""
+        fit_options = self.options.get("fit_options") or {}
+        try:
+            rounds = int(fit_options.get("checkpoint_rounds", _CHECKPOINT_ROUNDS) or 0)
+            seconds = float(fit_options.get("checkpoint_seconds", _CHECKPOINT_SECONDS) or 0)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"checkpoint_rounds and checkpoint_seconds must be numbers: {err}",
+                              key="fit_options", source=str(self.user_model.path)) from None
+        return max(rounds, 0), max(seconds, 0.0)
+
+    def _run_stream(self, resumed: bool = False) -> None:
         passes, _ = self._passes()
-        rounds = [0]
+        every_rounds, every_seconds = self._checkpoint_every()
+        done_before = [e.metrics for e in self.history.events if e.kind == "round"] if resumed else None
+        last = {"round": len(done_before or []), "time": time.monotonic()}
 
         def on_round(metrics: dict[str, float]) -> bool:
-            rounds[0] += 1
-            self._event("round", epoch=rounds[0], metrics=dict(metrics))
+            n = int(metrics.get("round", last["round"] + 1))   # counts on from the resumed rounds
+            self._event("round", epoch=n, metrics=dict(metrics))
+            now = time.monotonic()
+            if ((every_rounds and n - last["round"] >= every_rounds)
+                    or (every_seconds and now - last["time"] >= every_seconds)):
+                self._save(0, 0, rounds=n)
+                last.update(round=n, time=time.monotonic())
             return self.stop.is_set()
 
         has_val = self.params.split[1] > 0
+        extra = {"previous_rounds": done_before} if resumed else {}
         fit_metrics = self.backend.fit_stream(self._source("train"), self._source("validation") if has_val else None,
-                                              epochs=passes, batch_size=self.params.batch_size, on_round=on_round)
+                                              epochs=passes, batch_size=self.params.batch_size, on_round=on_round,
+                                              **extra)
         self._check_stop()
         self._event("epoch", epoch=0, metrics=dict(fit_metrics or {}))
 

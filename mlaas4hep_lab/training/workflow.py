@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep_lab.bundle import write_bundle
+from mlaas4hep_lab.data import validation
 from mlaas4hep_lab.data.specs import Specs
 from mlaas4hep_lab.data.stream import ChunkStream
 from mlaas4hep_lab.pipeline import Inputs
-from mlaas4hep_lab.training import evaluation
+from mlaas4hep_lab.training import evaluation, report
 from mlaas4hep_lab.training.events import EventBus, JsonlLog, ProgressBar
 from mlaas4hep_lab.training.loop import Trainer, TrainResult
 from mlaas4hep_lab.training.model_file import load_model_file
@@ -63,7 +64,12 @@ def make_plots(test: dict[str, np.ndarray], out: Path, params, stream: ChunkStre
 def train(inputs: Inputs, specs: Specs, model: str | Path, fout: str | Path, *, resume: bool = False,
           bus: EventBus | None = None, stop: threading.Event | None = None, progress: bool | None = None,
           name: str | None = None, plots: bool = True) -> WorkflowResult:
-    """Train the model of ``model`` (a model.py path) and write the bundle to ``fout/bundle``."""
+    """Train the model of ``model`` (a model.py path) and write the bundle to ``fout/bundle``.
+
+    The data are checked first (:func:`~mlaas4hep_lab.data.validation.check_training_data`: labels, each
+    file once, events after the cuts, both classes in every split, finite features); a refusal raises
+    before anything is written to ``fout``."""
+    validation.check_training_data(inputs, specs)
     fout = Path(fout)
     fout.mkdir(parents=True, exist_ok=True)
     user_model = load_model_file(model, specs.n_features, seed=inputs.params.seed)
@@ -85,6 +91,9 @@ def train(inputs: Inputs, specs: Specs, model: str | Path, fout: str | Path, *, 
                 plot_files = make_plots(result.test, fout / "plots", inputs.params, stream)
         except ImportError as err:  # plots are optional (matplotlib)
             log.warning("no plots: %s", err)
+    # TMVA-style report (ranking, overtraining, correlations, learning curve): numbers even without plots
+    result.metrics.update(report.training_report(result, inputs, specs, fout, plots=plots))
+    plot_files += report.report_files(fout / "plots") if plots else []
     (fout / "metrics.json").write_text(json.dumps(result.metrics, indent=1, default=float))
     files = [{"path": f["path"], "size": f.get("size"), "entries": f.get("entries")} for f in specs.files]
     bundle = write_bundle(fout / "bundle", name=name or Path(user_model.path).stem, backend=result.backend,

@@ -109,8 +109,9 @@ class TrainingRun:
         self.events_total = 0
         self.events_per_second = 0.0
         self.result: Any = None                  # WorkflowResult when done
-        self.summary: dict[str, Any] = {}        # test AUC, AMS, bundle path
+        self.summary: dict[str, Any] = {}        # test AUC, AMS, bundle path, KS p-values, top ranking
         self.roc: tuple[np.ndarray, np.ndarray] | None = None
+        self.report: dict[str, Path] = {}        # the training report's PNGs by name, when done
         self.error = ""
         self.fout: Path | None = None
         self.bus = EventBus()
@@ -187,6 +188,7 @@ class TrainingRun:
     def _run(self) -> None:
         from mlaas4hep_lab.data.specs import compute_specs
         from mlaas4hep_lab.training import evaluation
+        from mlaas4hep_lab.training.report import report_pngs
         from mlaas4hep_lab.training.workflow import train
 
         state = self.state
@@ -211,7 +213,11 @@ class TrainingRun:
                                                    drop_intermediate=True)
                 self.roc = (fpr, tpr)
             self.summary = {"test_auc": metrics.get("auc"), "ams": metrics.get("ams"),
-                            "bundle": str(out.bundle), "stopped": out.result.stopped}
+                            "bundle": str(out.bundle), "stopped": out.result.stopped,
+                            "ks_pvalue_signal": metrics.get("ks_pvalue_signal"),
+                            "ks_pvalue_background": metrics.get("ks_pvalue_background"),
+                            "ranking": metrics.get("ranking", [])[:10], "report_error": metrics.get("report_error")}
+            self.report = report_pngs(self.fout / "plots")
             state.set_bundle(out.bundle, out)
             self.status = "stopped" if out.result.stopped == "requested" else "done"
             self.message = f"bundle {out.bundle}"

@@ -1,4 +1,5 @@
-"""Training tab: params form, model choice, Start/Stop, live loss and AUC plots, ROC and AMS at the end.
+"""Training tab: params form, model choice, Start/Stop, live loss and AUC plots, ROC and AMS at the end,
+and the training report (variable ranking, overtraining check, input correlations, learning curve).
 
 Training runs in a background thread (:class:`~mlaas4hep_lab.widgets.run.TrainingRun`), so the kernel
 answers the Stop button while it trains; the plots are redrawn from the trainer's metric events at most
@@ -13,6 +14,7 @@ import math
 import ipywidgets as w
 
 from mlaas4hep_lab.training.model_file import TEMPLATES
+from mlaas4hep_lab.training.report import REPORT_PLOTS
 from mlaas4hep_lab.widgets.histograms import curves_png, empty_png, roc_png
 from mlaas4hep_lab.widgets.run import TrainingRun
 from mlaas4hep_lab.widgets.state import LabState
@@ -20,6 +22,8 @@ from mlaas4hep_lab.widgets.state import LabState
 __all__ = ["TrainingPanel", "MODEL_FILE"]
 
 MODEL_FILE = "model.py path"
+_REPORT_TITLES = {"variable_ranking": "Ranking", "overtraining": "Overtraining", "correlation_signal":
+                  "Correlations (S)", "correlation_background": "Correlations (B)", "learning_curve": "Learning curve"}
 
 
 def _num(value) -> str:
@@ -50,6 +54,16 @@ class TrainingPanel:
         self.auc_plot = w.Image(format="png", value=empty_png("AUC: start a training"))
         self.roc_plot = w.Image(format="png", value=empty_png("ROC: at the end of a training", 4, 4))
         self.result = w.HTML("")
+        # the training report: one tab per plot, filled from the run's plots folder at the end
+        waiting = empty_png("the training report: at the end of a training")
+        self.report_plots = {name: w.Image(format="png", value=waiting, layout=w.Layout(max_width="100%"))
+                             for name in REPORT_PLOTS}
+        self.report_text = w.HTML("")
+        self.report = w.Tab(children=list(self.report_plots.values()),
+                            titles=[_REPORT_TITLES[n] for n in REPORT_PLOTS])
+        self.report.add_class("m4h-train-report")
+        self.report_text.add_class("m4h-train-report-text")
+        self._report_of: TrainingRun | None = None
         for widget, cls in ((self.model, "m4h-train-model"), (self.model_path, "m4h-train-model-path"),
                             (self.epochs, "m4h-train-epochs"), (self.chunk_size, "m4h-train-chunk-size"),
                             (self.batch_size, "m4h-train-batch-size"), (self.mode, "m4h-train-mode"),
@@ -73,6 +87,7 @@ class TrainingPanel:
             w.HBox([self.loss_plot, self.auc_plot]),
             w.HBox([w.HTML("metric points plotted:"), self.loss_points]),
             w.HBox([self.roc_plot, self.result]),
+            w.HTML("<b>Training report</b>"), self.report_text, self.report,
         ])
         self.widget.add_class("m4h-training")
 
@@ -136,5 +151,29 @@ class TrainingPanel:
                 + (" (stopped early)" if s.get("stopped") else "") + "</div>")
             if run.roc is not None:
                 self.roc_plot.value = roc_png(run.roc[0], run.roc[1], run.summary.get("test_auc"))
+            if self._report_of is not run:
+                self._report_of = run
+                self.show_report(run)
         elif run.status == "failed":
             self.result.value = f"<pre class='m4h-error'>{html.escape(run.error)}</pre>"
+
+    def show_report(self, run: TrainingRun) -> None:
+        """The report's plots and, above them, the KS p-values and the top of the variable ranking."""
+        for name, image in self.report_plots.items():
+            path = run.report.get(name)
+            image.value = path.read_bytes() if path is not None else empty_png(f"{_REPORT_TITLES[name]}: not made")
+        s = run.summary
+        if s.get("report_error"):
+            self.report_text.value = f"<pre class='m4h-error'>report failed: {html.escape(s['report_error'])}</pre>"
+            return
+        rows = "".join(f"<tr><td>{i}</td><td>{html.escape(r['feature'])}</td><td>{_num(r.get('importance'))}</td>"
+                       f"<td>{_num(r.get('native'))}</td></tr>" for i, r in enumerate(s.get("ranking", []), 1))
+        self.report_text.value = (
+            f"<div>Overtraining check, Kolmogorov-Smirnov p-value (train vs test): signal "
+            f"<b>{_p(s.get('ks_pvalue_signal'))}</b>, background <b>{_p(s.get('ks_pvalue_background'))}</b>"
+            f"<table><tr><th>#</th><th>feature</th><th>AUC drop when shuffled</th><th>model's own</th></tr>"
+            f"{rows}</table></div>")
+
+
+def _p(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.3g}"
