@@ -38,7 +38,7 @@ from mlaas4hep_lab.data.vectorize import Vectorizer
 from mlaas4hep_lab.errors import ConfigError, InputFileError
 from mlaas4hep_lab.untar import BUNDLE_JSON, TarLimits, extract
 
-__all__ = ["write_bundle", "Bundle", "safe_extract", "BUNDLE_VERSION"]
+__all__ = ["write_bundle", "Bundle", "safe_extract", "tar_bundle", "BUNDLE_VERSION"]
 
 BUNDLE_VERSION = 1
 _FRAMEWORK_DISTS = {"keras": ["keras", "tensorflow-cpu", "tensorflow"], "torch": ["torch"],
@@ -95,7 +95,7 @@ def write_bundle(directory: str | Path, *, name: str, backend, backend_name: str
         "model": native, "inference": inference,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
-    _tar_bundle(out, Path(f"{out}.tar.gz"))
+    tar_bundle(out, Path(f"{out}.tar.gz"))
     return out
 
 
@@ -108,9 +108,11 @@ def safe_extract(archive: str | Path, target: str | Path, max_members: int = 10_
                                               total_bytes=max_bytes)).root
 
 
-def _tar_bundle(folder: Path, path: Path) -> None:
-    """``folder`` as a gzipped tarball with the small JSON files first, manifest.json leading: a service
-    reads and checks them before it unpacks the model itself. Links and special files are left out."""
+def tar_bundle(folder: str | Path, target) -> None:
+    """``folder`` as a gzipped tarball (written to the path or binary file object ``target``) with the small
+    JSON files first, manifest.json leading: a service reads and checks them before it unpacks the model
+    itself. Links and special files are left out (a service refuses them)."""
+    folder = Path(folder)
     def plain(info: tarfile.TarInfo):
         if not (info.isfile() or info.isdir()):
             return None
@@ -118,7 +120,8 @@ def _tar_bundle(folder: Path, path: Path) -> None:
         info.uname = info.gname = ""
         return info
 
-    with tarfile.open(path, "w:gz") as tar:
+    opened = tarfile.open(fileobj=target, mode="w:gz") if hasattr(target, "write") else tarfile.open(target, "w:gz")
+    with opened as tar:
         tar.add(folder, arcname=folder.name, recursive=False, filter=plain)
         first = [folder / name for name in BUNDLE_JSON if (folder / name).is_file()]
         for child in first + sorted(p for p in folder.iterdir() if p not in first):

@@ -26,7 +26,7 @@ pytest.importorskip("fastapi")
 from serving_support import ServerProcess, http_call  # noqa: E402
 from test_serving_unit import B1, B2, W1, W2, X4, make_bundle, scores, tarball  # noqa: E402
 
-from mlaas4hep_lab.bundle import Bundle, _tar_bundle  # noqa: E402
+from mlaas4hep_lab.bundle import Bundle, tar_bundle  # noqa: E402
 from mlaas4hep_lab.errors import ConfigError  # noqa: E402
 from mlaas4hep_lab.serving.settings import Settings  # noqa: E402
 from mlaas4hep_lab.serving.store import latest_version  # noqa: E402
@@ -189,7 +189,7 @@ def test_modes_are_private_whatever_the_archive_or_umask_says(tmp_path):
 
 def test_bundle_tarball_has_the_manifest_first_and_it_is_read_before_the_payload(tmp_path):
     folder = make_bundle(tmp_path / "higgs")
-    _tar_bundle(folder, tmp_path / "higgs.tar.gz")
+    tar_bundle(folder, tmp_path / "higgs.tar.gz")
     with tarfile.open(tmp_path / "higgs.tar.gz") as tar:
         names = tar.getnames()
     assert names[:3] == ["higgs", "higgs/manifest.json", "higgs/specs.json"]

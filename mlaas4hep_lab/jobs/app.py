@@ -34,7 +34,7 @@ from mlaas4hep_lab.jobs import schemas as S
 from mlaas4hep_lab.jobs.service import JobService
 from mlaas4hep_lab.jobs.settings import Settings
 from mlaas4hep_lab.jobs.submission import check_submission
-from mlaas4hep_lab.serving import Conflict, TooLarge
+from mlaas4hep_lab.serving import Conflict
 from mlaas4hep_lab.serving.app import install_error_handlers, openapi_schema
 from mlaas4hep_lab.serving.metrics import LimitsMiddleware
 from mlaas4hep_lab.serving.schemas import body_doc, parse_body
@@ -109,10 +109,7 @@ def _jobs_router(svc: JobService) -> APIRouter:
         """Queue a training job: files, labels, model (template name or model.py source), params, preproc;
         optionally ``push`` the bundle to the inference service when it succeeds (with your token)."""
         svc.check_submit_scope(user)
-        body = await request.body()
-        if len(body) > s.max_body_bytes:
-            raise TooLarge(f"request body of {len(body)} bytes is larger than this service's limit of "
-                           f"{s.max_body_bytes}")
+        body = await request.body()   # capped at max_body_bytes while read (LimitsMiddleware)
         req = parse_body(body, S.SubmitRequest, s.max_json_depth)
         sub = await asyncio.to_thread(check_submission, req, s.data_roots, s.max_files, s.allowed_hosts)
         token = Authenticator.token_from_header(request.headers.get("authorization"))

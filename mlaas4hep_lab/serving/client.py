@@ -20,7 +20,6 @@ import io
 import json
 import os
 import ssl
-import tarfile
 import threading
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -85,20 +84,12 @@ def _error_message(payload: Any, raw: bytes) -> str:
 
 
 def tar_directory(directory: str | Path) -> bytes:
-    """A gzipped tarball (bytes) of ``directory`` with the directory's name as the single top folder.
-    Links and special files are left out: the service refuses them."""
-    directory = Path(directory)
+    """A gzipped tarball (bytes) of the bundle folder ``directory``, its name the single top folder and
+    manifest.json first (:func:`mlaas4hep_lab.bundle.tar_bundle`)."""
+    from mlaas4hep_lab.bundle import tar_bundle
+
     buf = io.BytesIO()
-
-    def keep(info: tarfile.TarInfo):
-        if not (info.isfile() or info.isdir()):
-            return None
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        return info
-
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        tar.add(directory, arcname=directory.name, filter=keep)
+    tar_bundle(directory, buf)
     return buf.getvalue()
 
 
