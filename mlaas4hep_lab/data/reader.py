@@ -276,6 +276,8 @@ class BlockReader:
                 self._load(start, stop)
             end = min(stop, self._stop)
             pieces.append((start, self._arrays[start - self._start: end - self._start]))
+            if end == self._stop:  # handed out to the end: the pieces alone keep it in memory now
+                self._arrays = None
             start = end
         return pieces
 

@@ -4,7 +4,11 @@ Chunk ``k`` of ``K`` takes from file ``i`` the entries ``[k*n_i//K, (k+1)*n_i//K
 the same fraction of every file, the entries of each file are covered exactly once per pass, and a
 chunk never holds more than ``chunk_size`` events. Whether an event is for training, validation or
 test is decided by a hash of (file name, entry, seed), so it is the same on every run and every chunk.
-The next chunk is read and vectorised in a background thread while the consumer works on this one.
+The next chunk is built in the background while the consumer works on this one, in two threads: one
+reads (decompression itself uses more) the chunk after it while the other vectorises it. A chunk is
+vectorised in one go: the events kept by the cuts of every file's piece, in their shuffled order, are
+gathered branch by branch straight into ``X`` (:meth:`Vectorizer.gather`), with no per-file matrices
+to concatenate and no permutation of a finished matrix.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mlaas4hep_lab.data._gather import flat_rows, piece_rows
 from mlaas4hep_lab.data.plan import Plan, events_to_use, make_plan
 from mlaas4hep_lab.data.reader import BlockReader, TreeReader
 from mlaas4hep_lab.data.specs import Specs
@@ -82,6 +87,26 @@ class Chunk:
         if which not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {which!r}")
         return self.take(np.flatnonzero(self.split == SPLITS.index(which)))
+
+
+@dataclass
+class _Piece:
+    """The events of one file in one chunk (or a part of them): read and preprocessed records."""
+
+    file: int                     # position of the file in the file list
+    first: int                    # entry number of the records' first event
+    read: int                     # entries read (before cuts)
+    arrays: object                # the records (one field per branch)
+    kept: np.ndarray | None       # events kept by the cuts, positions in ``arrays`` (None: all)
+
+    def __len__(self) -> int:
+        return len(self.arrays) if self.kept is None else len(self.kept)
+
+    def entries(self) -> np.ndarray:
+        """The entry numbers of the kept events."""
+        if self.kept is None:
+            return np.arange(self.first, self.first + len(self.arrays), dtype=np.int64)
+        return self.kept.astype(np.int64) + self.first
 
 
 class ChunkStream:
@@ -148,46 +173,52 @@ class ChunkStream:
     def build(self, k: int, epoch: int = 0) -> Chunk:
         """Read, preprocess, vectorise and mix chunk ``k`` (any order; nothing is cached)."""
         t0 = time.perf_counter()
-        parts, read = [], 0
-        for i, (reader, (start, stop)) in enumerate(zip(self.readers, self.bounds(k))):
-            if stop > start:
-                parts.append(self._file_part(i, reader, start, stop))
-                read += stop - start
-        chunk = _concat(parts, k, self.vectorizer.n_features)
-        chunk.read_events = read
-        if self.params.shuffle and len(chunk):
-            rng = np.random.default_rng([self.params.seed, epoch, k])
-            chunk = chunk.take(rng.permutation(len(chunk)))
-        self.stats["read"] += read
+        chunk = self.assemble(self.read(k), k, epoch)
+        self.stats["read"] += chunk.read_events
         self.stats["kept"] += len(chunk)
         self.stats["seconds"] += time.perf_counter() - t0
         return chunk
 
-    def _file_part(self, i: int, reader: TreeReader, start: int, stop: int) -> Chunk:
-        if self._blocks[i] is None:
-            self._blocks[i] = BlockReader(reader, self.plan.read)
-        pieces = [self._piece(i, reader, first, arrays) for first, arrays in self._blocks[i].read(start, stop)]
-        return pieces[0] if len(pieces) == 1 else _concat(pieces, 0, self.vectorizer.n_features)
+    def read(self, k: int) -> list[_Piece]:
+        """The pieces of chunk ``k``: each file's entry range, read and preprocessed, not yet vectorised."""
+        pieces = []
+        for i, (reader, (start, stop)) in enumerate(zip(self.readers, self.bounds(k))):
+            if stop <= start:
+                continue
+            if self._blocks[i] is None:
+                self._blocks[i] = BlockReader(reader, self.plan.read)
+            for first, arrays in self._blocks[i].read(start, stop):
+                keep, read = None, len(arrays)
+                if self.preproc is not None:
+                    arrays, keep = self.preproc.apply(arrays)
+                pieces.append(_Piece(i, first, read, arrays, None if keep is None else np.flatnonzero(keep)))
+        return pieces
 
-    def _piece(self, i: int, reader: TreeReader, first: int, arrays) -> Chunk:
-        keep = None
-        if self.preproc is not None:
-            arrays, keep = self.preproc.apply(arrays)
-        X, mask = self.vectorizer(arrays, keep)
-        entry = np.arange(first, first + len(arrays), dtype=np.int64)
-        if keep is not None:
-            entry = entry[keep]
-        n = len(entry)
-
-        def column(name: str) -> np.ndarray:
-            values = _flat_numpy(arrays[name])
-            return values if keep is None else values[keep]
-
-        weight = column(self.plan.weight).astype(np.float32) if self.plan.weight else None
-        ids = {name: column(name) for name in self.plan.ids}
-        return Chunk(X, mask, np.full(n, self.labels[i], np.float32),
-                     split_of(reader.path, entry, self.params.split, self.params.seed),
-                     np.full(n, i, np.int16), entry, weight, ids, 0)
+    def assemble(self, pieces: list[_Piece], k: int, epoch: int = 0) -> Chunk:
+        """Chunk ``k`` of pass ``epoch`` from its pieces: the kept events of every piece, shuffled when the
+        params say so, each branch gathered once straight into its place in ``X``. The list ``pieces``
+        is emptied before ``X`` is filled, so that the decoded arrays are freed first."""
+        rows = piece_rows([len(p.arrays) for p in pieces], [p.kept for p in pieces])
+        entry = np.concatenate([p.entries() for p in pieces]) if pieces else np.zeros(0, np.int64)
+        file_index = np.concatenate([np.full(len(p), p.file, np.int16) for p in pieces]) if pieces \
+            else np.zeros(0, np.int16)
+        split = np.concatenate([split_of(self.readers[p.file].path, p.entries(), self.params.split, self.params.seed)
+                                for p in pieces]) if pieces else np.zeros(0, np.uint8)
+        if self.params.shuffle and len(entry):
+            order = np.random.default_rng([self.params.seed, epoch, k]).permutation(len(entry))
+            rows = order if rows is None else rows[order]
+            entry, file_index, split = entry[order], file_index[order], split[order]
+        records = [p.arrays for p in pieces]
+        weight = _column(records, self.plan.weight, rows).astype(np.float32) if self.plan.weight and pieces else None
+        ids = {name: _column(records, name, rows) for name in self.plan.ids} if pieces else {}
+        columns = self.vectorizer.columns(records, rows)
+        read = sum(p.read for p in pieces)
+        pieces.clear()
+        del records
+        X, mask = self.vectorizer.fill(columns)
+        chunk = Chunk(X, mask, self.labels[file_index], split, file_index, entry, weight, ids, k)
+        chunk.read_events = read
+        return chunk
 
     def __iter__(self) -> Iterator[Chunk]:
         epoch = self.epoch
@@ -202,20 +233,29 @@ class ChunkStream:
     def iterate_passes(self, passes: int, start_epoch: int = 0, start: int = 0) -> Iterator[tuple[int, Chunk]]:
         """``(epoch, chunk)`` for passes ``start_epoch .. passes-1``, from chunk ``start`` of the first one.
 
-        One prefetch thread serves every pass, so the first chunk of a pass is built while the consumer
-        still works on the last chunk of the one before (a new :meth:`iterate` per pass would leave the
-        consumer waiting for it)."""
+        One pipeline serves every pass, so the first chunk of a pass is built while the consumer still
+        works on the last chunk of the one before (a new :meth:`iterate` per pass would leave the
+        consumer waiting for it). With ``prefetch`` > 0 one thread reads chunk ``k + 1`` while another
+        vectorises chunk ``k`` (:func:`_pipelined`)."""
         order = [(e, k) for e in range(start_epoch, passes)
                  for k in range(start if e == start_epoch else 0, self.n_chunks)]
 
-        def build(i: int) -> tuple[int, Chunk]:
+        def read(i: int) -> list[_Piece]:
+            return self.read(order[i][1])
+
+        def assemble(i: int, pieces: list[_Piece]) -> tuple[int, Chunk]:
             epoch, k = order[i]
-            return epoch, self.build(k, epoch)
+            t0 = time.perf_counter()
+            chunk = self.assemble(pieces, k, epoch)
+            self.stats["read"] += chunk.read_events
+            self.stats["kept"] += len(chunk)
+            self.stats["seconds"] += time.perf_counter() - t0
+            return epoch, chunk
 
         if self.params.prefetch <= 0:
-            yield from map(build, range(len(order)))
+            yield from (assemble(i, read(i)) for i in range(len(order)))
             return
-        yield from _prefetched(build, len(order), self.params.prefetch)
+        yield from _pipelined(read, assemble, len(order), self.params.prefetch)
 
     def __len__(self) -> int:
         return self.n_chunks
@@ -232,6 +272,10 @@ class ChunkStream:
         self.close()
 
 
+def _column(records: list, name: str, rows: np.ndarray | None) -> np.ndarray:
+    return flat_rows([_flat_numpy(r[name]) for r in records], rows)
+
+
 def _n_chunks(entries: Sequence[int], chunk_size: int) -> int:
     """The fewest chunks such that, with per-file bounds ``k*n_i//K``, no chunk exceeds ``chunk_size``."""
     n = np.asarray(entries, dtype=np.int64)
@@ -244,53 +288,71 @@ def _n_chunks(entries: Sequence[int], chunk_size: int) -> int:
         K += 1
 
 
-def _concat(parts: list[Chunk], k: int, n_features: int) -> Chunk:
-    if not parts:
-        return Chunk(np.zeros((0, n_features), np.float32), np.zeros((0, n_features), bool),
-                     np.zeros(0, np.float32), np.zeros(0, np.uint8), np.zeros(0, np.int16),
-                     np.zeros(0, np.int64), None, {}, k)
-    if len(parts) == 1:
-        parts[0].index = k
-        return parts[0]
-    cat = np.concatenate
-    weight = None if parts[0].weight is None else cat([p.weight for p in parts])
-    ids = {name: cat([p.ids[name] for p in parts]) for name in parts[0].ids}
-    return Chunk(cat([p.X for p in parts]), cat([p.mask for p in parts]), cat([p.y for p in parts]),
-                 cat([p.split for p in parts]), cat([p.file_index for p in parts]),
-                 cat([p.entry for p in parts]), weight, ids, k)
-
-
 _DONE = object()
 
 
-def _prefetched(build, n: int, depth: int) -> Iterator:
-    """Run ``build(0..n-1)`` in a background thread, ``depth`` chunks ahead of the consumer."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+class _Stage:
+    """A bounded hand-over between threads that gives up when ``stop`` is set."""
 
-    def put(item) -> bool:
-        while not stop.is_set():
+    def __init__(self, depth: int, stop: threading.Event):
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self.stop = stop
+
+    def put(self, item) -> bool:
+        while not self.stop.is_set():
             try:
-                q.put(item, timeout=0.1)
+                self.queue.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def worker() -> None:
-        try:
-            for k in range(n):
-                if stop.is_set() or not put(build(k)):
-                    return
-            put(_DONE)
-        except BaseException as err:  # handed to the consumer, which raises it
-            put(err)
+    def get(self):
+        while not self.stop.is_set():
+            try:
+                return self.queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return _DONE
 
-    thread = threading.Thread(target=worker, name="mlaas4hep-prefetch", daemon=True)
-    thread.start()
+
+def _pipelined(read, assemble, n: int, depth: int) -> Iterator:
+    """``assemble(i, read(i))`` for ``i`` in ``0..n-1``, in order, on two background threads: one reads
+    (and decompresses) item ``i + 1`` while the other vectorises item ``i``, so both cores work; at most
+    ``depth`` finished items wait for the consumer and one read item waits for the assembler. An error
+    in either thread is raised in the consumer."""
+    stop = threading.Event()
+    pieces, done = _Stage(1, stop), _Stage(depth, stop)
+
+    def reader() -> None:
+        try:
+            for i in range(n):
+                if not pieces.put((i, read(i))):
+                    return
+            pieces.put(_DONE)
+        except BaseException as err:  # handed on to the consumer, which raises it
+            pieces.put(err)
+
+    def assembler() -> None:
+        try:
+            while True:
+                item = pieces.get()
+                if item is _DONE or isinstance(item, BaseException):
+                    done.put(item)
+                    return
+                if not done.put(assemble(*item)):
+                    return
+        except BaseException as err:
+            done.put(err)
+
+    # both carry the name a user (and the tests) look for to see whether prefetching is still running
+    threads = [threading.Thread(target=target, name="mlaas4hep-prefetch", daemon=True)
+               for target in (reader, assembler)]
+    for thread in threads:
+        thread.start()
     try:
         while True:
-            item = q.get()
+            item = done.queue.get()
             if item is _DONE:
                 return
             if isinstance(item, BaseException):
@@ -298,4 +360,5 @@ def _prefetched(build, n: int, depth: int) -> Iterator:
             yield item
     finally:
         stop.set()
-        thread.join(timeout=5)
+        for thread in threads:
+            thread.join(timeout=5)

@@ -34,6 +34,16 @@ from dataclasses import dataclass
 import awkward as ak
 import numpy as np
 
+from mlaas4hep_lab.data._gather import (
+    Columns,
+    Dense,
+    Padded,
+    Slots,
+    clipped,
+    fill_rows,
+    flat_rows,
+    lists_rows,
+)
 from mlaas4hep_lab.errors import ConfigError, SpecsError
 from mlaas4hep_lab.params import DEFAULT_PADDING, LEGACY_DEFAULTS, PADDINGS
 
@@ -201,7 +211,6 @@ class Vectorizer:
         self.missing_values = [float(v) for v in missing_values]
         self.normalization = normalization
         self._offset, self._scale, self._pad = self._coefficients(minv or {}, maxv or {}, mean or {}, std or {})
-        self._aranges = {k: np.arange(k, dtype=np.int64) for k in set(self.jdim.values())}
 
     @classmethod
     def from_specs(cls, specs, normalization: str | None = None, missing_values: Sequence[float] | None = None):
@@ -260,68 +269,85 @@ class Vectorizer:
 
     def __call__(self, arrays, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Vectorise the events of ``arrays`` (those where ``keep`` is True, when given)."""
-        idx = None if keep is None else np.flatnonzero(keep)
-        n = len(arrays) if idx is None else len(idx)
-        X = np.empty((n, self.n_features), dtype=np.float32)
-        mask = np.empty((n, self.n_features), dtype=bool)
+        return self.gather([arrays], None if keep is None else np.flatnonzero(keep))
+
+    def gather(self, pieces: Sequence, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Vectorise the events ``rows`` of record ``pieces`` laid end to end (all, in order, when
+        ``None``), in the order of ``rows``: each branch is normalised once over its values and gathered
+        straight into its columns (:meth:`columns` then :meth:`fill`)."""
+        return self.fill(self.columns(pieces, rows))
+
+    def columns(self, pieces: Sequence, rows: np.ndarray | None = None) -> Columns:
+        """What :meth:`fill` needs of ``pieces``: once this returns, the pieces may be freed, so that the
+        decoded arrays and the matrix being filled are not in memory together."""
+        n = sum(len(p) for p in pieces) if rows is None else len(rows)
+        return Columns(n, self._sources(pieces, rows, n) if pieces and n else [])
+
+    def fill(self, columns: Columns) -> tuple[np.ndarray, np.ndarray]:
+        """``X`` and ``mask`` from :meth:`columns`."""
+        X = np.empty((columns.n, self.n_features), dtype=np.float32)
+        mask = np.empty((columns.n, self.n_features), dtype=bool)
+        if columns.n:
+            copies = [(self._mask_cols, self._jagged_cols)] if self._mode.masks else []
+            fill_rows(X, mask, columns.sources, copies)
+        return X, mask
+
+    def _sources(self, pieces: Sequence, rows: np.ndarray | None, n: int) -> list:
+        """Where every column of ``X`` comes from: the flat branches and the multiplicities as normalised
+        rows, each jagged branch as normalised values with the slots that pick them."""
+        flat = Dense(0, len(self.flat), n)
         for j, name in enumerate(self.flat):
-            values = _flat_numpy(arrays[name])
-            self._put(X, mask, slice(j, j + 1), (values if idx is None else values[idx])[:, None], None)
+            values, ok = self._normalised(flat_rows([_flat_numpy(p[name]) for p in pieces], rows), j)
+            flat.set(j, values[1:], None if ok is None else ok[1:])
+        counts = Dense(self._count_col[self.groups[0][0]], len(self.groups), n) if self.groups else None
+        sources: list = [flat] + ([counts] if counts else [])
+        slots = lists = None
         for block in self.blocks:
             count_col = self._count_col.get(block.name)
             if block.k == 0 and count_col is None:
                 continue
-            starts, stops, content = jagged_buffers(arrays[block.name])
-            if idx is not None:
-                starts, stops = starts[idx], stops[idx]
-            lengths = stops - starts
+            lists = lists_rows([jagged_buffers(p[block.name]) for p in pieces], rows, like=lists)
             if count_col is not None:
-                self._put_count(X, mask, count_col, lengths)
+                counts.set(count_col - counts.start, self._count_values(lists.lengths, count_col), None)
             if block.k == 0:
                 continue
-            cols = self._aranges[block.k]
-            valid = cols < lengths[:, None]
-            gather = starts[:, None] + cols
-            if content.size:
-                np.minimum(gather, content.size - 1, out=gather)
-                values = content[gather]
-            else:
-                values = np.zeros(gather.shape, np.float32)
-            self._put(X, mask, slice(block.start, block.start + block.k), values, valid)
-        if self._mode.masks:
-            X[:, self._mask_cols] = mask[:, self._jagged_cols]
-            mask[:, self._mask_cols] = True
-        return X, mask
+            if lists.content.size > n * block.k:  # long lists cut to a few slots: keep only what is used
+                lists = clipped(lists, block.k)
+            if slots is None or not slots.fits(lists, block.k):
+                slots = Slots(lists, block.k)
+            values, ok = self._normalised(lists.content, block.start)
+            sources.append(Padded(slice(block.start, block.start + block.k), values, ok, slots))
+        return sources
 
-    def _put(self, X: np.ndarray, mask: np.ndarray, cols: slice, raw: np.ndarray, valid: np.ndarray | None) -> None:
-        """Write one branch's block: mask NaNs, infinities and sentinels, normalise in float64 (large
-        offsets keep their resolution), give what is masked the pad value."""
-        ok = valid
-        if raw.dtype.kind == "f":
-            finite = np.isfinite(raw)
-            ok = finite if ok is None else np.logical_and(ok, finite, out=ok)
-        for sentinel in self.missing_values:
-            other = raw != sentinel
-            ok = other if ok is None else np.logical_and(ok, other, out=ok)
+    def _normalised(self, content: np.ndarray, col: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``content`` normalised as column ``col`` after the pad value, and which of these values are
+        real (``None`` when all are): NaN, infinities and sentinels become the pad value."""
+        out = np.empty(content.size + 1, np.float32)
         if self.normalization == "none":
-            out = raw.astype(np.float32)
+            out[1:] = content
         else:
-            out = raw.astype(np.float64)
-            out -= self._offset[cols]
-            out *= self._scale[cols]
-        if ok is None:
-            mask[:, cols] = True
-        else:
-            # one branch per call, so one pad value: a scalar fill is faster than a broadcast row
-            np.copyto(out, float(self._pad[cols.start]), where=~ok)
-            mask[:, cols] = ok
-        X[:, cols] = out
+            wide = content.astype(np.float64)
+            wide -= self._offset[col]
+            wide *= self._scale[col]
+            out[1:] = wide
+        pad = float(self._pad[col])
+        out[0] = pad
+        bad = ~np.isfinite(content) if content.dtype.kind == "f" else None
+        for sentinel in self.missing_values:
+            other = content == sentinel
+            bad = other if bad is None else np.logical_or(bad, other, out=bad)
+        if bad is None or not bad.any():
+            return out, None
+        out[1:][bad] = pad
+        ok = np.empty(content.size + 1, bool)
+        np.logical_not(bad, out=ok[1:])
+        ok[0] = False
+        return out, ok
 
-    def _put_count(self, X: np.ndarray, mask: np.ndarray, col: int, lengths: np.ndarray) -> None:
+    def _count_values(self, lengths: np.ndarray, col: int) -> np.ndarray:
         """A multiplicity column: never masked, and sentinels do not apply (a count of 0 is a count)."""
         out = lengths.astype(np.float64)
         if self.normalization != "none":
             out -= self._offset[col]
             out *= self._scale[col]
-        X[:, col] = out
-        mask[:, col] = True
+        return out

@@ -1,0 +1,162 @@
+"""The chunk gather: every layout a jagged branch can have, several pieces, selected and shuffled rows,
+tiles, against the straightforward awkward construction (pad_none + fill_none + to_numpy) on random data.
+"""
+
+from __future__ import annotations
+
+import awkward as ak
+import numpy as np
+import pytest
+
+from mlaas4hep_lab.data import _gather
+from mlaas4hep_lab.data.vectorize import PAD_MARGIN, Vectorizer
+
+SENTINEL = -999.0
+PADDINGS = ["multiplicity", "below", "mask", "multiplicity+mask", "zeros"]
+
+
+def straightforward(arrays, flat, jdim, lo, hi, padding, groups):
+    """X and mask with plain awkward operations, min-max normalisation, in feature order."""
+    below = padding in ("multiplicity", "below", "multiplicity+mask")
+    cols, masks = [], []
+    for name in sorted(flat):
+        v = ak.to_numpy(ak.fill_none(arrays[name], np.nan)).astype(np.float64)
+        ok = np.isfinite(v) & (v != SENTINEL)
+        x = (v - lo[name]) * (1.0 / (hi[name] - lo[name]))
+        cols.append(np.where(ok, x, 0.0)[:, None])
+        masks.append(ok[:, None])
+    for name in sorted(jdim):
+        k = jdim[name]
+        # a missing list is an empty list; first, because ak.pad_none (awkward 2.14) misplaces the lists
+        # of a ByteMaskedArray: pad_none(mask([[1.0], [], [2.0, 3.0]], [1, 1, 0]), 2) is
+        # [None, None, [1.0, None]]
+        padded = ak.pad_none(ak.fill_none(arrays[name], [], axis=0), k, clip=True, axis=1)
+        real = ak.to_numpy(~ak.is_none(padded, axis=1)).reshape(len(arrays), k)
+        v = ak.to_numpy(ak.fill_none(padded, np.nan)).astype(np.float64).reshape(len(arrays), k)
+        ok = real & np.isfinite(v) & (v != SENTINEL)
+        x = (v - lo[name]) * (1.0 / (hi[name] - lo[name]))
+        cols.append(np.where(ok, x, -PAD_MARGIN if below else 0.0))
+        masks.append(ok)
+    jagged_mask = np.concatenate(masks[len(flat):], axis=1) if jdim else np.zeros((len(arrays), 0), bool)
+    if padding.startswith("multiplicity"):
+        for group in groups:
+            n = ak.to_numpy(ak.num(ak.fill_none(arrays[group[0]], [], axis=0), axis=1)).astype(np.float64)
+            name = f"len({group[0]})"
+            cols.append(((n - lo[name]) * (1.0 / (hi[name] - lo[name])))[:, None])
+            masks.append(np.ones((len(arrays), 1), bool))
+    if padding.endswith("mask"):
+        cols.append(jagged_mask.astype(np.float64))
+        masks.append(np.ones(jagged_mask.shape, bool))
+    return np.concatenate(cols, axis=1).astype(np.float32), np.concatenate(masks, axis=1)
+
+
+def random_events(rng, n):
+    """Flat and jagged branches of several dtypes, two collections, NaN, infinities and sentinels."""
+    def values(size, dtype):
+        v = (rng.normal(size=size) * 10).astype(dtype)
+        if v.dtype.kind == "f":
+            v[rng.random(size) < 0.04] = np.nan
+            v[rng.random(size) < 0.02] = np.inf
+            v[rng.random(size) < 0.05] = SENTINEL
+        return v
+
+    jets, muons = rng.poisson(rng.uniform(0.5, 7), n), rng.poisson(0.8, n)
+    return ak.Array({
+        "met": values(n, np.float64), "nvtx": rng.integers(0, 60, n).astype(np.int32),
+        "Jet_pt": ak.unflatten(values(jets.sum(), np.float32), jets),
+        "Jet_eta": ak.unflatten(values(jets.sum(), np.float64), jets),
+        "Jet_id": ak.unflatten(rng.integers(0, 7, jets.sum()).astype(np.int16), jets),
+        "Mu_pt": ak.unflatten(values(muons.sum(), np.float32), muons),
+        "Mu_q": ak.unflatten(rng.integers(-1, 2, muons.sum()).astype(np.int8), muons),
+        "Trk_d0": ak.unflatten(values(5 * jets.sum(), np.float32), 5 * jets),  # long lists, 3 slots
+    })
+
+
+FLAT = ["met", "nvtx"]
+JDIM = {"Jet_pt": 6, "Jet_eta": 6, "Jet_id": 6, "Mu_pt": 2, "Mu_q": 2, "Trk_d0": 3}
+GROUPS = [["Jet_eta", "Jet_id", "Jet_pt"], ["Mu_pt", "Mu_q"], ["Trk_d0"]]
+LO = {name: -20.0 for name in FLAT + list(JDIM)} | {f"len({g[0]})": 0.0 for g in GROUPS}
+HI = {name: 25.0 for name in FLAT + list(JDIM)} | {f"len({g[0]})": 12.0 for g in GROUPS}
+
+
+def vectorizer(padding):
+    return Vectorizer(FLAT, JDIM, LO, HI, normalization="minmax", missing_values=[SENTINEL],
+                      padding=padding, groups=GROUPS)
+
+
+def assert_same(got, want):
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-6)
+
+
+def layouts(arrays, rng):
+    """The same events as the layouts uproot and the cuts hand over."""
+    n = len(arrays)
+    yield "contiguous", arrays
+    big = ak.concatenate([arrays[:3], arrays, arrays[:5]])
+    yield "slice of a larger block", big[3:3 + n]
+    keep = ak.Array({f: arrays[f][arrays[f] > -5] if f.startswith("Mu") else arrays[f] for f in arrays.fields})
+    yield "objects removed by a cut (ListArray)", keep
+    yield "indexed (event selection)", arrays[rng.permutation(n)]
+    optional = ak.mask(arrays, rng.random(n) < 0.9)
+    yield "missing events", ak.Array({f: optional[f] for f in arrays.fields})
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("seed", range(4))
+def test_gather_equals_the_straightforward_construction(padding, seed):
+    rng = np.random.default_rng(seed)
+    arrays = random_events(rng, int(rng.integers(1, 400)))
+    v = vectorizer(padding)
+    for what, events in layouts(arrays, rng):
+        want = straightforward(events, FLAT, JDIM, LO, HI, padding, GROUPS)
+        assert_same(v(events), want)
+        keep = rng.random(len(events)) < 0.6
+        assert_same(v(events, keep), tuple(a[keep] for a in want)), what
+
+
+@pytest.mark.parametrize("padding", ["multiplicity", "multiplicity+mask"])
+def test_pieces_and_shuffled_rows_equal_concatenating_then_permuting(padding):
+    rng = np.random.default_rng(7)
+    parts = [random_events(rng, n) for n in (120, 1, 0, 333)]
+    parts[3] = parts[3][10:]  # a slice whose lists start inside its content
+    whole = ak.concatenate(parts)
+    want = straightforward(whole, FLAT, JDIM, LO, HI, padding, GROUPS)
+    v = vectorizer(padding)
+    for rows in (None, rng.permutation(len(whole)), rng.permutation(len(whole))[:50], np.zeros(0, np.int64),
+                 np.array([len(whole) - 1] * 3)):
+        got = v.gather(parts, rows)
+        assert_same(got, want if rows is None else tuple(a[rows] for a in want))
+
+
+def test_tiles_of_any_size_give_the_same_matrix(monkeypatch):
+    rng = np.random.default_rng(3)
+    arrays = random_events(rng, 2500)
+    v = vectorizer("multiplicity+mask")
+    want = straightforward(arrays, FLAT, JDIM, LO, HI, "multiplicity+mask", GROUPS)
+    for tile_bytes in (1, 4 * v.n_features * 999, _gather.TILE_BYTES):
+        monkeypatch.setattr(_gather, "TILE_BYTES", tile_bytes)  # 1001 rows, 1001 and 3001 rows per tile
+        assert_same(v(arrays), want)
+
+
+def test_branches_of_a_collection_share_their_slots_only_when_laid_out_alike():
+    rng = np.random.default_rng(5)
+    arrays = random_events(rng, 300)
+    lists = [_gather.lists_rows([_buffers(arrays[b])], None) for b in ("Jet_pt", "Jet_eta", "Mu_pt")]
+    slots = _gather.Slots(lists[0], 6)
+    assert slots.fits(lists[1], 6) and not slots.fits(lists[1], 5) and not slots.fits(lists[2], 6)
+    cut = arrays["Jet_eta"][arrays["Jet_eta"] > 0]
+    assert not slots.fits(_gather.lists_rows([_buffers(cut)], None), 6)
+
+
+def test_clipping_long_lists_keeps_the_first_values():
+    lists = _gather.Lists(np.array([0, 7, 7]), np.array([7, 0, 2]), np.arange(9.0))
+    short = _gather.clipped(lists, 3)
+    assert short.content.tolist() == [0, 1, 2, 7, 8]
+    assert short.starts.tolist() == [0, 3, 3] and short.lengths.tolist() == [3, 0, 2]
+
+
+def _buffers(array):
+    from mlaas4hep_lab.data.vectorize import jagged_buffers
+
+    return jagged_buffers(array)
