@@ -292,56 +292,63 @@ _DONE = object()
 
 
 class _Stage:
-    """A bounded hand-over between threads that gives up when ``stop`` is set."""
+    """A hand-over between threads with ``depth`` places, counting the item being made: a producer
+    :meth:`reserve`-s a place before it starts on an item, and the consumer's :meth:`get` frees it. So
+    at most ``depth`` items exist beyond those the consumer holds. Everything gives up once ``stop`` is set."""
 
     def __init__(self, depth: int, stop: threading.Event):
-        self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self.queue: queue.Queue = queue.Queue()
+        self.places = threading.Semaphore(max(1, depth))
         self.stop = stop
 
-    def put(self, item) -> bool:
+    def reserve(self) -> bool:
         while not self.stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.1)
+            if self.places.acquire(timeout=0.1):
                 return True
-            except queue.Full:
-                continue
         return False
+
+    def put(self, item) -> None:
+        self.queue.put(item)
 
     def get(self):
         while not self.stop.is_set():
             try:
-                return self.queue.get(timeout=0.1)
+                item = self.queue.get(timeout=0.1)
             except queue.Empty:
                 continue
+            self.places.release()
+            return item
         return _DONE
 
 
 def _pipelined(read, assemble, n: int, depth: int) -> Iterator:
     """``assemble(i, read(i))`` for ``i`` in ``0..n-1``, in order, on two background threads: one reads
-    (and decompresses) item ``i + 1`` while the other vectorises item ``i``, so both cores work; at most
-    ``depth`` finished items wait for the consumer and one read item waits for the assembler. An error
-    in either thread is raised in the consumer."""
+    (and decompresses) item ``i + 1`` while the other vectorises item ``i``, so both cores work. Memory
+    stays at ``depth`` items beyond the one the consumer holds, finished or being assembled, plus the
+    read buffers of one item ahead of the assembler. An error in either thread is raised in the
+    consumer."""
     stop = threading.Event()
     pieces, done = _Stage(1, stop), _Stage(depth, stop)
 
     def reader() -> None:
         try:
             for i in range(n):
-                if not pieces.put((i, read(i))):
+                if not pieces.reserve():
                     return
+                pieces.put((i, read(i)))
             pieces.put(_DONE)
         except BaseException as err:  # handed on to the consumer, which raises it
             pieces.put(err)
 
     def assembler() -> None:
         try:
-            while True:
+            while done.reserve():
                 item = pieces.get()
                 if item is _DONE or isinstance(item, BaseException):
                     done.put(item)
                     return
-                if not done.put(assemble(*item)):
-                    return
+                done.put(assemble(*item))
+                del item  # the pieces: not kept while waiting for a place
         except BaseException as err:
             done.put(err)
 
@@ -352,7 +359,7 @@ def _pipelined(read, assemble, n: int, depth: int) -> Iterator:
         thread.start()
     try:
         while True:
-            item = done.queue.get()
+            item = done.get()
             if item is _DONE:
                 return
             if isinstance(item, BaseException):
