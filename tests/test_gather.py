@@ -1,5 +1,5 @@
 """The chunk gather: every layout a jagged branch can have, several pieces, selected and shuffled rows,
-tiles, against the straightforward awkward construction (pad_none + fill_none + to_numpy) on random data.
+against the straightforward awkward construction (pad_none + fill_none + to_numpy) on random data.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import awkward as ak
 import numpy as np
 import pytest
 
-from mlaas4hep_lab.data import _gather
+from mlaas4hep_lab.data import _gather, _kernels
 from mlaas4hep_lab.data.vectorize import PAD_MARGIN, Vectorizer
 
 SENTINEL = -999.0
@@ -129,24 +129,42 @@ def test_pieces_and_shuffled_rows_equal_concatenating_then_permuting(padding):
         assert_same(got, want if rows is None else tuple(a[rows] for a in want))
 
 
-def test_tiles_of_any_size_give_the_same_matrix(monkeypatch):
+def test_order_shuffles_the_rows_in_place_like_indexing():
     rng = np.random.default_rng(3)
-    arrays = random_events(rng, 2500)
+    parts = [random_events(rng, 700), random_events(rng, 301)]
     v = vectorizer("multiplicity+mask")
-    want = straightforward(arrays, FLAT, JDIM, LO, HI, "multiplicity+mask", GROUPS)
-    for tile_bytes in (1, 4 * v.n_features * 999, _gather.TILE_BYTES):
-        monkeypatch.setattr(_gather, "TILE_BYTES", tile_bytes)  # 1001 rows, 1001 and 3001 rows per tile
-        assert_same(v(arrays), want)
+    rows = np.sort(rng.choice(1001, 800, replace=False))
+    order = rng.permutation(800)
+    want = v.gather(parts, rows[order])
+    got = v.gather(parts, rows, order)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    with pytest.raises(ValueError, match="order has 3 rows for 800 events"):
+        v.gather(parts, rows, order[:3])
 
 
-def test_branches_of_a_collection_share_their_slots_only_when_laid_out_alike():
+@pytest.mark.parametrize("dtype", [np.float32, np.bool_, np.int64])
+def test_permute_rows_in_place(dtype):
+    rng = np.random.default_rng(1)
+    for n in (0, 1, 2, 1000):
+        A = (rng.random((n, 7)) * 100).astype(dtype)
+        order = rng.permutation(n)
+        want = A[order]
+        _kernels.permute_rows(A, order)
+        np.testing.assert_array_equal(A, want)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _kernels.permute_rows(np.zeros((4, 3), np.float32)[:, :2], np.arange(4))
+
+
+def test_branches_of_a_collection_share_their_lists_only_when_laid_out_alike():
     rng = np.random.default_rng(5)
     arrays = random_events(rng, 300)
-    lists = [_gather.lists_rows([_buffers(arrays[b])], None) for b in ("Jet_pt", "Jet_eta", "Mu_pt")]
-    slots = _gather.Slots(lists[0], 6)
-    assert slots.fits(lists[1], 6) and not slots.fits(lists[1], 5) and not slots.fits(lists[2], 6)
+    jet = _gather.lists_rows([_buffers(arrays["Jet_pt"])], None)
+    assert _gather.lists_rows([_buffers(arrays["Jet_eta"])], None, like=jet).starts is jet.starts
+    muon = _gather.lists_rows([_buffers(arrays["Mu_pt"])], None, like=jet)
+    assert muon.starts is not jet.starts and len(muon.starts) == 300
     cut = arrays["Jet_eta"][arrays["Jet_eta"] > 0]
-    assert not slots.fits(_gather.lists_rows([_buffers(cut)], None), 6)
+    assert _gather.lists_rows([_buffers(cut)], None, like=jet).starts is not jet.starts
 
 
 def test_clipping_long_lists_keeps_the_first_values():
@@ -160,3 +178,38 @@ def _buffers(array):
     from mlaas4hep_lab.data.vectorize import jagged_buffers
 
     return jagged_buffers(array)
+
+
+def test_buffers_are_reused_only_once_nothing_refers_to_them():
+    from mlaas4hep_lab.data._buffers import Buffers
+
+    buffers = Buffers(10, 3)
+    X, _ = buffers.matrices(10, 3)
+    X[:] = 1.0
+    batch = X[2:4]  # a view, as a training batch is: its buffer stays lent
+    del X
+    other, _ = buffers.matrices(10, 3)
+    other[:] = 2.0
+    assert np.all(batch == 1.0) and len(buffers._lent["values"]) == 2
+    del batch
+    again, _ = buffers.matrices(4, 3)
+    assert again.base is buffers._lent["values"][0] and again.shape == (4, 3)
+    big, mask = buffers.matrices(11, 3)  # larger than announced: plain memory
+    assert big.base is None and mask.shape == (11, 3)
+
+
+def test_a_consumer_that_keeps_views_of_chunks_sees_them_unchanged(toy_data):
+    from mlaas4hep_lab.data.specs import compute_specs
+    from mlaas4hep_lab.data.stream import ChunkStream
+    from mlaas4hep_lab.params import load_params
+
+    params = load_params(toy_data.params_json, chunk_size=700, prefetch=1)
+    specs = compute_specs(toy_data.files, params, progress=False)
+    with ChunkStream(toy_data.files, [1, 0], params, specs) as stream:
+        heads = [(chunk.X[:50], chunk.mask[:50]) for chunk in stream]  # views only; the chunks are dropped
+        for k, (X, mask) in enumerate(heads):
+            fresh = stream.build(k)
+            np.testing.assert_array_equal(X, fresh.X[:50])
+            np.testing.assert_array_equal(mask, fresh.mask[:50])
+        reused = [id(chunk.X.base) for chunk in stream]  # nothing kept this time: two buffers serve every chunk
+        assert len(set(reused)) <= 3 and len(reused) == stream.n_chunks > 3

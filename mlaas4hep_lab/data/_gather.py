@@ -3,14 +3,14 @@
 A training chunk is made of pieces (a slice of each file, or of each decoded block of a file) and of the
 events that survive the cuts, in shuffled order. Rather than vectorising each piece, concatenating the
 matrices and permuting the rows (three copies of the widest array there is), the stream hands the
-vectoriser the pieces plus ``rows``: for each output row, the index of its event in the pieces laid end to
-end. Each branch is then gathered once, straight into its columns, in the final order.
+vectoriser the pieces plus ``rows``: for each row, the index of its event in the pieces laid end to end.
+Each branch is then normalised once over its values, and the rows are filled once (and shuffled in
+place) by :mod:`._kernels`.
 
 A jagged branch of the pieces becomes a :class:`Lists`: its values (only the part the pieces use:
 a slice of a decoded block still points into the whole block), the start of each selected event's list
-in them and its length. :class:`Slots` is the ``[n, k]`` gather index of a padded block with its
-validity; branches of one collection (``Jet_pt``, ``Jet_eta`` ... read through one counter) have the
-same starts and lengths, so they share one.
+in them and its length; branches of one collection (``Jet_pt``, ``Jet_eta`` ... read through one
+counter) have the same starts and lengths, so they share them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Columns", "Dense", "Lists", "Padded", "Slots", "clipped", "fill_rows", "flat_rows", "lists_rows", "piece_rows"]
+__all__ = ["Columns", "Lists", "clipped", "flat_rows", "lists_rows", "piece_rows"]
 
 
 def piece_rows(sizes: Sequence[int], kept: Sequence[np.ndarray | None]) -> np.ndarray | None:
@@ -95,98 +95,25 @@ def clipped(lists: Lists, k: int) -> Lists:
     return Lists(np.cumsum(lengths) - lengths, lengths, content)
 
 
-class Slots:
-    """Where each of the ``k`` padded slots of each event comes from, transposed (``[k, n]``): the index
-    into the values with the pad value put first, so 0 where the event has fewer than ``k`` values and
-    ``1 + start + slot`` elsewhere (int32 when the values allow: this is the largest temporary)."""
-
-    def __init__(self, lists: Lists, k: int):
-        self.starts, self.lengths, self.k = lists.starts, lists.lengths, k
-        dtype = np.int32 if len(lists.content) < np.iinfo(np.int32).max - k else np.int64
-        cols = np.arange(1, k + 1, dtype=dtype)[:, None]
-        self.index = lists.starts.astype(dtype) + cols
-        self.index[cols > lists.lengths] = 0
-
-    def valid(self, a: int, b: int) -> np.ndarray:
-        """Which slots of events ``a .. b-1`` hold a value."""
-        return self.index[:, a:b] != 0
-
-    def fits(self, lists: Lists, k: int) -> bool:
-        """Whether ``lists`` lay out their values exactly as the lists these slots were made for."""
-        return k == self.k and (lists.starts is self.starts or np.array_equal(lists.starts, self.starts)) \
-            and (lists.lengths is self.lengths or np.array_equal(lists.lengths, self.lengths))
-
-
 @dataclass
 class Columns:
-    """Everything needed to fill the ``n`` rows of a chunk's matrix (:class:`Dense` and :class:`Padded`
-    sources, in no particular order), without the records they came from."""
+    """What fills the ``n`` rows of a chunk's matrix, without the records it came from: the arguments of
+    :func:`~mlaas4hep_lab.data._kernels.fill_rows` (see there), then ``order``, the permutation applied
+    to the filled rows (the shuffle; ``None``: none)."""
 
     n: int
-    sources: list
+    dense: np.ndarray        # float32[w, n]: flat branches and multiplicities, normalised
+    dense_ok: np.ndarray     # bool[w, n], or [0, 0] when every dense value is real
+    dense_cols: np.ndarray   # int64[w]
+    starts: np.ndarray       # int64[G, n]: per group of jagged branches laid out alike
+    lengths: np.ndarray      # int64[G, n]
+    sources: np.ndarray      # int64[S, 5]: column, k, group, values offset, oks offset (-1: all real)
+    values: np.ndarray       # float32: per branch, the pad value then the normalised values
+    oks: np.ndarray          # bool: the same layout, for the branches with masked values
+    order: np.ndarray | None = None
 
-
-class Dense:
-    """Columns ``start .. start + width - 1`` given for every row (flat branches, multiplicities), kept
-    transposed (``[width, n]``) so that each is written contiguously."""
-
-    def __init__(self, start: int, width: int, n: int):
-        self.start, self.cols = start, slice(start, start + width)
-        self.values = np.empty((width, n), np.float32)
-        self.ok: np.ndarray | None = None
-
-    def set(self, i: int, values: np.ndarray, ok: np.ndarray | None) -> None:
-        self.values[i] = values
-        if ok is not None:
-            if self.ok is None:
-                self.ok = np.ones(self.values.shape, bool)
-            self.ok[i] = ok
-
-    def write(self, xt: np.ndarray, mt: np.ndarray, a: int, b: int) -> None:
-        xt[self.cols] = self.values[:, a:b]
-        mt[self.cols] = True if self.ok is None else self.ok[:, a:b]
-
-
-class Padded:
-    """A jagged branch's padded columns: its normalised ``values`` with the pad value first (and ``ok``,
-    which of them are real, ``None`` when all are) picked by ``slots``."""
-
-    def __init__(self, cols: slice, values: np.ndarray, ok: np.ndarray | None, slots: Slots):
-        self.cols, self.values, self.ok, self.slots = cols, values, ok, slots
-
-    def write(self, xt: np.ndarray, mt: np.ndarray, a: int, b: int) -> None:
-        index = self.slots.index[:, a:b]
-        # mode="clip" (the index is in range anyway) lets numpy write into ``out`` unbuffered
-        np.take(self.values, index, out=xt[self.cols], mode="clip")
-        if self.ok is None:
-            np.not_equal(index, 0, out=mt[self.cols])
-        else:
-            np.take(self.ok, index, out=mt[self.cols], mode="clip")
-
-
-# Rows are filled in tiles whose transposed block stays in the processor's cache: a column of a
-# [100k, 500] float32 matrix touches 100k cache lines, and a chunk has hundreds of columns.
-TILE_BYTES = 2 << 20
-
-
-def fill_rows(X: np.ndarray, mask: np.ndarray, sources: Sequence, copies: Sequence[tuple[slice, slice]] = ()) -> None:
-    """Fill ``X`` and ``mask`` from column ``sources`` (:class:`Dense`, :class:`Padded`), tile by tile of
-    rows: each source writes its rows of the tile into a transposed block (contiguous writes), which is
-    then copied into ``X`` at once. ``copies`` are ``(to, from)`` column ranges whose mask becomes
-    values (the ``mask(...)`` features)."""
-    n, width = X.shape
-    # a multiple of 1000 plus one rows: a tile's rows are then never a power-of-two number of bytes
-    # apart, which made the transposing copy 2.5x slower (cache sets aliasing; seen at 2048 and 2047)
-    tile = max(1, round(TILE_BYTES / (4 * max(1, width)) / 1000)) * 1000 + 1
-    xt_all = np.empty((width, min(tile, n)), np.float32)
-    mt_all = np.empty((width, min(tile, n)), bool)
-    for a in range(0, n, tile):
-        b = min(n, a + tile)
-        xt, mt = xt_all[:, :b - a], mt_all[:, :b - a]
-        for source in sources:
-            source.write(xt, mt, a, b)
-        for to, source_cols in copies:
-            xt[to] = mt[source_cols]
-            mt[to] = True
-        X[a:b] = xt.T
-        mask[a:b] = mt.T
+    @classmethod
+    def empty(cls, n: int) -> Columns:
+        i64 = np.zeros((0, n), np.int64)
+        return cls(n, np.zeros((0, n), np.float32), np.zeros((0, 0), bool), np.zeros(0, np.int64), i64, i64,
+                   np.zeros((0, 5), np.int64), np.zeros(0, np.float32), np.zeros(0, bool))

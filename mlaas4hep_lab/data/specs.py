@@ -24,6 +24,7 @@ import awkward as ak
 import numpy as np
 
 from mlaas4hep_lab.data import sources
+from mlaas4hep_lab.data._pipeline import pipelined
 from mlaas4hep_lab.data.plan import Plan, events_to_use, make_plan
 from mlaas4hep_lab.data.reader import BlockReader, TreeReader
 from mlaas4hep_lab.data.vectorize import LEGACY_PADDING, _padding, feature_names, jagged_buffers
@@ -269,31 +270,51 @@ def compute_specs(files: Sequence[str], params: Params, preproc=None, progress: 
         # per file, for the checks before training: events per cut and per split, NaN/inf per branch
         from mlaas4hep_lab.data.validation import FileTally  # validation imports this module
 
-        tallies: list[FileTally] = []
         nonfinite: dict[str, dict[str, list[int]]] = {}
         show = params.verbose > 0 if progress is None else progress
         bar = _progress(sum(use), "specs", show)
         t0 = time.perf_counter()
-        for reader, n in zip(readers, use):
-            tally = FileTally()
-            before = {name: st.counts.copy() for name, st in stats.items()}
-            blocks = BlockReader(reader, plan.read)
-            for start in range(0, n, params.chunk_size):
-                stop = min(start + params.chunk_size, n)
-                for first, arrays in blocks.read(start, stop):
-                    keep = None
-                    if preproc is not None and not preproc.is_empty():
-                        arrays, keep = preproc.apply(arrays, cutflow=tally.cuts)
-                    tally.add(reader.path, first, len(arrays), keep, params)
-                    _update(stats, plan, arrays, keep, missing)
-                bar.update(stop - start)
-            tallies.append(tally)
-            events[reader.path] = tally.passed
-            events["total"] += tally.passed
-            for name, st in stats.items():
-                here = st.counts - before[name]
-                if here[1] or here[2]:
-                    nonfinite.setdefault(name, {})[reader.path] = here.tolist()
+        tallies = [FileTally() for _ in readers]
+        events.update({r.path: 0 for r in readers})  # the files' order, whichever is finished first
+        ranges = [(i, start, min(start + params.chunk_size, n)) for i, n in enumerate(use)
+                  for start in range(0, n, params.chunk_size)]
+        blocks: list[BlockReader | None] = [None] * len(readers)
+        apply = preproc is not None and not preproc.is_empty()
+
+        def read(j: int) -> list:
+            i, start, stop = ranges[j]
+            if blocks[i] is None:
+                blocks[i] = BlockReader(readers[i], plan.read)
+            pieces = []
+            for first, arrays in blocks[i].read(start, stop):
+                keep = None
+                if apply:
+                    arrays, keep = preproc.apply(arrays, cutflow=tallies[i].cuts)
+                pieces.append((first, arrays, keep))
+            if stop == use[i]:
+                blocks[i] = None
+            return pieces
+
+        before: dict[str, np.ndarray] = {}
+
+        def update(j: int, pieces: list) -> None:
+            i, start, stop = ranges[j]
+            if start == 0:
+                before.update({name: st.counts.copy() for name, st in stats.items()})
+            for first, arrays, keep in pieces:
+                tallies[i].add(readers[i].path, first, len(arrays), keep, params)
+                _update(stats, plan, arrays, keep, missing)
+            pieces.clear()
+            bar.update(stop - start)
+            if stop == use[i]:
+                _end_of_file(readers[i].path, tallies[i], stats, before, events, nonfinite)
+
+        # one thread reads the next range while this one updates the statistics with the last
+        for _ in pipelined(read, update, len(ranges), 1):
+            pass
+        for i, n in enumerate(use):
+            if n == 0:
+                _end_of_file(readers[i].path, tallies[i], stats, {}, events, nonfinite)
         bar.close()
         log.info("specs pass: %d events in %.1fs", sum(use), time.perf_counter() - t0)
     finally:
@@ -312,6 +333,17 @@ def compute_specs(files: Sequence[str], params: Params, preproc=None, progress: 
     }
     log_warnings(specs, preproc)
     return specs
+
+
+def _end_of_file(path: str, tally, stats: dict[str, _Stats], before: dict[str, np.ndarray], events: dict,
+                 nonfinite: dict) -> None:
+    """Book a file's events and the NaN/inf counts of its branches (counts now minus ``before``)."""
+    events[path] = tally.passed
+    events["total"] += tally.passed
+    for name, st in stats.items():
+        here = st.counts - before.get(name, st.counts)
+        if here[1] or here[2]:
+            nonfinite.setdefault(name, {})[path] = here.tolist()
 
 
 def _update(stats: dict[str, _Stats], plan: Plan, arrays, keep, missing: np.ndarray) -> None:

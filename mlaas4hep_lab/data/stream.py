@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
-import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
@@ -24,7 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mlaas4hep_lab.data._buffers import Buffers
 from mlaas4hep_lab.data._gather import flat_rows, piece_rows
+from mlaas4hep_lab.data._pipeline import pipelined
 from mlaas4hep_lab.data.plan import Plan, events_to_use, make_plan
 from mlaas4hep_lab.data.reader import BlockReader, TreeReader
 from mlaas4hep_lab.data.specs import Specs
@@ -109,6 +109,15 @@ class _Piece:
         return self.kept.astype(np.int64) + self.first
 
 
+@dataclass
+class _Prepared:
+    """A chunk without its matrices, and what fills them."""
+
+    chunk: Chunk
+    columns: object  # Columns
+    seconds: float
+
+
 class ChunkStream:
     """Iterate over mixed, labelled, vectorised training chunks.
 
@@ -146,6 +155,8 @@ class ChunkStream:
         self.entries = events_to_use([r.num_entries for r in self.readers], params.nevts)
         self.n_chunks = _n_chunks(self.entries, params.chunk_size)
         self._blocks: list[BlockReader | None] = [None] * len(self.readers)
+        # the matrices of chunks the consumer has dropped are refilled (no page faults, steady memory)
+        self._buffers = Buffers(params.chunk_size, self.vectorizer.n_features)
         self.epoch = 0
         self.stats = {"read": 0, "kept": 0, "seconds": 0.0}
 
@@ -172,12 +183,7 @@ class ChunkStream:
 
     def build(self, k: int, epoch: int = 0) -> Chunk:
         """Read, preprocess, vectorise and mix chunk ``k`` (any order; nothing is cached)."""
-        t0 = time.perf_counter()
-        chunk = self.assemble(self.read(k), k, epoch)
-        self.stats["read"] += chunk.read_events
-        self.stats["kept"] += len(chunk)
-        self.stats["seconds"] += time.perf_counter() - t0
-        return chunk
+        return self._finish(self.prepare(self.read(k), k, epoch))
 
     def read(self, k: int) -> list[_Piece]:
         """The pieces of chunk ``k``: each file's entry range, read and preprocessed, not yet vectorised."""
@@ -194,30 +200,44 @@ class ChunkStream:
                 pieces.append(_Piece(i, first, read, arrays, None if keep is None else np.flatnonzero(keep)))
         return pieces
 
-    def assemble(self, pieces: list[_Piece], k: int, epoch: int = 0) -> Chunk:
-        """Chunk ``k`` of pass ``epoch`` from its pieces: the kept events of every piece, shuffled when the
-        params say so, each branch gathered once straight into its place in ``X``. The list ``pieces``
-        is emptied before ``X`` is filled, so that the decoded arrays are freed first."""
+    def prepare(self, pieces: list[_Piece], k: int, epoch: int = 0) -> _Prepared:
+        """Everything of chunk ``k`` of pass ``epoch`` but its matrices: the kept events of every piece,
+        shuffled when the params say so, with each branch normalised once over its values
+        (:meth:`Vectorizer.columns`); :meth:`assemble` fills ``X`` and ``mask`` from it. Nothing in the
+        result refers to the pieces, so the decoded arrays can be freed before ``X`` exists."""
+        t0 = time.perf_counter()
         rows = piece_rows([len(p.arrays) for p in pieces], [p.kept for p in pieces])
         entry = np.concatenate([p.entries() for p in pieces]) if pieces else np.zeros(0, np.int64)
         file_index = np.concatenate([np.full(len(p), p.file, np.int16) for p in pieces]) if pieces \
             else np.zeros(0, np.int16)
         split = np.concatenate([split_of(self.readers[p.file].path, p.entries(), self.params.split, self.params.seed)
                                 for p in pieces]) if pieces else np.zeros(0, np.uint8)
+        order = None
         if self.params.shuffle and len(entry):
             order = np.random.default_rng([self.params.seed, epoch, k]).permutation(len(entry))
-            rows = order if rows is None else rows[order]
             entry, file_index, split = entry[order], file_index[order], split[order]
         records = [p.arrays for p in pieces]
-        weight = _column(records, self.plan.weight, rows).astype(np.float32) if self.plan.weight and pieces else None
-        ids = {name: _column(records, name, rows) for name in self.plan.ids} if pieces else {}
-        columns = self.vectorizer.columns(records, rows)
-        read = sum(p.read for p in pieces)
-        pieces.clear()
-        del records
-        X, mask = self.vectorizer.fill(columns)
-        chunk = Chunk(X, mask, self.labels[file_index], split, file_index, entry, weight, ids, k)
-        chunk.read_events = read
+        events = rows if order is None else (order if rows is None else rows[order])
+        weight = _column(records, self.plan.weight, events).astype(np.float32) \
+            if self.plan.weight and pieces else None
+        ids = {name: _column(records, name, events) for name in self.plan.ids} if pieces else {}
+        # gathered in the files' order (the values are read sequentially), shuffled in place afterwards
+        columns = self.vectorizer.columns(records, rows, order)
+        head = Chunk(np.zeros((0, 0), np.float32), np.zeros((0, 0), bool), self.labels[file_index], split,
+                     file_index, entry, weight, ids, k, sum(p.read for p in pieces))
+        return _Prepared(head, columns, time.perf_counter() - t0)
+
+    def assemble(self, pieces: list[_Piece], k: int, epoch: int = 0) -> Chunk:
+        """Chunk ``k`` of pass ``epoch`` from its pieces (:meth:`prepare`, then ``X`` and ``mask``)."""
+        return self._finish(self.prepare(pieces, k, epoch))
+
+    def _finish(self, prepared: _Prepared) -> Chunk:
+        t0 = time.perf_counter()
+        chunk = prepared.chunk
+        chunk.X, chunk.mask = self.vectorizer.fill(prepared.columns, self._buffers)
+        self.stats["read"] += chunk.read_events
+        self.stats["kept"] += len(chunk)
+        self.stats["seconds"] += prepared.seconds + time.perf_counter() - t0
         return chunk
 
     def __iter__(self) -> Iterator[Chunk]:
@@ -236,26 +256,23 @@ class ChunkStream:
         One pipeline serves every pass, so the first chunk of a pass is built while the consumer still
         works on the last chunk of the one before (a new :meth:`iterate` per pass would leave the
         consumer waiting for it). With ``prefetch`` > 0 one thread reads chunk ``k + 1`` while another
-        vectorises chunk ``k`` (:func:`_pipelined`)."""
+        vectorises chunk ``k`` (:func:`~mlaas4hep_lab.data._pipeline.pipelined`)."""
         order = [(e, k) for e in range(start_epoch, passes)
                  for k in range(start if e == start_epoch else 0, self.n_chunks)]
 
-        def read(i: int) -> list[_Piece]:
-            return self.read(order[i][1])
-
-        def assemble(i: int, pieces: list[_Piece]) -> tuple[int, Chunk]:
+        def prepare(i: int) -> _Prepared:
             epoch, k = order[i]
-            t0 = time.perf_counter()
-            chunk = self.assemble(pieces, k, epoch)
-            self.stats["read"] += chunk.read_events
-            self.stats["kept"] += len(chunk)
-            self.stats["seconds"] += time.perf_counter() - t0
-            return epoch, chunk
+            return self.prepare(self.read(k), k, epoch)
+
+        def finish(i: int, prepared: _Prepared) -> tuple[int, Chunk]:
+            return order[i][0], self._finish(prepared)
 
         if self.params.prefetch <= 0:
-            yield from (assemble(i, read(i)) for i in range(len(order)))
+            yield from (finish(i, prepare(i)) for i in range(len(order)))
             return
-        yield from _pipelined(read, assemble, len(order), self.params.prefetch)
+        # one thread reads, preprocesses and normalises chunk k + 1 (decompression and numpy release the
+        # GIL) while the other fills the matrices of chunk k with compiled loops that hold no GIL at all
+        yield from pipelined(prepare, finish, len(order), self.params.prefetch)
 
     def __len__(self) -> int:
         return self.n_chunks
@@ -286,86 +303,3 @@ def _n_chunks(entries: Sequence[int], chunk_size: int) -> int:
         if sizes.max(initial=0) <= chunk_size:
             return K
         K += 1
-
-
-_DONE = object()
-
-
-class _Stage:
-    """A hand-over between threads with ``depth`` places, counting the item being made: a producer
-    :meth:`reserve`-s a place before it starts on an item, and the consumer's :meth:`get` frees it. So
-    at most ``depth`` items exist beyond those the consumer holds. Everything gives up once ``stop`` is set."""
-
-    def __init__(self, depth: int, stop: threading.Event):
-        self.queue: queue.Queue = queue.Queue()
-        self.places = threading.Semaphore(max(1, depth))
-        self.stop = stop
-
-    def reserve(self) -> bool:
-        while not self.stop.is_set():
-            if self.places.acquire(timeout=0.1):
-                return True
-        return False
-
-    def put(self, item) -> None:
-        self.queue.put(item)
-
-    def get(self):
-        while not self.stop.is_set():
-            try:
-                item = self.queue.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            self.places.release()
-            return item
-        return _DONE
-
-
-def _pipelined(read, assemble, n: int, depth: int) -> Iterator:
-    """``assemble(i, read(i))`` for ``i`` in ``0..n-1``, in order, on two background threads: one reads
-    (and decompresses) item ``i + 1`` while the other vectorises item ``i``, so both cores work. Memory
-    stays at ``depth`` items beyond the one the consumer holds, finished or being assembled, plus the
-    read buffers of one item ahead of the assembler. An error in either thread is raised in the
-    consumer."""
-    stop = threading.Event()
-    pieces, done = _Stage(1, stop), _Stage(depth, stop)
-
-    def reader() -> None:
-        try:
-            for i in range(n):
-                if not pieces.reserve():
-                    return
-                pieces.put((i, read(i)))
-            pieces.put(_DONE)
-        except BaseException as err:  # handed on to the consumer, which raises it
-            pieces.put(err)
-
-    def assembler() -> None:
-        try:
-            while done.reserve():
-                item = pieces.get()
-                if item is _DONE or isinstance(item, BaseException):
-                    done.put(item)
-                    return
-                done.put(assemble(*item))
-                del item  # the pieces: not kept while waiting for a place
-        except BaseException as err:
-            done.put(err)
-
-    # both carry the name a user (and the tests) look for to see whether prefetching is still running
-    threads = [threading.Thread(target=target, name="mlaas4hep-prefetch", daemon=True)
-               for target in (reader, assembler)]
-    for thread in threads:
-        thread.start()
-    try:
-        while True:
-            item = done.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=5)

@@ -34,16 +34,7 @@ from dataclasses import dataclass
 import awkward as ak
 import numpy as np
 
-from mlaas4hep_lab.data._gather import (
-    Columns,
-    Dense,
-    Padded,
-    Slots,
-    clipped,
-    fill_rows,
-    flat_rows,
-    lists_rows,
-)
+from mlaas4hep_lab.data._gather import Columns, clipped, flat_rows, lists_rows
 from mlaas4hep_lab.errors import ConfigError, SpecsError
 from mlaas4hep_lab.params import DEFAULT_PADDING, LEGACY_DEFAULTS, PADDINGS
 
@@ -271,78 +262,117 @@ class Vectorizer:
         """Vectorise the events of ``arrays`` (those where ``keep`` is True, when given)."""
         return self.gather([arrays], None if keep is None else np.flatnonzero(keep))
 
-    def gather(self, pieces: Sequence, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def gather(self, pieces: Sequence, rows: np.ndarray | None = None,
+               order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Vectorise the events ``rows`` of record ``pieces`` laid end to end (all, in order, when
-        ``None``), in the order of ``rows``: each branch is normalised once over its values and gathered
-        straight into its columns (:meth:`columns` then :meth:`fill`)."""
-        return self.fill(self.columns(pieces, rows))
+        ``None``), in the order of ``rows``, then permuted by ``order`` (row ``i`` is event
+        ``rows[order[i]]``; the shuffle, done in place): :meth:`columns` then :meth:`fill`."""
+        return self.fill(self.columns(pieces, rows, order))
 
-    def columns(self, pieces: Sequence, rows: np.ndarray | None = None) -> Columns:
-        """What :meth:`fill` needs of ``pieces``: once this returns, the pieces may be freed, so that the
-        decoded arrays and the matrix being filled are not in memory together."""
+    def columns(self, pieces: Sequence, rows: np.ndarray | None = None, order: np.ndarray | None = None) -> Columns:
+        """What :meth:`fill` needs of ``pieces``: each branch normalised once over its values. Once this
+        returns the pieces may be freed, so that the decoded arrays and the matrix being filled are not
+        in memory together."""
         n = sum(len(p) for p in pieces) if rows is None else len(rows)
-        return Columns(n, self._sources(pieces, rows, n) if pieces and n else [])
+        if order is not None and len(order) != n:
+            raise ValueError(f"order has {len(order)} rows for {n} events")
+        columns = self._columns(pieces, rows, n) if pieces and n else Columns.empty(n)
+        columns.order = order
+        return columns
 
-    def fill(self, columns: Columns) -> tuple[np.ndarray, np.ndarray]:
-        """``X`` and ``mask`` from :meth:`columns`."""
-        X = np.empty((columns.n, self.n_features), dtype=np.float32)
-        mask = np.empty((columns.n, self.n_features), dtype=bool)
+    def fill(self, columns: Columns, buffers=None) -> tuple[np.ndarray, np.ndarray]:
+        """``X`` and ``mask`` from :meth:`columns` (compiled loops, without the GIL: :mod:`._kernels`), in
+        the memory of ``buffers`` (:class:`~mlaas4hep_lab.data._buffers.Buffers`) when given."""
+        from mlaas4hep_lab.data import _kernels
+
+        if buffers is not None:
+            X, mask = buffers.matrices(columns.n, self.n_features)
+        else:
+            X = np.empty((columns.n, self.n_features), dtype=np.float32)
+            mask = np.empty((columns.n, self.n_features), dtype=bool)
         if columns.n:
-            copies = [(self._mask_cols, self._jagged_cols)] if self._mode.masks else []
-            fill_rows(X, mask, columns.sources, copies)
+            c = columns
+            _kernels.fill_rows(X, mask, c.dense, c.dense_ok, c.dense_cols, c.starts, c.lengths, c.sources,
+                               c.values, c.oks, self._mask_cols.start, self._jagged_cols.start,
+                               self._mask_cols.stop - self._mask_cols.start)
+            if c.order is not None:
+                _kernels.permute_rows(X, c.order)
+                _kernels.permute_rows(mask, c.order)
         return X, mask
 
-    def _sources(self, pieces: Sequence, rows: np.ndarray | None, n: int) -> list:
-        """Where every column of ``X`` comes from: the flat branches and the multiplicities as normalised
-        rows, each jagged branch as normalised values with the slots that pick them."""
-        flat = Dense(0, len(self.flat), n)
+    def _columns(self, pieces: Sequence, rows: np.ndarray | None, n: int) -> Columns:
+        """The flat branches and multiplicities as normalised rows; each jagged branch's values normalised
+        (the pad value first) with the starts and lengths of its group of branches laid out alike."""
+        count_rows = {group[0]: len(self.flat) + i for i, group in enumerate(self.groups)}
+        dense_cols = list(range(len(self.flat))) + [self._count_col[group[0]] for group in self.groups]
+        dense = np.empty((len(dense_cols), n), np.float32)
+        oks: dict[int, np.ndarray] = {}
         for j, name in enumerate(self.flat):
-            values, ok = self._normalised(flat_rows([_flat_numpy(p[name]) for p in pieces], rows), j)
-            flat.set(j, values[1:], None if ok is None else ok[1:])
-        counts = Dense(self._count_col[self.groups[0][0]], len(self.groups), n) if self.groups else None
-        sources: list = [flat] + ([counts] if counts else [])
-        slots = lists = None
+            ok = self._normalise(flat_rows([_flat_numpy(p[name]) for p in pieces], rows), j, dense[j])
+            if ok is not None:
+                oks[j] = ok
+        jagged, lists = [], None
         for block in self.blocks:
             count_col = self._count_col.get(block.name)
             if block.k == 0 and count_col is None:
                 continue
             lists = lists_rows([jagged_buffers(p[block.name]) for p in pieces], rows, like=lists)
             if count_col is not None:
-                counts.set(count_col - counts.start, self._count_values(lists.lengths, count_col), None)
-            if block.k == 0:
-                continue
-            if lists.content.size > n * block.k:  # long lists cut to a few slots: keep only what is used
-                lists = clipped(lists, block.k)
-            if slots is None or not slots.fits(lists, block.k):
-                slots = Slots(lists, block.k)
-            values, ok = self._normalised(lists.content, block.start)
-            sources.append(Padded(slice(block.start, block.start + block.k), values, ok, slots))
-        return sources
+                dense[count_rows[block.name]] = self._count_values(lists.lengths, count_col)
+            if block.k:
+                # long lists cut to a few slots: normalise only what is used
+                jagged.append((block, clipped(lists, block.k) if lists.content.size > n * block.k else lists))
+        dense_ok = np.zeros((0, 0), bool)
+        if oks:
+            dense_ok = np.ones(dense.shape, bool)
+            for j, ok in oks.items():
+                dense_ok[j] = ok
+        return Columns(n, dense, dense_ok, np.asarray(dense_cols, np.int64), *self._padded(jagged, n))
 
-    def _normalised(self, content: np.ndarray, col: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """``content`` normalised as column ``col`` after the pad value, and which of these values are
-        real (``None`` when all are): NaN, infinities and sentinels become the pad value."""
-        out = np.empty(content.size + 1, np.float32)
+    def _padded(self, jagged: list, n: int) -> tuple[np.ndarray, ...]:
+        """(starts, lengths, sources, values, oks) of :class:`Columns` for ``(block, lists)`` pairs."""
+        group: dict[int, int] = {}  # id of a starts array -> its group (branches laid out alike share it)
+        first: list = []
+        for _, lists in jagged:
+            if id(lists.starts) not in group:
+                group[id(lists.starts)] = len(first)
+                first.append(lists)
+        starts = np.stack([lists.starts for lists in first]) if first else np.zeros((0, n), np.int64)
+        lengths = np.stack([lists.lengths for lists in first]) if first else np.zeros((0, n), np.int64)
+        values = np.empty(sum(len(lists.content) + 1 for _, lists in jagged), np.float32)
+        sources = np.empty((len(jagged), 5), np.int64)
+        ok_parts, at, ok_at = [], 0, 0
+        for s, (block, lists) in enumerate(jagged):
+            size = len(lists.content)
+            values[at] = self._pad[block.start]
+            ok = self._normalise(lists.content, block.start, values[at + 1: at + 1 + size])
+            sources[s] = (block.start, block.k, group[id(lists.starts)], at, -1 if ok is None else ok_at)
+            if ok is not None:
+                ok_parts += [np.zeros(1, bool), ok]
+                ok_at += size + 1
+            at += size + 1
+        oks = np.concatenate(ok_parts) if ok_parts else np.zeros(0, bool)
+        return starts, lengths, sources, values, oks
+
+    def _normalise(self, content: np.ndarray, col: int, out: np.ndarray) -> np.ndarray | None:
+        """Write ``content`` normalised as column ``col`` into ``out`` (float32; in float64 first, so that
+        large offsets keep their resolution) and return which values are real (``None`` when all are):
+        NaN, infinities and sentinels get the column's pad value."""
         if self.normalization == "none":
-            out[1:] = content
+            out[:] = content
         else:
             wide = content.astype(np.float64)
             wide -= self._offset[col]
             wide *= self._scale[col]
-            out[1:] = wide
-        pad = float(self._pad[col])
-        out[0] = pad
+            out[:] = wide
         bad = ~np.isfinite(content) if content.dtype.kind == "f" else None
         for sentinel in self.missing_values:
             other = content == sentinel
             bad = other if bad is None else np.logical_or(bad, other, out=bad)
         if bad is None or not bad.any():
-            return out, None
-        out[1:][bad] = pad
-        ok = np.empty(content.size + 1, bool)
-        np.logical_not(bad, out=ok[1:])
-        ok[0] = False
-        return out, ok
+            return None
+        out[bad] = self._pad[col]
+        return ~bad
 
     def _count_values(self, lengths: np.ndarray, col: int) -> np.ndarray:
         """A multiplicity column: never masked, and sentinels do not apply (a count of 0 is a count)."""
