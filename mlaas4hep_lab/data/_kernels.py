@@ -3,10 +3,11 @@
 * :func:`fill_rows`: each row of ``X`` and ``mask`` written once, left to right, from the normalised flat
   columns and, per jagged branch, the first ``k`` values of the event's list (the pad value after them).
   numpy needs a temporary per branch and writes each column of a row-major matrix with a stride of the
-  row's length, touching every cache line of ``X`` once per column.
-* :func:`permute_rows`: the shuffle of a chunk, in place. Gathering the branches in the files' order and
-  moving whole rows afterwards reads the values sequentially (gathering straight into shuffled rows
-  reads them at random, 2.5x slower) and needs no second matrix (``X[order]`` would double the memory).
+  row's length, touching every cache line of ``X`` once per column. The shuffle is done by the same
+  loop: events are taken in the files' order, so every branch's values are read sequentially, and each
+  event's row is written where the shuffle puts it (gathering the values in shuffled order reads them at
+  random: 2.5x slower; shuffling a finished matrix costs a pass and, out of place, a second matrix).
+* :func:`permute_rows`: ``A[:] = A[order]`` in place, for anything else that needs it.
 
 Both release the GIL, so the thread that reads and decompresses the next chunk runs beside them. They are
 compiled on first use and cached next to this module (numba's ``cache=True``; where that is not
@@ -29,9 +30,10 @@ def _compiled(function):
 
 
 @_compiled
-def fill_rows(X, mask, dense, dense_ok, dense_cols, starts, lengths, sources, values, oks, copy_to, copy_from,
+def fill_rows(X, mask, dest, dense, dense_ok, dense_cols, starts, lengths, sources, values, oks, copy_to, copy_from,
               n_copies):  # pragma: no cover - compiled
-    """Fill ``X``/``mask`` (``[n, F]``).
+    """Fill ``X``/``mask`` (``[n, F]``): event ``i`` of the inputs goes to row ``dest[i]`` (to row ``i``
+    when ``dest`` is empty), so the values are read in their order and whole rows are written anywhere.
 
     ``dense``/``dense_ok`` (``[w, n]``; ``dense_ok`` empty when every value is real) go to columns
     ``dense_cols``. Each row of ``sources`` is a jagged branch: (first column, k, group, offset of its
@@ -42,14 +44,16 @@ def fill_rows(X, mask, dense, dense_ok, dense_cols, starts, lengths, sources, va
     n = X.shape[0]
     w = dense.shape[0]
     checked = dense_ok.shape[0] > 0
-    for r in range(n):
+    moved = dest.shape[0] > 0
+    for i in range(n):
+        r = dest[i] if moved else i
         for j in range(w):
-            X[r, dense_cols[j]] = dense[j, r]
-            mask[r, dense_cols[j]] = dense_ok[j, r] if checked else True
+            X[r, dense_cols[j]] = dense[j, i]
+            mask[r, dense_cols[j]] = dense_ok[j, i] if checked else True
         for s in range(sources.shape[0]):
             col, k, g, at, ok_at = sources[s, 0], sources[s, 1], sources[s, 2], sources[s, 3], sources[s, 4]
-            length = min(lengths[g, r], k)
-            first = starts[g, r] + 1
+            length = min(lengths[g, i], k)
+            first = starts[g, i] + 1
             for j in range(length):
                 X[r, col + j] = values[at + first + j]
             pad = values[at]

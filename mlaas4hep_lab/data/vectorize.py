@@ -266,7 +266,7 @@ class Vectorizer:
                order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Vectorise the events ``rows`` of record ``pieces`` laid end to end (all, in order, when
         ``None``), in the order of ``rows``, then permuted by ``order`` (row ``i`` is event
-        ``rows[order[i]]``; the shuffle, done in place): :meth:`columns` then :meth:`fill`."""
+        ``rows[order[i]]``: the shuffle, done while filling): :meth:`columns` then :meth:`fill`."""
         return self.fill(self.columns(pieces, rows, order))
 
     def columns(self, pieces: Sequence, rows: np.ndarray | None = None, order: np.ndarray | None = None) -> Columns:
@@ -292,12 +292,13 @@ class Vectorizer:
             mask = np.empty((columns.n, self.n_features), dtype=bool)
         if columns.n:
             c = columns
-            _kernels.fill_rows(X, mask, c.dense, c.dense_ok, c.dense_cols, c.starts, c.lengths, c.sources,
+            dest = np.zeros(0, np.int64)
+            if c.order is not None:  # row r holds event order[r]: event i goes to the row r where order[r] = i
+                dest = np.empty(c.n, np.int64)
+                dest[c.order] = np.arange(c.n, dtype=np.int64)
+            _kernels.fill_rows(X, mask, dest, c.dense, c.dense_ok, c.dense_cols, c.starts, c.lengths, c.sources,
                                c.values, c.oks, self._mask_cols.start, self._jagged_cols.start,
                                self._mask_cols.stop - self._mask_cols.start)
-            if c.order is not None:
-                _kernels.permute_rows(X, c.order)
-                _kernels.permute_rows(mask, c.order)
         return X, mask
 
     def _columns(self, pieces: Sequence, rows: np.ndarray | None, n: int) -> Columns:
