@@ -256,6 +256,171 @@ def test_keras_reports_compiled_metrics_and_passes_fit_options():
         build("keras", fit_options={"epochs": 5})
 
 
+class _Counter(keras.callbacks.Callback):
+    """Counts model.fit calls and training batches; sets ``stop`` after batch ``stop_after``."""
+
+    def __init__(self, stop=None, stop_after=None):
+        super().__init__()
+        self.fits, self.batches, self.stop, self.stop_after = 0, 0, stop, stop_after
+
+    def on_train_begin(self, logs=None):
+        self.fits += 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+        if self.stop is not None and self.batches == self.stop_after:
+            self.stop.set()
+
+
+def _parts(X, y, sizes, *, epochs=1, poison=True):
+    """TrainPart per (group, n_rows, n_other): the part's training rows are ``rows``; its other events are
+    NaN (features and weights), so that training on any of them would make the loss NaN."""
+    from mlaas4hep_lab.backends.base import TrainPart
+
+    out, start = [], 0
+    for group, n_rows, n_other in sizes:
+        n = n_rows + n_other
+        Xp, yp = X[start:start + n].copy(), y[start:start + n].copy()
+        w = np.ones(n, np.float32)
+        rows = np.sort(np.random.default_rng(start).permutation(n)[:n_rows])
+        other = np.setdiff1d(np.arange(n), rows)
+        if poison:
+            Xp[other], w[other] = np.nan, np.nan
+        out.append(TrainPart(Xp, yp, w, rows, epochs=epochs, group=group, tag=len(out)))
+        start += n
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order_entries", [None, 700])
+def test_keras_fit_parts_one_fit_per_group_and_each_part_reported_after_its_last_batch(monkeypatch, order_entries):
+    if order_entries:  # a part's epochs in several pipeline elements
+        monkeypatch.setattr("mlaas4hep_lab.backends.keras._ORDER_ENTRIES", order_entries)
+    X, y = make_data(2400)
+    counter = _Counter()
+    backend = build("keras", fit_options={"callbacks": [counter]})
+    # group 0: 500 training rows of 600, a part without training rows, 300 of 300; group 1: 400 of 500
+    parts = _parts(X, y, [(0, 500, 100), (0, 0, 50), (0, 300, 0), (1, 400, 100)], epochs=2)
+    seen = []
+    backend.fit_parts(iter(parts), batch_size=64,
+                      on_part=lambda part, metrics: seen.append((part.tag, counter.batches, metrics)))
+    assert [t for t, _, _ in seen] == [0, 1, 2, 3]
+    # batches: 2 epochs x ceil(500/64)=8, none, 2 x 5, 2 x 7; on_part right after each part's last one
+    assert [b for _, b, _ in seen] == [16, 16, 26, 40]
+    assert counter.batches == 40 and counter.fits == 2
+    assert seen[1][2] == {}
+    for _, _, metrics in (seen[0], seen[2], seen[3]):
+        assert {"loss", "accuracy", "auc"} <= set(metrics)
+        assert all(isinstance(v, float) and np.isfinite(v) for v in metrics.values())  # no NaN row trained
+    assert rank_auc(backend.predict(X[2000:]), y[2000:]) > 0.85
+
+
+@pytest.mark.slow
+def test_keras_fit_parts_stop_errors_and_fallback():
+    import threading
+
+    X, y = make_data(2400)
+    # a stop during the second part's batches: it returns after that batch, the part is not reported, the
+    # parts' generator is closed
+    stop = threading.Event()
+    counter = _Counter(stop, stop_after=12)
+    backend = build("keras", fit_options={"callbacks": [counter]})
+    backend.stop_event = stop
+    closed = []
+
+    def source(parts):
+        try:
+            yield from parts
+        finally:
+            closed.append(True)
+
+    seen = []
+    backend.fit_parts(source(_parts(X, y, [(0, 640, 0), (0, 640, 0), (0, 640, 0)])), batch_size=64,
+                      on_part=lambda part, metrics: seen.append(part.tag))
+    assert seen == [0] and counter.batches == 12 and closed == [True]
+
+    # what on_part raises ends the training there and is raised
+    counter = _Counter()
+    backend = build("keras", fit_options={"callbacks": [counter]})
+
+    def fail_on_second(part, metrics):
+        if part.tag == 1:
+            raise RuntimeError("from on_part")
+
+    with pytest.raises(RuntimeError, match="from on_part"):
+        backend.fit_parts(iter(_parts(X, y, [(0, 640, 0), (0, 640, 0), (0, 640, 0)])), batch_size=64,
+                          on_part=fail_on_second)
+    assert counter.batches == 20
+
+    # so does an error of the parts' source (a read error), once the parts before it are done
+    def broken():
+        yield from _parts(X, y, [(0, 640, 0)])
+        raise OSError("unreadable chunk")
+
+    seen = []
+    with pytest.raises(OSError, match="unreadable chunk"):
+        build("keras").fit_parts(broken(), batch_size=64, on_part=lambda part, metrics: seen.append(part.tag))
+    assert seen == [0]
+
+    # fit_options the pipeline does not handle: part by part through fit_chunk (model.fit on arrays)
+    counter = _Counter()
+    backend = build("keras", fit_options={"callbacks": [counter], "validation_split": 0.1})
+    seen = []
+    parts = _parts(X, y, [(0, 500, 100), (0, 300, 0)], poison=False)
+    backend.fit_parts(iter(parts), batch_size=64, on_part=lambda part, metrics: seen.append((part.tag, metrics)))
+    # 450 and 270 training events once model.fit kept 10% of each for its validation
+    assert [t for t, _ in seen] == [0, 1] and counter.fits == 2 and counter.batches == 8 + 5
+    assert all("loss" in m and "val_loss" in m for _, m in seen)
+
+
+@pytest.mark.slow
+def test_keras_fit_parts_class_weight():
+    X, y = make_data(2400)
+
+    def mean_score(class_weight):
+        backend = build("keras", fit_options={"class_weight": class_weight})
+        parts = _parts(X, y, [(0, 2000, 0)], epochs=2)
+        parts[0].weight = None
+        backend.fit_parts(iter(parts), batch_size=64, on_part=lambda part, metrics: None)
+        return float(backend.predict(X[2000:]).mean())
+
+    # signal events weigh nothing: every event looks like background, and the other way round
+    assert mean_score({0: 1.0, 1: 0.0}) + 0.3 < mean_score({0: 0.0, 1: 1.0})
+    with pytest.raises(ConfigError, match="class_weight cannot be combined"):
+        build("keras", fit_options={"class_weight": {0: 1.0, 1: 2.0}}).fit_parts(
+            iter(_parts(X, y, [(0, 500, 0)])), batch_size=64, on_part=lambda part, metrics: None)
+
+
+@pytest.mark.slow
+def test_keras_checkpoints_resume_training_exactly(tmp_path):
+    from mlaas4hep_lab.backends.base import get_backend
+    from mlaas4hep_lab.training.checkpoint import Checkpoint
+
+    X, y = make_data(2400)
+    w = np.ones(len(y), np.float32)
+    options = {"seed": 3, "fit_options": {"shuffle": False}}
+    a = build("keras", **options)
+    checkpoint = Checkpoint(tmp_path)
+    a.fit_chunk(X[:800], y[:800], w[:800], epochs=1, batch_size=64)
+    checkpoint.save(a, {"chunk": 0})   # the run's first: model.save
+    assert sorted(p.name for p in (tmp_path / "checkpoint" / "model").iterdir()) == ["model.keras"]
+    a.fit_chunk(X[800:1600], y[800:1600], w[800:1600], epochs=1, batch_size=64)
+    checkpoint.save(a, {"chunk": 1})   # the same model.keras (linked), the variables' values beside it
+    model_dir = tmp_path / "checkpoint" / "model"
+    assert sorted(p.name for p in model_dir.iterdir()) == ["model.keras", "variables.npz"]
+    b = get_backend("keras").load(model_dir, IDIM, options)
+    np.testing.assert_array_equal(b.predict(X[2000:]), a.predict(X[2000:]))
+    assert int(b.model.optimizer.iterations.numpy()) == int(a.model.optimizer.iterations.numpy()) == 26
+    # the optimizer's moments and the dropout seeds come back too: training goes on identically
+    for backend in (a, b):
+        backend.fit_chunk(X[1600:2000], y[1600:2000], w[1600:2000], epochs=1, batch_size=64)
+    np.testing.assert_allclose(b.predict(X[2000:]), a.predict(X[2000:]), atol=1e-6)
+    # a variables.npz that does not fit the model is refused
+    np.savez(model_dir / "variables.npz", np.zeros(3))
+    with pytest.raises(ConfigError, match="does not match"):
+        get_backend("keras").load(model_dir, IDIM, options)
+
+
 def test_keras_uncompiled_model_is_a_clear_error(tmp_path):
     path = write_model(tmp_path, """
         import keras

@@ -414,5 +414,78 @@ def test_resume_with_changed_configuration_is_refused(example_higgs, torch_model
         Trainer(changed, specs, load_model_file(torch_model, specs.n_features), tmp_path / "o", resume=True).run()
 
 
+KERAS_COUNTED = """
+import keras
+
+
+class Fits(keras.callbacks.Callback):
+    # the batches of each model.fit call
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def on_train_begin(self, logs=None):
+        self.batches.append(0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches[-1] += 1
+
+
+fit_options = {"callbacks": [Fits()]}
+
+
+def model(idim):
+    m = keras.Sequential([keras.Input((idim,)), keras.layers.Dense(16, activation="relu"),
+                          keras.layers.Dense(1, activation="sigmoid")])
+    m.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy", keras.metrics.AUC(name="auc")])
+    return m
+"""
+
+
+@pytest.mark.slow
+def test_keras_trains_each_pass_in_one_fit_and_resumes_after_a_stop(example_higgs, tmp_path):
+    """Keras: one model.fit per pass (fit_parts), every chunk reported after its batches with the compiled
+    metrics; a Stop during a chunk's batches ends the run after that batch, and --resume redoes that chunk."""
+    path = tmp_path / "model.py"
+    path.write_text(KERAS_COUNTED)
+    inputs = inputs_for(example_higgs, chunk_size=10_000, epochs=2, training="epochs", batch_size=128)
+    specs = ensure_specs(inputs, progress=False)
+    user = load_model_file(path, specs.n_features)
+    fits = user.options["fit_options"]["callbacks"][0].batches
+    bus = EventBus()
+    seen = []
+    bus.subscribe(seen.append)
+    result = Trainer(inputs, specs, user, tmp_path / "full", bus=bus).run()
+    chunks = [e for e in seen if e.kind == "chunk"]
+    assert [(e.epoch, e.chunk) for e in chunks] == [(ep, k) for ep in range(2) for k in range(3)]
+    assert [e.epoch for e in seen if e.kind == "epoch"] == [0, 1]
+    assert all({"loss", "accuracy", "auc", "val_loss", "val_auc"} <= set(e.metrics) for e in chunks)
+    train_events = result.metrics["events_seen"] // 2
+    assert len(fits) == 2 and fits[0] == fits[1] > train_events / 128
+    assert result.stopped == "" and result.metrics["auc"] > 0.6   # it learns (quality: test_backend_quality)
+
+    # a stop in the middle of chunk 1 of the first pass
+    stop = threading.Event()
+    bus = EventBus()
+    seen = []
+    bus.subscribe(seen.append)
+    bus.subscribe(lambda e: stop.set() if e.kind == "chunk" else None)
+    user = load_model_file(path, specs.n_features)
+    first = Trainer(inputs, specs, user, tmp_path / "o", bus=bus, stop=stop).run()
+    assert first.stopped == "requested"
+    assert [(e.epoch, e.chunk) for e in seen if e.kind == "chunk"] == [(0, 0)]
+    state = json.loads((tmp_path / "o" / "checkpoint" / "state.json").read_text())
+    assert (state["epoch"], state["next_chunk"], state["done"]) == (0, 1, False)
+    bus = EventBus()
+    seen = []
+    bus.subscribe(seen.append)
+    resumed = Trainer(inputs, specs, load_model_file(path, specs.n_features), tmp_path / "o", bus=bus,
+                      resume=True).run()
+    assert resumed.stopped == ""
+    assert [(e.epoch, e.chunk) for e in seen if e.kind == "chunk"] == [(0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert [e.epoch for e in seen if e.kind == "epoch"] == [0, 1]
+
+
 def test_params_early_stopping_key():
     assert load_params({"early_stopping": 3}).early_stopping == 3

@@ -5,8 +5,10 @@ The training loop talks only to :class:`Backend`; each adapter module imports it
 
 How a backend consumes the stream is its ``mode``:
 
-* ``"batches"``    -- ``fit_chunk`` is called on each chunk's training events (Keras, PyTorch,
-  scikit-learn estimators with ``partial_fit`` or ``warm_start``);
+* ``"batches"``    -- the trainer hands every chunk's training events to ``fit_parts`` (one
+  :class:`TrainPart` per chunk, in order); the default ``fit_parts`` calls ``fit_chunk`` on each (PyTorch,
+  scikit-learn estimators with ``partial_fit`` or ``warm_start``), Keras feeds them all through one
+  ``tf.data`` pipeline and one ``model.fit`` per pass;
 * ``"accumulate"`` -- the loop gathers the training split (within a memory guard) and calls ``fit_all``
   once (scikit-learn estimators that can only ``fit``);
 * ``"stream"``     -- ``fit_stream`` receives a factory of chunk iterators and trains over the whole
@@ -23,7 +25,8 @@ import sys
 import threading
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,7 +34,7 @@ import numpy as np
 
 from mlaas4hep_lab.errors import ConfigError
 
-__all__ = ["Backend", "BACKENDS", "get_backend", "detect_backend", "ChunkSource", "seed_frameworks"]
+__all__ = ["Backend", "BACKENDS", "get_backend", "detect_backend", "ChunkSource", "TrainPart", "seed_frameworks"]
 
 # name -> "module:Class"; adapters are imported only when used
 BACKENDS: dict[str, str] = {
@@ -46,6 +49,37 @@ _SEEDED_FRAMEWORKS = {"keras": "keras", "torch": "torch"}
 
 # a callable returning a fresh iterator of (X, y, weight-or-None) numpy batches: one pass over a split
 ChunkSource = Callable[[], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]]
+
+
+@dataclass
+class TrainPart:
+    """One chunk's training events, as the trainer hands them to :meth:`Backend.fit_parts`.
+
+    ``X``, ``y`` and ``weight`` are the whole chunk's (no copy of ``X``); ``rows`` selects the events to
+    train on (None: all of them). ``epochs``: epochs on this part before the next one ("per_chunk"
+    schedule); ``group``: the pass over the stream it belongs to (the parts of a group are consecutive);
+    ``tag``: the caller's, handed back to ``on_part``.
+    """
+
+    X: np.ndarray                       # float32 [n, n_features]
+    y: np.ndarray                       # [n]
+    weight: np.ndarray | None = None    # [n], or None
+    rows: np.ndarray | None = None      # positions of the training events in the arrays, or None: all
+    epochs: int = 1
+    group: int = 0
+    tag: Any = None
+
+    @property
+    def size(self) -> int:
+        """Number of events to train on."""
+        return len(self.y) if self.rows is None else len(self.rows)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(X, y, weight)`` of the training events (copies when ``rows`` selects some)."""
+        if self.rows is None:
+            return self.X, self.y, self.weight
+        w = None if self.weight is None else self.weight[self.rows]
+        return self.X[self.rows], self.y[self.rows], w
 
 
 class Backend(ABC):
@@ -95,6 +129,24 @@ class Backend(ABC):
         train in mini-batches return after the current batch once :meth:`stop_requested` is true."""
         raise NotImplementedError(f"{self.name} backend does not train chunk by chunk (mode {self.mode!r})")
 
+    def fit_parts(self, parts: Iterable[TrainPart], *, batch_size: int,
+                  on_part: Callable[[TrainPart, dict[str, float]], None]) -> None:
+        """Train on each part in turn, ``part.epochs`` epochs each, and call ``on_part(part, metrics)`` after
+        its last batch, before any batch of the next part (``metrics`` as :meth:`fit_chunk` returns them;
+        ``{}`` for a part without events). What ``on_part`` raises ends the training and is raised here.
+        Returns when ``parts`` is exhausted, or -- without calling ``on_part`` for the part in progress --
+        after the batch during which a stop was requested (:meth:`stop_requested`), or when the model's
+        own callbacks stopped the training (Keras ``model.stop_training``). The default calls
+        :meth:`fit_chunk` on each part."""
+        for part in parts:
+            metrics: dict[str, float] = {}
+            if part.size:
+                X, y, weight = part.arrays()
+                metrics = self.fit_chunk(X, y, weight, epochs=part.epochs, batch_size=batch_size)
+                if self.stop_requested():
+                    return
+            on_part(part, metrics)
+
     def fit_all(self, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None) -> dict[str, float]:
         """Train once on the whole (accumulated) training split."""
         raise NotImplementedError(f"{self.name} backend does not train on accumulated data (mode {self.mode!r})")
@@ -119,7 +171,14 @@ class Backend(ABC):
     @classmethod
     @abstractmethod
     def load(cls, directory: Path, n_features: int, options: dict[str, Any] | None = None) -> Backend:
-        """Load what :meth:`save` wrote."""
+        """Load what :meth:`save` (or :meth:`save_checkpoint`) wrote."""
+
+    def save_checkpoint(self, directory: Path, previous: Path | None = None) -> dict[str, Any]:
+        """Write what :meth:`load` resumes from (the trainer's checkpoint after every chunk). ``previous``
+        is the model directory of the checkpoint before it in this run, still on disk, which a backend may
+        reuse (Keras: its ``model.keras``, with the variables' current values beside it). Default:
+        :meth:`save`."""
+        return self.save(directory)
 
     def export(self, directory: Path) -> dict[str, Any]:
         """Write an inference export (TF SavedModel for Keras, ONNX for the others where a converter

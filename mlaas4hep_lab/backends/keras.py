@@ -18,32 +18,49 @@ tf2onnx is installed. Each is checked against :meth:`predict` before it is repor
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import os
 import shutil
 import sys
+import threading
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mlaas4hep_lab import extras
-from mlaas4hep_lab.backends.base import Backend, quiet
+from mlaas4hep_lab.backends.base import Backend, TrainPart, quiet
 from mlaas4hep_lab.errors import ConfigError
 
 __all__ = ["KerasBackend"]
 
 _MODEL_FILE = "model.keras"
+# a checkpoint's variables (the model's, then the optimizer's) beside a model.keras written earlier in the run
+_VARIABLES_FILE = "variables.npz"
 _SAVEDMODEL_DIR = "saved_model"
 _ONNX_FILE = "model.onnx"
 _EXPORT_TOLERANCE = 1e-5
 _PREDICT_BATCH = 8192
 # model.fit arguments the backend sets itself; fit_options from model.py may add others (callbacks, ...)
 _OWN_FIT_ARGS = ("x", "y", "sample_weight", "epochs", "batch_size")
+# fit_options that fit_parts' tf.data pipeline honours; any other (validation_split, ...) makes it train part
+# by part through fit_chunk, with model.fit's own handling of numpy arrays
+_PIPELINE_FIT_OPTIONS = frozenset({"callbacks", "verbose", "shuffle", "class_weight"})
+_PREFETCH_BATCHES = 4   # batches the pipeline prepares ahead of the training step
+_ORDER_ENTRIES = 1 << 24   # at most this many row numbers (epochs x rows) in one pipeline element
 
 
 class KerasBackend(Backend):
-    """Adapter for a compiled Keras 3 model (``mode = "batches"``: ``model.fit`` on each chunk).
+    """Adapter for a compiled Keras 3 model (``mode = "batches"``).
+
+    The trainer's stream goes through :meth:`fit_parts`: one ``tf.data`` pipeline fed with whole chunks
+    (batched and shuffled inside TensorFlow, no copy of a chunk's features in Python) and one
+    ``model.fit`` per pass over the stream, so that Keras' per-call set-up is paid once per pass, not
+    once per chunk; the trainer's per-chunk work (validation, metric event, checkpoint) runs in a
+    callback after each chunk's last batch. :meth:`fit_chunk` trains on one array.
 
     Options used: ``seed`` (``keras.utils.set_random_seed``: dropout, shuffling), ``fit_options`` (a dict
     from model.py passed on to ``model.fit``, e.g. ``{"class_weight": {0: 1.0, 1: 5.0}}``),
@@ -68,6 +85,10 @@ class KerasBackend(Backend):
         self._fit_options = fit_options
         if self.options.get("seed") is not None:
             self.seed(int(self.options["seed"]))
+        # the order of each part's events in fit_parts (model.fit's shuffle for arrays)
+        seed = self.options.get("seed")
+        self._order_rng = np.random.default_rng(None if seed is None else int(seed) % 2**32)
+        self._checkpoint_variables = 0   # variables in the model.keras this backend last wrote for a checkpoint
 
     # -- detection ----------------------------------------------------------------------------------
     @classmethod
@@ -85,11 +106,7 @@ class KerasBackend(Backend):
     def fit_chunk(self, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None, *, epochs: int,
                   batch_size: int) -> dict[str, float]:
         """``model.fit`` on one chunk; returns the last epoch's mean loss and compiled metrics."""
-        if not getattr(self.model, "compiled", False) or getattr(self.model, "optimizer", None) is None:
-            raise ConfigError(
-                "model(idim) returned a Keras model that is not compiled; call "
-                "model.compile(optimizer=keras.optimizers.Adam(1e-3), loss='binary_crossentropy', "
-                "metrics=['accuracy']) before returning it", key="model")
+        self._check_compiled()
         X, y = self._inputs(X), np.ascontiguousarray(y, dtype=np.float32).reshape(-1)
         if len(X) == 0:
             return {"loss": float("nan")}
@@ -104,6 +121,35 @@ class KerasBackend(Backend):
         metrics = {name: float(values[-1]) for name, values in history.history.items() if values}
         metrics.setdefault("loss", float("nan"))  # epochs=0
         return metrics
+
+    def _check_compiled(self) -> None:
+        if not getattr(self.model, "compiled", False) or getattr(self.model, "optimizer", None) is None:
+            raise ConfigError(
+                "model(idim) returned a Keras model that is not compiled; call "
+                "model.compile(optimizer=keras.optimizers.Adam(1e-3), loss='binary_crossentropy', "
+                "metrics=['accuracy']) before returning it", key="model")
+
+    def fit_parts(self, parts: Iterable[TrainPart], *, batch_size: int,
+                  on_part: Callable[[TrainPart, dict[str, float]], None]) -> None:
+        """Train on the parts through one ``tf.data`` pipeline, one ``model.fit`` per group (pass).
+
+        Each part's training events are batched in its (shuffled) order inside TensorFlow, ``epochs``
+        times; the metrics handed to ``on_part`` are those of the part's last epoch (the compiled
+        metrics are reset after every part), as :meth:`fit_chunk` returns them. ``on_part`` runs in a
+        callback after the part's last batch. The stop event is checked after every batch. A model.py
+        ``fit_options`` key other than ``callbacks``, ``verbose``, ``shuffle`` or ``class_weight``
+        (``validation_split``, ...) or a Keras backend other than TensorFlow trains part by part through
+        :meth:`fit_chunk` instead.
+        """
+        self._check_compiled()
+        if set(self._fit_options) - _PIPELINE_FIT_OPTIONS or extras.keras().backend.backend() != "tensorflow":
+            super().fit_parts(parts, batch_size=batch_size, on_part=on_part)
+            return
+        feeder = _PartFeeder(self, iter(parts), int(batch_size), on_part)
+        try:
+            feeder.run()
+        finally:
+            feeder.close()
 
     # -- inference ----------------------------------------------------------------------------------
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -181,6 +227,30 @@ class KerasBackend(Backend):
                 f"implement get_config()", key="model") from err
         return {"format": "keras", "files": [_MODEL_FILE]}
 
+    def _variables(self) -> list:
+        optimizer = getattr(self.model, "optimizer", None)
+        return [*self.model.variables, *(optimizer.variables if optimizer is not None else [])]
+
+    def save_checkpoint(self, directory: Path, previous: Path | None = None) -> dict[str, Any]:
+        """After the first checkpoint of the run (a full :meth:`save`), the previous checkpoint's
+        ``model.keras`` (architecture, compile settings) is linked and only the variables' values are
+        written beside it (``variables.npz``: a few ms where ``model.save`` takes tens); :meth:`load`
+        sets them. A full save again whenever the variables changed in number (the optimizer built)."""
+        directory = Path(directory)
+        variables = self._variables()
+        base = Path(previous) / _MODEL_FILE if previous is not None else None
+        if base is None or not base.is_file() or self._checkpoint_variables != len(variables):
+            info = self.save(directory)
+            self._checkpoint_variables = len(variables)
+            return info
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(base, directory / _MODEL_FILE)
+        except OSError:
+            shutil.copyfile(base, directory / _MODEL_FILE)
+        np.savez(directory / _VARIABLES_FILE, *[np.asarray(v.numpy()) for v in variables])
+        return {"format": "keras", "files": [_MODEL_FILE, _VARIABLES_FILE]}
+
     @classmethod
     def load(cls, directory: Path, n_features: int, options: dict[str, Any] | None = None) -> KerasBackend:
         keras = extras.keras()
@@ -189,7 +259,18 @@ class KerasBackend(Backend):
             raise FileNotFoundError(f"no Keras model in {directory}: {_MODEL_FILE} is missing")
         custom = (options or {}).get("custom_objects")
         model = keras.models.load_model(path, custom_objects=custom, compile=True)
-        return cls(model, n_features, options)
+        backend = cls(model, n_features, options)
+        values = Path(directory) / _VARIABLES_FILE
+        if values.is_file():   # a checkpoint: the variables' values when it was written
+            with np.load(values) as saved:
+                arrays = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+            variables = backend._variables()
+            if len(arrays) != len(variables) or any(a.shape != tuple(v.shape) for a, v in zip(arrays, variables)):
+                raise ConfigError(f"{values} does not match the model in {path} "
+                                  f"({len(arrays)} arrays for {len(variables)} variables)", key="resume")
+            for variable, value in zip(variables, arrays):
+                variable.assign(value)
+        return backend
 
     # -- export -------------------------------------------------------------------------------------
     def export(self, directory: Path) -> dict[str, Any]:
@@ -229,6 +310,231 @@ class KerasBackend(Backend):
             reasons = "; ".join(f"{f['format']}: {f['reason']}" for f in failed)
             return {"format": None, "reason": f"no working export ({reasons})", "failed": failed}
         return {**exports[0], "exports": exports, "failed": failed}
+
+
+class _Pending:
+    """A part whose batches are in the pipeline: ``ends`` are the counts of batches trained (in this
+    ``model.fit``) at the end of each of its epochs."""
+
+    __slots__ = ("part", "ends")
+
+    def __init__(self, part: TrainPart, ends: list[int]):
+        self.part, self.ends = part, ends
+
+
+class _PartFeeder:
+    """:meth:`KerasBackend.fit_parts`: the parts' batches through one ``tf.data`` pipeline.
+
+    The pipeline's source (:meth:`_element`, which ``tf.data`` runs in its own thread, a few batches
+    ahead of the training) pulls the next part and hands over its arrays with an order of its training
+    rows; ``flat_map`` batches each part inside TensorFlow (``tf.gather`` of ``batch_size`` rows per
+    step). The source ends the ``model.fit`` at the first part of the next group and keeps that part
+    for the next one. The callback counts the batches trained and calls ``on_part`` after each part's
+    last one.
+    """
+
+    def __init__(self, backend: KerasBackend, parts: Iterator[TrainPart], batch_size: int,
+                 on_part: Callable[[TrainPart, dict[str, float]], None]):
+        self.backend, self.model = backend, backend.model
+        self.parts, self.batch_size, self.on_part = parts, batch_size, on_part
+        self.shuffle = bool(backend._fit_options.get("shuffle", True))
+        self.lock = threading.Lock()         # held while the source is advanced; close() waits for it
+        self.closed = False                  # the parts are exhausted (or closed)
+        self.next: TrainPart | None = None   # taken, not yet fed: the first part of the next model.fit
+        self.pending: collections.deque[_Pending] = collections.deque()
+        self.scheduled = 0                   # batches fed to the pipeline in this model.fit
+        self.trained = 0                     # batches trained in this model.fit
+        self.error: BaseException | None = None
+        self.group: int | None = None        # the group of this model.fit
+        self.current: tuple | None = None    # (X, y, weight, rows) of the part being fed
+        self.epochs_left = 0                 # epochs on it not yet handed to the pipeline
+
+    # -- the source, in a tf.data thread ----------------------------------------------------------
+    def _take(self) -> TrainPart | None:
+        """The part kept from the last group, else the next one of ``parts``; None at their end."""
+        with self.lock:
+            if self.next is not None:
+                part, self.next = self.next, None
+                return part
+            if self.closed:
+                return None
+            try:
+                return next(self.parts)
+            except StopIteration:
+                self.closed = True
+            except BaseException as err:  # a read error...: raised by fit_parts once model.fit returns
+                self.error, self.closed = err, True
+        return None
+
+    def _element(self) -> tuple[np.ndarray, ...]:
+        """The pipeline's next element: a part's arrays with the orders of its training rows for each of
+        its epochs (``[epochs, rows]``; long runs of epochs on a large part in several elements), or an
+        empty order at the end of the group, at the end of the parts, or after an error (kept for
+        fit_parts to raise)."""
+        try:
+            while True:
+                if self.epochs_left:
+                    X, y, weight, rows = self.current
+                    k = min(self.epochs_left, max(1, _ORDER_ENTRIES // max(len(rows), 1)))
+                    self.epochs_left -= k
+                    if self.shuffle:
+                        orders = np.stack([self.backend._order_rng.permutation(rows) for _ in range(k)])
+                    else:
+                        orders = np.broadcast_to(rows, (k, len(rows)))
+                    return X, y, weight, orders
+                self.current = None
+                part = self._take()
+                if part is None:
+                    return self._end()
+                if self.group is None:
+                    self.group = part.group
+                elif part.group != self.group:   # the first part of the next model.fit
+                    self.next = part
+                    return self._end()
+                n, epochs = part.size, max(1, int(part.epochs))
+                if not n:   # reported after the batch that ends the part before it (or at the end of the fit)
+                    self.pending.append(_Pending(part, [self.scheduled]))
+                    continue
+                self.current = self._arrays(part)
+                per_epoch = -(-n // self.batch_size)
+                self.pending.append(_Pending(part, [self.scheduled + per_epoch * (e + 1) for e in range(epochs)]))
+                self.scheduled += per_epoch * epochs
+                self.epochs_left = epochs
+        except BaseException as err:
+            self.error = err
+            return self._end()
+
+    def _end(self) -> tuple[np.ndarray, ...]:
+        empty = np.zeros(0, np.float32)
+        return np.zeros((0, self.backend.n_features), np.float32), empty, empty, np.zeros((0, 0), np.int32)
+
+    def _arrays(self, part: TrainPart):
+        X = self.backend._inputs(part.X)   # float32, C-contiguous: no copy when it already is
+        y = np.ascontiguousarray(part.y, dtype=np.float32).reshape(-1)
+        rows = (np.arange(len(y), dtype=np.int32) if part.rows is None
+                else np.ascontiguousarray(part.rows, dtype=np.int32))
+        class_weight = self.backend._fit_options.get("class_weight")
+        if class_weight is not None:  # as model.fit turns it into sample weights
+            if part.weight is not None:
+                raise ConfigError("fit_options class_weight cannot be combined with sample weights (params "
+                                  "weight): Keras takes one or the other", key="fit_options")
+            labels = np.rint(y).astype(np.int64)
+            weight = np.ones(len(y), np.float32)
+            for label, value in class_weight.items():
+                weight[labels == int(label)] = float(value)
+        elif part.weight is None:
+            # events without weights weigh 1 (the same loss and metrics as none: the pipeline's structure
+            # is fixed before the first part is known)
+            weight = np.ones(len(y), np.float32)
+        else:
+            weight = np.ascontiguousarray(part.weight, dtype=np.float32).reshape(-1)
+        return X, y, weight, rows
+
+    def _dataset(self):
+        """Elements from :meth:`_element` (``tf.py_function``: ``Dataset.from_generator`` would set
+        glibc's M_TRIM_THRESHOLD for the whole process, which slows numpy's large allocations, the
+        chunk building's among them) until an empty one, each cut into batches of its order's rows."""
+        tf = extras.tensorflow()
+        plain = tf.autograph.experimental.do_not_convert   # TensorFlow ops only: no AutoGraph pass needed
+        n_features, batch_size = self.backend.n_features, self.batch_size
+        types = [tf.float32, tf.float32, tf.float32, tf.int32]   # X, y, weight, orders
+
+        @plain
+        def load(_):
+            X, y, weight, orders = tf.py_function(self._element, [], Tout=types)
+            X.set_shape((None, n_features))
+            y.set_shape((None,))
+            weight.set_shape((None,))
+            orders.set_shape((None, None))
+            return X, y, weight, orders
+
+        @plain
+        def batches(X, y, weight, orders):
+            # X goes into TensorFlow once per element; each epoch's order is cut into batches of rows
+            return (tf.data.Dataset.from_tensor_slices(orders)
+                    .flat_map(plain(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size)))
+                    .map(plain(lambda rows: (tf.gather(X, rows), tf.gather(y, rows), tf.gather(weight, rows)))))
+
+        return (tf.data.Dataset.from_tensors(np.int64(0)).repeat().map(load)
+                .take_while(plain(lambda *element: tf.size(element[-1]) > 0))
+                .flat_map(batches).prefetch(_PREFETCH_BATCHES))
+
+    # -- the training, in the caller's thread ---------------------------------------------------------
+    def run(self) -> None:
+        dataset = self._dataset()
+        options = self.backend._fit_options
+        callbacks = [*(options.get("callbacks") or []), _part_callback(self)]
+        verbose = options.get("verbose", 0)
+        while True:
+            self.scheduled = self.trained = 0
+            self.group = None
+            self.pending.clear()
+            # the pipeline reads the first part while Keras traces its train step (the first call)
+            with warnings.catch_warnings():  # a pass's number of batches is not known before it ends
+                warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+                self.model.fit(dataset, epochs=1, verbose=verbose, callbacks=callbacks, shuffle=False)
+            self._raise()
+            if self.model.stop_training:   # the stop event, or the model's own callbacks
+                return
+            while self.pending:            # parts without events at the end of the group
+                self._end_part(self.pending.popleft(), {})
+                self._raise()
+            if self.backend.stop_requested() or self.next is None:   # no next group
+                return
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+
+    def _end_part(self, entry: _Pending, metrics: dict[str, float]) -> None:
+        try:
+            self.on_part(entry.part, metrics)
+        except BaseException as err:
+            self.error = err
+            self.model.stop_training = True
+
+    def batch_end(self, logs: dict | None) -> None:
+        """After every training batch: the stop event, then the parts whose last batch this was."""
+        self.trained += 1
+        if self.backend.stop_requested():
+            self.model.stop_training = True
+            return
+        while self.pending and self.pending[0].ends[0] <= self.trained:
+            entry = self.pending[0]
+            if len(entry.ends) > 1:   # an epoch on the part ended: the metrics of the next one start afresh
+                entry.ends.pop(0)
+                self.model.reset_metrics()
+                continue
+            self.pending.popleft()
+            metrics = {}
+            if entry.part.size:
+                metrics = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float, np.number))}
+                self.model.reset_metrics()
+            self._end_part(entry, metrics)
+            if self.error is not None or self.backend.stop_requested():
+                self.model.stop_training = True
+                return
+
+    def close(self) -> None:
+        """Wait until the source is not advancing the parts (a tf.data thread may be), then close them."""
+        with self.lock:
+            self.closed = True
+            self.next = None
+            self.pending.clear()
+            close = getattr(self.parts, "close", None)
+            if callable(close):
+                close()
+
+
+def _part_callback(feeder: _PartFeeder):
+    keras = extras.keras()
+
+    class PartEnds(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            feeder.batch_end(logs)
+
+    return PartEnds()
 
 
 def _stop_callback(event):

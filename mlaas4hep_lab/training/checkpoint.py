@@ -23,7 +23,8 @@ class Checkpoint:
         new, old = self.root / "checkpoint.new", self.root / "checkpoint.old"
         shutil.rmtree(new, ignore_errors=True)
         (new / "model").mkdir(parents=True)
-        state = dict(state, model=backend.save(new / "model"))
+        previous = self.path / "model" if (self.path / "state.json").is_file() else None
+        state = dict(state, model=backend.save_checkpoint(new / "model", previous))
         tmp = new / "state.json.tmp"
         tmp.write_text(json.dumps(state, indent=1, default=_jsonable))
         with open(tmp) as f:

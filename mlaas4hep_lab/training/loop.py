@@ -5,8 +5,10 @@ Two schedules (params ``training``):
 * ``per_chunk`` (the original): one pass over the stream, ``epochs`` epochs on each chunk;
 * ``epochs``: ``epochs`` full passes over the stream, one epoch on each chunk per pass.
 
-After each chunk the model is validated on the chunk's validation events, a metric event is published
-and a checkpoint is written; ``resume=True`` continues after the last completed chunk. Backends that
+The chunks' training events go to the backend's ``fit_parts`` (Keras: one ``tf.data`` pipeline and one
+``model.fit`` per pass over the stream; PyTorch and scikit-learn: ``fit_chunk`` on each chunk). After
+each chunk's last batch the model is validated on the chunk's validation events, a metric event is
+published and a checkpoint is written; ``resume=True`` continues after the last completed chunk. Backends that
 train over the whole stream (XGBoost) or on the accumulated training split (scikit-learn estimators
 without ``partial_fit``/``warm_start``) get the stream in those forms instead; XGBoost is checkpointed
 every minute of boosting (model.py ``fit_options``: ``checkpoint_seconds``, ``checkpoint_rounds``) and
@@ -30,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from mlaas4hep_lab.backends.base import Backend, get_backend
+from mlaas4hep_lab.backends.base import Backend, TrainPart, get_backend
 from mlaas4hep_lab.data.specs import Specs
-from mlaas4hep_lab.data.stream import Chunk, ChunkStream
+from mlaas4hep_lab.data.stream import SPLITS, Chunk, ChunkStream
 from mlaas4hep_lab.errors import ConfigError, MLaaSError
 from mlaas4hep_lab.pipeline import Inputs
 from mlaas4hep_lab.training import evaluation
@@ -40,7 +42,7 @@ from mlaas4hep_lab.training.checkpoint import Checkpoint
 from mlaas4hep_lab.training.events import EventBus, History, MetricEvent
 from mlaas4hep_lab.training.model_file import UserModel, input_width_error
 
-__all__ = ["Trainer", "TrainResult", "StopTraining"]
+__all__ = ["Trainer", "TrainResult", "StopTraining", "balanced_weights"]
 
 log = logging.getLogger(__name__)
 _TRAIN_METRIC_SAMPLE = 5_000    # training AUC, when the framework does not report it, on this many events
@@ -241,24 +243,36 @@ class Trainer:
             raise StopTraining("requested")
 
     def _run_batches(self, start_epoch: int, start_chunk: int) -> None:
+        """Every chunk's training events through the backend's ``fit_parts`` (Keras: one ``tf.data``
+        pipeline and one ``model.fit`` per pass; the others: ``fit_chunk`` on each); after each chunk's
+        last batch (``on_part``) its validation, metric event, checkpoint and the early-stopping check."""
         passes, per_chunk = self._passes()
-        last = self.stream.n_chunks - 1
+        n_chunks = self.stream.n_chunks
+        last = n_chunks - 1
         if start_chunk > last:  # resumed after the last chunk of a pass: that pass is complete
             self._end_of_pass(start_epoch)
             start_epoch, start_chunk = start_epoch + 1, 0
-        for epoch, chunk in self.stream.iterate_passes(passes, start_epoch, start_chunk):
-            self._position = (epoch, chunk.index)
-            self._check_stop()
-            train = chunk.subset("train")
-            fit_metrics: dict[str, float] = {}
-            if len(train):
-                fit_metrics = self.backend.fit_chunk(train.X, train.y, self._train_weight(train.y, train.weight),
-                                                     epochs=per_chunk,
-                                                     batch_size=self.params.batch_size)
-                self.events_seen += len(train) * per_chunk
-                # a stop during fit_chunk ended it after one batch; the chunk is redone on --resume
-                self._check_stop()
-            train_metrics = {} if "auc" in fit_metrics else self._train_metrics(train)
+        self._position = (start_epoch, start_chunk)
+        if start_epoch >= passes or not n_chunks:
+            return
+        train_code = SPLITS.index("train")
+
+        def parts() -> Iterator[TrainPart]:
+            # Keras runs this in a tf.data thread, a few batches ahead of the training
+            for epoch, chunk in self.stream.iterate_passes(passes, start_epoch, start_chunk):
+                if self.stop.is_set():
+                    return
+                rows = np.flatnonzero(chunk.split == train_code)
+                weight = chunk.weight
+                if weight is not None and self.params.balance_weights:
+                    weight = np.zeros(len(chunk), np.float32)
+                    weight[rows] = self._train_weight(chunk.y[rows], chunk.weight[rows])
+                yield TrainPart(chunk.X, chunk.y, weight, rows, epochs=per_chunk, group=epoch, tag=(epoch, chunk))
+
+        def on_part(part: TrainPart, fit_metrics: dict[str, float]) -> None:
+            epoch, chunk = part.tag
+            self.events_seen += part.size * per_chunk
+            train_metrics = {} if "auc" in fit_metrics else self._train_metrics(chunk, part.rows)
             metrics = dict(fit_metrics, **train_metrics, **self._validate(chunk.subset("validation")))
             self._position = (epoch, chunk.index + 1)
             self._event("chunk", epoch=epoch, chunk=chunk.index, metrics=metrics)
@@ -266,6 +280,17 @@ class Trainer:
             self._early_stopping(metrics)
             if chunk.index == last:
                 self._end_of_pass(epoch)
+
+        self.backend.fit_parts(parts(), batch_size=self.params.batch_size, on_part=on_part)
+        done = self._position == (passes - 1, n_chunks)
+        if self.stop.is_set() and not done:
+            # a stop during a chunk's batches: that chunk is redone on --resume
+            epoch, nxt = self._position
+            if nxt > last:
+                self._position = (epoch + 1, 0)
+            raise StopTraining("requested")
+        if not done:  # the model's own callbacks ended the training (keras.callbacks.EarlyStopping ...)
+            raise StopTraining("early_stopping")
 
     def _end_of_pass(self, epoch: int) -> None:
         self._event("epoch", epoch=epoch, chunk=self.stream.n_chunks - 1,
@@ -342,24 +367,14 @@ class Trainer:
         self._event("epoch", epoch=0, metrics=dict(fit_metrics or {}))
 
     def _train_weight(self, y: np.ndarray, weight: np.ndarray | None) -> np.ndarray | None:
-        """Physics weights rescaled per label to a mean of 1 (params ``balance_weights``): the Higgs
-        challenge's signal weights are ~1000x smaller than background ones, and a loss weighted by them
-        would learn to call everything background. Evaluation (AUC, AMS) keeps the raw weights."""
-        if weight is None or not self.params.balance_weights:
-            return weight
-        out = weight.astype(np.float32, copy=True)
-        for label in np.unique(y):
-            sel = y == label
-            mean = float(np.mean(np.abs(out[sel])))
-            if mean > 0:
-                out[sel] /= mean
-        return out
+        return balanced_weights(y, weight, self.params.balance_weights)
 
     # -- metrics ----------------------------------------------------------------------------------
-    def _train_metrics(self, train: Chunk) -> dict[str, float]:
-        if not len(train) or "auc" not in self.params.metrics:
+    def _train_metrics(self, chunk: Chunk, rows: np.ndarray) -> dict[str, float]:
+        """Training AUC on the first (shuffled) training events of the chunk."""
+        if not len(rows) or "auc" not in self.params.metrics:
             return {}
-        part = train if len(train) <= _TRAIN_METRIC_SAMPLE else train.take(np.arange(_TRAIN_METRIC_SAMPLE))
+        part = chunk.take(rows[:_TRAIN_METRIC_SAMPLE])
         score = self.backend.predict(part.X)
         return {"auc": evaluation.auc(part.y, score, part.weight)}
 
@@ -422,3 +437,18 @@ class Trainer:
         for name, parts in ids.items():
             out[f"id:{name}"] = cat(parts, np.int64)
         return out
+
+
+def balanced_weights(y: np.ndarray, weight: np.ndarray | None, balance: bool = True) -> np.ndarray | None:
+    """Physics weights rescaled per label to a mean of 1 (params ``balance_weights``): the Higgs
+    challenge's signal weights are ~1000x smaller than background ones, and a loss weighted by them
+    would learn to call everything background. Evaluation (AUC, AMS) keeps the raw weights."""
+    if weight is None or not balance:
+        return weight
+    out = weight.astype(np.float32, copy=True)
+    for label in np.unique(y):
+        sel = y == label
+        mean = float(np.mean(np.abs(out[sel])))
+        if mean > 0:
+            out[sel] /= mean
+    return out
