@@ -146,11 +146,7 @@ def _warm_kernels() -> float:
     from mlaas4hep_lab.data import _kernels
 
     t0 = time.perf_counter()
-    _kernels.permute_rows(np.zeros((2, 2), np.float32), np.arange(2))
-    X, mask, empty = np.zeros((1, 1), np.float32), np.zeros((1, 1), bool), np.zeros(0, np.int64)
-    _kernels.fill_rows(X, mask, empty, np.zeros((1, 1), np.float32), np.zeros((0, 0), bool), np.zeros(1, np.int64),
-                       np.zeros((0, 1), np.int64), np.zeros((0, 1), np.int64), np.zeros((0, 5), np.int64),
-                       np.zeros(0, np.float32), np.zeros(0, bool), 0, 0, 0)
+    _kernels.warm()
     return time.perf_counter() - t0
 
 

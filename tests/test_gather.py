@@ -213,3 +213,21 @@ def test_a_consumer_that_keeps_views_of_chunks_sees_them_unchanged(toy_data):
             np.testing.assert_array_equal(mask, fresh.mask[:50])
         reused = [id(chunk.X.base) for chunk in stream]  # nothing kept this time: two buffers serve every chunk
         assert len(set(reused)) <= 3 and len(reused) == stream.n_chunks > 3
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint64, np.bool_])
+def test_moments_equal_numpy(dtype):
+    rng = np.random.default_rng(11)
+    values = (rng.normal(size=5000) * 50 + 1e3).astype(dtype) if dtype != np.bool_ else rng.random(5000) < 0.3
+    if np.dtype(dtype).kind == "f":
+        values[::97], values[5::101], values[7::89] = np.nan, np.inf, -np.inf
+    if np.dtype(dtype).kind in "fi":
+        values[3::50] = -99
+    nan, inf, n, lo, hi, mean, m2 = _kernels.moments(values, np.array([-99.0]))
+    v = values.astype(np.float64)
+    ok = np.isfinite(v) & (v != -99)
+    assert (nan, inf) == (int(np.isnan(v).sum()), int(np.isinf(v).sum()))
+    assert n == ok.sum() and (lo, hi) == (v[ok].min(), v[ok].max())
+    assert mean == pytest.approx(v[ok].mean(), rel=1e-14)
+    assert m2 == pytest.approx(((v[ok] - v[ok].mean()) ** 2).sum(), rel=1e-12)
+    assert _kernels.moments(values[:0], np.zeros(0))[2] == 0

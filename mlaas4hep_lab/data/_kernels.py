@@ -8,6 +8,9 @@
   event's row is written where the shuffle puts it (gathering the values in shuffled order reads them at
   random: 2.5x slower; shuffling a finished matrix costs a pass and, out of place, a second matrix).
 * :func:`permute_rows`: ``A[:] = A[order]`` in place, for anything else that needs it.
+* :func:`moments`: a branch's counts, range, mean and squared deviations for the specs pass, in two
+  passes over the values (numpy needs nine: finite check, sentinels, selection, conversion, min, max,
+  mean, deviations, dot).
 
 Both release the GIL, so the thread that reads and decompresses the next chunk runs beside them. They are
 compiled on first use and cached next to this module (numba's ``cache=True``; where that is not
@@ -19,7 +22,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["fill_rows", "permute_rows"]
+__all__ = ["fill_rows", "moments", "permute_rows"]
 
 
 def _compiled(function):
@@ -96,3 +99,66 @@ def permute_rows(A: np.ndarray, order: np.ndarray) -> None:
     if len(order) != len(A) or A.ndim != 2 or not A.flags.c_contiguous:
         raise ValueError("permute_rows takes a C-contiguous 2-D array and a permutation of its rows")
     _permute(A, np.asarray(order, np.int64), np.zeros(len(A), np.bool_))
+
+
+@_compiled
+def moments(values, sentinels):  # pragma: no cover - compiled
+    """One chunk of a branch for the specs pass, in two passes over ``values`` (any numeric dtype):
+    ``(nan, inf, n, lo, hi, mean, m2)`` of the values that are neither NaN, infinite nor one of
+    ``sentinels`` (float64), with compensated (Neumaier) sums, as exact as numpy's pairwise ones."""
+    nan = 0
+    inf = 0
+    n = 0
+    lo = np.inf
+    hi = -np.inf
+    total = 0.0
+    carry = 0.0
+    for i in range(values.shape[0]):
+        x = np.float64(values[i])
+        if x != x:
+            nan += 1
+            continue
+        if x == np.inf or x == -np.inf:
+            inf += 1
+            continue
+        skip = False
+        for s in sentinels:
+            if x == s:
+                skip = True
+        if skip:
+            continue
+        n += 1
+        lo = min(lo, x)
+        hi = max(hi, x)
+        t = total + x
+        carry += (total - t) + x if abs(total) >= abs(x) else (x - t) + total
+        total = t
+    if n == 0:
+        return nan, inf, 0, lo, hi, 0.0, 0.0
+    mean = (total + carry) / n
+    m2 = 0.0
+    carry = 0.0
+    for i in range(values.shape[0]):
+        x = np.float64(values[i])
+        if x != x or x == np.inf or x == -np.inf:
+            continue
+        skip = False
+        for s in sentinels:
+            if x == s:
+                skip = True
+        if skip:
+            continue
+        d = (x - mean) * (x - mean)
+        t = m2 + d
+        carry += (m2 - t) + d if m2 >= d else (d - t) + m2
+        m2 = t
+    return nan, inf, n, lo, hi, mean, m2 + carry
+
+
+def warm() -> None:
+    """Load (or compile) the loops a chunk needs, on tiny arrays: numba does it on first use, ~0.5 s from
+    its disk cache; a stream starts this in the background while it reads its first chunk."""
+    X, mask, empty = np.zeros((1, 1), np.float32), np.zeros((1, 1), np.bool_), np.zeros(0, np.int64)
+    fill_rows(X, mask, empty, np.zeros((1, 1), np.float32), np.zeros((0, 0), np.bool_), np.zeros(1, np.int64),
+              np.zeros((0, 1), np.int64), np.zeros((0, 1), np.int64), np.zeros((0, 5), np.int64),
+              np.zeros(0, np.float32), np.zeros(0, np.bool_), 0, 0, 0)

@@ -166,26 +166,14 @@ class _Stats:
         self.lengths_crc = 0
 
     def update(self, values: np.ndarray, missing: np.ndarray) -> None:
-        ok = np.isfinite(values) if values.dtype.kind == "f" else None
-        self.counts[0] += values.size
-        if ok is not None:
-            bad = values.size - int(np.count_nonzero(ok))
-            if bad:  # rare: only then tell NaN from inf
-                nan = int(np.count_nonzero(np.isnan(values)))
-                self.counts[1:] += (nan, bad - nan)
-        for sentinel in missing:  # a handful of sentinels: plain comparisons beat np.isin
-            other = values != sentinel
-            ok = other if ok is None else np.logical_and(ok, other, out=ok)
-        v = values if ok is None or ok.all() else values[ok]
-        if not v.size:
+        from mlaas4hep_lab.data._kernels import moments  # compiled: two passes where numpy took nine
+
+        nan, inf, n_b, lo, hi, mean_b, m2_b = moments(np.ascontiguousarray(values), missing)
+        self.counts += (values.size, nan, inf)
+        if not n_b:
             return
-        v64 = v.astype(np.float64)
-        self.lo, self.hi = min(self.lo, float(v64.min())), max(self.hi, float(v64.max()))
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
         # merge this chunk's mean and squared deviations (Chan et al.): no cancellation for large offsets
-        n_b = int(v64.size)
-        mean_b = float(v64.mean())
-        v64 -= mean_b
-        m2_b = float(np.dot(v64, v64))
         n = self.n + n_b
         delta = mean_b - self.mean
         self.mean += delta * n_b / n

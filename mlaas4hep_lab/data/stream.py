@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
@@ -157,6 +158,8 @@ class ChunkStream:
         self._blocks: list[BlockReader | None] = [None] * len(self.readers)
         # the matrices of chunks the consumer has dropped are refilled (no page faults, steady memory)
         self._buffers = Buffers(params.chunk_size, self.vectorizer.n_features)
+        # the compiled loops load while the first chunk is read, not after it
+        threading.Thread(target=_warm_kernels, name="mlaas4hep-warm", daemon=True).start()
         self.epoch = 0
         self.stats = {"read": 0, "kept": 0, "seconds": 0.0}
 
@@ -287,6 +290,15 @@ class ChunkStream:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _warm_kernels() -> None:
+    try:
+        from mlaas4hep_lab.data import _kernels
+
+        _kernels.warm()
+    except Exception:  # the first chunk then loads them itself, and reports what fails
+        log.debug("loading the compiled loops ahead failed", exc_info=True)
 
 
 def _column(records: list, name: str, rows: np.ndarray | None) -> np.ndarray:
