@@ -63,9 +63,9 @@ from pathlib import Path
 
 import _peers
 import numpy as np
+from _examples import dataset
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE / "_data"
 # ttH at 1M events: ten chunks of 100k, so that the rate is that of streaming, not of the first chunk's
 # latency (at 200k, two chunks, one pass is one read plus two vectorisations in a row)
 SIZES = {"higgs": 1_000_000, "tth": 1_000_000}
@@ -79,22 +79,6 @@ CUTS = {
 }
 CHUNKS_VS_RAW = {"higgs": 0.85, "tth": 0.80}
 CHUNKS_VS_ROOT, SPECS_VS_RAW, RSS_VS_CHUNK = 2.0, 1.0, 3.0
-
-
-def dataset(kind: str, n: int) -> dict:
-    """Files, labels and params.json of ``n`` example events, written once into benchmarks/_data/."""
-    from mlaas4hep_lab.data import datasets
-
-    folder = DATA / f"{kind}_{n}"
-    marker = folder / "done.json"
-    if marker.exists():
-        return json.loads(marker.read_text())
-    t0 = time.perf_counter()
-    ds = datasets.write_example(kind, folder, n)
-    info = {"files": [str(p) for p in ds.files], "labels": list(ds.labels), "params": str(ds.params_json),
-            "seconds": time.perf_counter() - t0}
-    marker.write_text(json.dumps(info))
-    return info
 
 
 def _params(info, chunk_size: int, padding: str):

@@ -41,25 +41,9 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-DATA = HERE / "_data"
+from _examples import dataset
+
 TARGET = 0.95
-
-
-def dataset(kind: str, n: int) -> dict:
-    """The example ``kind`` with ``n`` events under benchmarks/_data (written once, shared with stream.py)."""
-    from mlaas4hep_lab.data import datasets
-
-    folder = DATA / f"{kind}_{n}"
-    marker = folder / "done.json"
-    if marker.exists():
-        return json.loads(marker.read_text())
-    t0 = time.perf_counter()
-    ds = datasets.write_example(kind, folder, n)
-    info = {"files": [str(p) for p in ds.files], "labels": list(ds.labels), "params": str(ds.params_json),
-            "seconds": time.perf_counter() - t0}
-    marker.write_text(json.dumps(info))
-    return info
 
 
 def bench(kind: str, n: int, args) -> list[float]:

@@ -295,7 +295,7 @@ def _parts(X, y, sizes, *, epochs=1, poison=True):
 @pytest.mark.parametrize("order_entries", [None, 700])
 def test_keras_fit_parts_one_fit_per_group_and_each_part_reported_after_its_last_batch(monkeypatch, order_entries):
     if order_entries:  # a part's epochs in several pipeline elements
-        monkeypatch.setattr("mlaas4hep_lab.backends.keras._ORDER_ENTRIES", order_entries)
+        monkeypatch.setattr("mlaas4hep_lab.backends._keras_feed._ORDER_ENTRIES", order_entries)
     X, y = make_data(2400)
     counter = _Counter()
     backend = build("keras", fit_options={"callbacks": [counter]})

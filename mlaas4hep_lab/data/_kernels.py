@@ -102,56 +102,50 @@ def permute_rows(A: np.ndarray, order: np.ndarray) -> None:
 
 
 @_compiled
+def _real(x, sentinels):  # pragma: no cover - compiled
+    """Whether ``x`` is neither NaN, infinite nor one of ``sentinels``."""
+    if x != x or x == np.inf or x == -np.inf:
+        return False
+    for s in sentinels:
+        if x == s:
+            return False
+    return True
+
+
+@_compiled
+def _add(total, carry, x):  # pragma: no cover - compiled
+    """``total + x`` and its rounding error added to ``carry`` (Neumaier's compensated sum)."""
+    t = total + x
+    carry += (total - t) + x if abs(total) >= abs(x) else (x - t) + total
+    return t, carry
+
+
+@_compiled
 def moments(values, sentinels):  # pragma: no cover - compiled
     """One chunk of a branch for the specs pass, in two passes over ``values`` (any numeric dtype):
     ``(nan, inf, n, lo, hi, mean, m2)`` of the values that are neither NaN, infinite nor one of
     ``sentinels`` (float64), with compensated (Neumaier) sums, as exact as numpy's pairwise ones."""
-    nan = 0
-    inf = 0
-    n = 0
-    lo = np.inf
-    hi = -np.inf
-    total = 0.0
-    carry = 0.0
+    nan = inf = n = 0
+    lo, hi, total, carry = np.inf, -np.inf, 0.0, 0.0
     for i in range(values.shape[0]):
         x = np.float64(values[i])
-        if x != x:
-            nan += 1
-            continue
-        if x == np.inf or x == -np.inf:
-            inf += 1
-            continue
-        skip = False
-        for s in sentinels:
-            if x == s:
-                skip = True
-        if skip:
+        if not _real(x, sentinels):
+            if x != x:
+                nan += 1
+            elif x == np.inf or x == -np.inf:
+                inf += 1
             continue
         n += 1
-        lo = min(lo, x)
-        hi = max(hi, x)
-        t = total + x
-        carry += (total - t) + x if abs(total) >= abs(x) else (x - t) + total
-        total = t
+        lo, hi = min(lo, x), max(hi, x)
+        total, carry = _add(total, carry, x)
     if n == 0:
         return nan, inf, 0, lo, hi, 0.0, 0.0
     mean = (total + carry) / n
-    m2 = 0.0
-    carry = 0.0
+    m2, carry = 0.0, 0.0
     for i in range(values.shape[0]):
         x = np.float64(values[i])
-        if x != x or x == np.inf or x == -np.inf:
-            continue
-        skip = False
-        for s in sentinels:
-            if x == s:
-                skip = True
-        if skip:
-            continue
-        d = (x - mean) * (x - mean)
-        t = m2 + d
-        carry += (m2 - t) + d if m2 >= d else (d - t) + m2
-        m2 = t
+        if _real(x, sentinels):
+            m2, carry = _add(m2, carry, (x - mean) * (x - mean))
     return nan, inf, n, lo, hi, mean, m2 + carry
 
 

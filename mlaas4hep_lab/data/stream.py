@@ -206,7 +206,7 @@ class ChunkStream:
     def prepare(self, pieces: list[_Piece], k: int, epoch: int = 0) -> _Prepared:
         """Everything of chunk ``k`` of pass ``epoch`` but its matrices: the kept events of every piece,
         shuffled when the params say so, with each branch normalised once over its values
-        (:meth:`Vectorizer.columns`); :meth:`assemble` fills ``X`` and ``mask`` from it. Nothing in the
+        (:meth:`Vectorizer.columns`); :meth:`build` and the pipeline then fill ``X`` and ``mask``. Nothing in the
         result refers to the pieces, so the decoded arrays can be freed before ``X`` exists."""
         t0 = time.perf_counter()
         rows = piece_rows([len(p.arrays) for p in pieces], [p.kept for p in pieces])
@@ -229,10 +229,6 @@ class ChunkStream:
         head = Chunk(np.zeros((0, 0), np.float32), np.zeros((0, 0), bool), self.labels[file_index], split,
                      file_index, entry, weight, ids, k, sum(p.read for p in pieces))
         return _Prepared(head, columns, time.perf_counter() - t0)
-
-    def assemble(self, pieces: list[_Piece], k: int, epoch: int = 0) -> Chunk:
-        """Chunk ``k`` of pass ``epoch`` from its pieces (:meth:`prepare`, then ``X`` and ``mask``)."""
-        return self._finish(self.prepare(pieces, k, epoch))
 
     def _finish(self, prepared: _Prepared) -> Chunk:
         t0 = time.perf_counter()
