@@ -58,6 +58,7 @@ class Params:
     weight: str = ""                    # branch holding per-event weights (kept out of the features)
     retries: int = 3                    # retries of transient remote read errors
     prefetch: int = 1                   # chunks prepared ahead in a background thread (0: none)
+    read_buffer_mb: int = 256           # decoded data kept between chunks, all files together (MB)
     balance_weights: bool = True        # rescale training weights so each label's mean weight is 1
     early_stopping: int = 0             # stop after this many validations without a better val_loss (0: off)
     padding: str = DEFAULT_PADDING      # padded slots the model can tell from real values; "zeros": as before
@@ -71,6 +72,8 @@ class Params:
             setattr(self, f.name, _coerce(f.name, getattr(self, f.name), source))
         if self.chunk_size <= 0:
             raise ConfigError(f"must be a positive number of events, got {self.chunk_size}", "chunk_size", source)
+        if self.read_buffer_mb <= 0:
+            raise ConfigError(f"must be a positive number of MB, got {self.read_buffer_mb}", "read_buffer_mb", source)
         if self.batch_size <= 0:
             raise ConfigError(f"must be positive, got {self.batch_size}", "batch_size", source)
         if self.epochs < 0:

@@ -87,6 +87,8 @@ def test_integral_float_accepted_for_int():
         ("max_jagged_length", "10"),
         ("max_jagged_length", 2.5),
         ("max_jagged_length", -3),
+        ("read_buffer_mb", 0),
+        ("read_buffer_mb", "lots"),
     ],
 )
 def test_wrong_type_names_the_key(tmp_path, key, value):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlaas4hep_lab.data._buffers import Buffers
+from mlaas4hep_lab.data._buffers import Buffers, return_large_frees
 from mlaas4hep_lab.data._gather import flat_rows, piece_rows
 from mlaas4hep_lab.data._pipeline import pipelined
 from mlaas4hep_lab.data.plan import Plan, events_to_use, make_plan
@@ -156,8 +156,13 @@ class ChunkStream:
         self.entries = events_to_use([r.num_entries for r in self.readers], params.nevts)
         self.n_chunks = _n_chunks(self.entries, params.chunk_size)
         self._blocks: list[BlockReader | None] = [None] * len(self.readers)
+        # every file keeps the rest of its last decoded block for the next chunks: together they stay
+        # within read_buffer_mb, however many files are mixed (a block still covers one chunk's share)
+        self._block_bytes = params.read_buffer_mb * 1e6 / max(1, sum(n > 0 for n in self.entries))
+        self._told_split = False
         # the matrices of chunks the consumer has dropped are refilled (no page faults, steady memory)
         self._buffers = Buffers(params.chunk_size, self.vectorizer.n_features)
+        return_large_frees()
         # the compiled loops load while the first chunk is read, not after it
         threading.Thread(target=_warm_kernels, name="mlaas4hep-warm", daemon=True).start()
         self.epoch = 0
@@ -195,13 +200,26 @@ class ChunkStream:
             if stop <= start:
                 continue
             if self._blocks[i] is None:
-                self._blocks[i] = BlockReader(reader, self.plan.read)
+                self._blocks[i] = BlockReader(reader, self.plan.read, self._block_bytes)
+                self._tell_split_clusters(self._blocks[i], stop - start)
             for first, arrays in self._blocks[i].read(start, stop):
                 keep, read = None, len(arrays)
                 if self.preproc is not None:
                     arrays, keep = self.preproc.apply(arrays)
                 pieces.append(_Piece(i, first, read, arrays, None if keep is None else np.flatnonzero(keep)))
         return pieces
+
+    def _tell_split_clusters(self, blocks: BlockReader, share: int) -> None:
+        """Say once when the read buffer holds less than a cluster per file: baskets are then decompressed
+        more than once per pass (each block re-decodes the baskets it starts in)."""
+        cluster, block = blocks.largest_cluster, max(blocks.max_entries, share)
+        if self._told_split or cluster <= block:
+            return
+        self._told_split = True
+        log.info("%d files share read_buffer_mb=%d: a file keeps up to %d decoded entries between chunks, "
+                 "fewer than its clusters of up to %d, so their baskets are decompressed up to %d times per "
+                 "pass; a larger read_buffer_mb reads faster with more memory", sum(n > 0 for n in self.entries),
+                 self.params.read_buffer_mb, block, cluster, -(-cluster // block))
 
     def prepare(self, pieces: list[_Piece], k: int, epoch: int = 0) -> _Prepared:
         """Everything of chunk ``k`` of pass ``epoch`` but its matrices: the kept events of every piece,
