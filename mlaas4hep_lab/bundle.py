@@ -36,6 +36,7 @@ from mlaas4hep_lab import __version__
 from mlaas4hep_lab.data.specs import Specs
 from mlaas4hep_lab.data.vectorize import Vectorizer
 from mlaas4hep_lab.errors import ConfigError, InputFileError
+from mlaas4hep_lab.task import Task
 from mlaas4hep_lab.untar import BUNDLE_JSON, TarLimits, extract
 
 __all__ = ["write_bundle", "Bundle", "safe_extract", "tar_bundle", "BUNDLE_VERSION"]
@@ -59,8 +60,9 @@ def write_bundle(directory: str | Path, *, name: str, backend, backend_name: str
                  preproc=None, metrics: dict[str, Any] | None = None, history: list | None = None,
                  model_source: str = "", files: list[dict[str, Any]] | None = None,
                  labels: dict[str, str] | None = None, plots_dir: str | Path | None = None,
-                 version: int = 1, export: bool = True) -> Path:
+                 version: int = 1, export: bool = True, task: Task | None = None) -> Path:
     """Write a bundle directory and ``<directory>.tar.gz``; return the directory."""
+    task = task or Task()
     out = Path(directory)
     if out.exists():
         shutil.rmtree(out)
@@ -88,7 +90,8 @@ def write_bundle(directory: str | Path, *, name: str, backend, backend_name: str
         "bundle_version": BUNDLE_VERSION, "name": name, "version": int(version), "backend": backend_name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "features": specs.features, "input_shape": [None, specs.n_features],
-        "output": "probability of label 1 (signal)", "labels": labels or {"1": "signal", "0": "background"},
+        "output": _output_text(task), "outputs": task.output_names, "task": task.to_dict(),
+        "labels": labels or ({str(i): c for i, c in enumerate(task.classes)} if task.is_classification else {}),
         "identifier": specs.identifier, "tree": specs.tree,
         "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str))},
         "software": _versions(backend_name), "data": {"files": files or specs.files, "events": specs.events},
@@ -97,6 +100,14 @@ def write_bundle(directory: str | Path, *, name: str, backend, backend_name: str
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
     tar_bundle(out, Path(f"{out}.tar.gz"))
     return out
+
+
+def _output_text(task: Task) -> str:
+    if task.kind == "binary":
+        return "probability of label 1 (signal)"
+    if task.kind == "multiclass":
+        return f"probability of each class ({', '.join(task.classes)}), one column per class"
+    return f"the regression targets ({', '.join(task.targets)}), in their own units"
 
 
 def safe_extract(archive: str | Path, target: str | Path, max_members: int = 10_000,
@@ -184,12 +195,22 @@ class Bundle:
         return self.manifest["features"]
 
     @property
+    def task(self) -> Task:
+        """What the model predicts (a bundle written before tasks existed: binary)."""
+        return Task.from_dict(self.manifest.get("task"))
+
+    @property
+    def output_names(self) -> list[str]:
+        """One name per output column: ``score``; ``p_<class>``; the regression targets."""
+        return self.task.output_names
+
+    @property
     def backend(self):
         if self._backend is None:
             from mlaas4hep_lab.backends.base import get_backend
 
             cls = get_backend(self.manifest["backend"])
-            self._backend = cls.load(self.path / "model", self.specs.n_features, {})
+            self._backend = cls.load(self.path / "model", self.specs.n_features, {"task": self.task})
         return self._backend
 
     def input_branches(self) -> list[str]:
@@ -215,8 +236,9 @@ class Bundle:
         return X, mask, np.asarray(keep, bool)
 
     def predict_arrays(self, arrays) -> tuple[np.ndarray, np.ndarray]:
-        """(scores for every event, keep) — events failing the cuts are scored too; ``keep`` says
-        which ones training would have used."""
+        """(outputs for every event, keep) — events failing the cuts are scored too; ``keep`` says
+        which ones training would have used. Outputs: ``float32[n]`` scores (binary), ``[n, K]`` class
+        probabilities or ``[n, T]`` regression values (:attr:`output_names` names the columns)."""
         X, _, keep = self.vectorize(arrays)
         return self.backend.predict(X).astype(np.float32), keep
 

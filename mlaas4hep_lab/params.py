@@ -62,6 +62,12 @@ class Params:
     balance_weights: bool = True        # rescale training weights so each label's mean weight is 1
     early_stopping: int = 0             # stop after this many validations without a better val_loss (0: off)
     padding: str = DEFAULT_PADDING      # padded slots the model can tell from real values; "zeros": as before
+    # what the model learns (see mlaas4hep_lab.task): "binary", "multiclass" or "regression"
+    task: str = "binary"
+    label: str = ""                     # multiclass: per-event class index from a branch or expression
+    target: list[str] = field(default_factory=list)   # regression: branches or expressions, one per output
+    classes: list[str] = field(default_factory=list)  # class names, index = label (multiclass; binary: 2)
+    class_weights: Any = None           # None, "balanced" or one positive number per class
 
     def __post_init__(self) -> None:
         self.validate()
@@ -95,6 +101,40 @@ class Params:
             raise ConfigError(f"must be one of {PADDINGS} (\"zeros\" gives the layout of models trained "
                               f"before this key existed), got {self.padding!r}", "padding", source)
         _check_jagged_length(self.max_jagged_length, source)
+        self._check_task(source)
+
+    def _check_task(self, source: str | None) -> None:
+        from mlaas4hep_lab.task import TASK_KINDS
+
+        if self.task not in TASK_KINDS:
+            raise ConfigError(f"must be one of {TASK_KINDS}, got {self.task!r}", "task", source)
+        if self.task == "regression" and not self.target:
+            raise ConfigError('a regression needs "target": a branch or expression, or a list of them', "target",
+                              source)
+        if self.target and self.task != "regression":
+            raise ConfigError(f'"target" is for "task": "regression"; this task is {self.task!r}', "target", source)
+        if self.label and self.task != "multiclass":
+            raise ConfigError(f'"label" (a per-event class) is for "task": "multiclass"; this task is {self.task!r}',
+                              "label", source)
+        if len(set(self.classes)) != len(self.classes):
+            raise ConfigError(f"class names must differ, got {self.classes}", "classes", source)
+        if self.classes and (len(self.classes) < 2 or (self.task == "binary" and len(self.classes) != 2)):
+            need = "a binary task has 2 classes (background, signal)" if self.task == "binary" else "at least 2"
+            raise ConfigError(f"{need}, got {self.classes}", "classes", source)
+        if self.classes and self.task == "regression":
+            raise ConfigError('"classes" is for classification tasks; a regression has targets', "classes", source)
+        cw = self.class_weights
+        if cw is None or cw == "balanced":
+            return
+        if self.task == "regression":
+            raise ConfigError('"class_weights" is for classification tasks', "class_weights", source)
+        if not isinstance(cw, list) or not cw or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and v != float("inf") for v in cw):
+            raise ConfigError(f'must be "balanced" or a list of positive numbers, one per class, got {cw!r}',
+                              "class_weights", source)
+        if self.classes and len(cw) != len(self.classes):
+            raise ConfigError(f"{len(cw)} class weights for {len(self.classes)} classes", "class_weights", source)
+        self.class_weights = [float(v) for v in cw]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -118,8 +158,17 @@ def _names(key: str, value: Any, source: str | None) -> list[str]:
 
 def _coerce(key: str, value: Any, source: str | None) -> Any:
     kind = _KINDS[key]
-    if key in ("identifier", "selected_branches", "exclude_branches", "metrics"):
+    if key in ("identifier", "selected_branches", "exclude_branches", "metrics", "classes"):
         return _names(key, value, source)
+    if key == "target":  # expressions may hold commas (max(a, b)): a string is one target
+        if value is None or value == "":
+            return []
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in values):
+            raise ConfigError(f"must be a branch or expression, or a list of them, got {value!r}", key, source)
+        return [v.strip() for v in values]
+    if key == "class_weights":
+        return value
     if key in ("split", "missing_values"):
         if not isinstance(value, (list, tuple)) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value

@@ -38,13 +38,13 @@ class Inputs:
     preproc: Any = None   # Preproc or None
 
 
-def load_inputs(files: str | os.PathLike | Sequence[str], labels: str | os.PathLike | Sequence[float],
+def load_inputs(files: str | os.PathLike | Sequence[str], labels: str | os.PathLike | Sequence[float] | None,
                 params: str | os.PathLike | dict | Params | None = None,
                 preproc: str | os.PathLike | dict | None = None) -> Inputs:
     """Validate a workflow's inputs: paths of files.txt/labels.txt (or lists), params, preproc.
 
-    Labels must fit the task (binary: 1 signal, 0 background) and no file may be listed twice
-    (LabelsError, DuplicateFileError)."""
+    Labels must fit the task (binary: 1 signal, 0 background; multiclass: 0..K-1; a regression needs
+    none: ``labels=None``) and no file may be listed twice (LabelsError, DuplicateFileError)."""
     p = params if isinstance(params, Params) else load_params(params)
     task = getattr(p, "task", "binary")
     from_file = isinstance(files, (str, os.PathLike))
@@ -53,7 +53,12 @@ def load_inputs(files: str | os.PathLike | Sequence[str], labels: str | os.PathL
     else:
         file_list = [sources.resolve_path(str(f), None, p.redirector or None) for f in files]
     shown = [os.path.basename(f) for f in file_list]
-    if isinstance(labels, (str, os.PathLike)):
+    if labels is None:
+        if task != "regression":
+            raise LabelsError(f"the {task} task needs labels.txt: one label per file (a regression alone "
+                              "takes its truth from params \"target\")")
+        label_list = [0.0] * len(file_list)
+    elif isinstance(labels, (str, os.PathLike)):
         label_list = validation.read_labels(labels, len(file_list), task, shown)
     else:
         label_list = list(labels)
@@ -97,7 +102,7 @@ def dry_run(inputs: Inputs, specs: Specs, progress: bool | None = None) -> dict[
     first here too: a dry run fails where the training would."""
     validation.check_training_data(inputs, specs)
     params = inputs.params
-    counts = np.zeros((3, 2), np.int64)   # split x (background, signal)
+    counts = np.zeros((3, 1), np.int64)   # events per split
     by_label: dict[float, int] = {}
     masked = 0.0
     t0 = time.perf_counter()
@@ -110,12 +115,10 @@ def dry_run(inputs: Inputs, specs: Specs, progress: bool | None = None) -> dict[
         for chunk in stream:
             n_chunks += 1
             bar.update(chunk.read_events)
-            for label in np.unique(chunk.y):
-                by_label[float(label)] = by_label.get(float(label), 0) + int(np.count_nonzero(chunk.y == label))
-            for s in range(3):
-                sel = chunk.split == s
-                counts[s, 0] += int(np.count_nonzero(sel & (chunk.y == 0)))
-                counts[s, 1] += int(np.count_nonzero(sel & (chunk.y != 0)))
+            if chunk.y.ndim == 1:  # classes (a regression's truth has no labels to count)
+                for label in np.unique(chunk.y):
+                    by_label[float(label)] = by_label.get(float(label), 0) + int(np.count_nonzero(chunk.y == label))
+            counts[:, 0] += np.bincount(chunk.split, minlength=3)[:3]
             masked += float(chunk.mask.size - np.count_nonzero(chunk.mask))
         bar.close()
         seconds = time.perf_counter() - t0

@@ -116,15 +116,16 @@ class PartFeeder:
 
     def _end(self) -> tuple[np.ndarray, ...]:
         empty = np.zeros(0, np.float32)
-        return np.zeros((0, self.backend.n_features), np.float32), empty, empty, np.zeros((0, 0), np.int32)
+        return (np.zeros((0, self.backend.n_features), np.float32), self.backend._targets(self.backend.task.empty_y()),
+                empty, np.zeros((0, 0), np.int32))
 
     def _arrays(self, part: TrainPart):
         X = self.backend._inputs(part.X)   # float32, C-contiguous: no copy when it already is
-        y = np.ascontiguousarray(part.y, dtype=np.float32).reshape(-1)
+        y = self.backend._targets(part.y)   # a regression's targets standardised
         rows = (np.arange(len(y), dtype=np.int32) if part.rows is None
                 else np.ascontiguousarray(part.rows, dtype=np.int32))
         class_weight = self.backend._fit_options.get("class_weight")
-        if class_weight is not None:  # as model.fit turns it into sample weights
+        if class_weight is not None and y.ndim == 1:  # as model.fit turns it into sample weights
             if part.weight is not None:
                 raise ConfigError("fit_options class_weight cannot be combined with sample weights (params "
                                   "weight): Keras takes one or the other", key="fit_options")
@@ -148,12 +149,13 @@ class PartFeeder:
         plain = tf.autograph.experimental.do_not_convert   # TensorFlow ops only: no AutoGraph pass needed
         n_features, batch_size = self.backend.n_features, self.batch_size
         types = [tf.float32, tf.float32, tf.float32, tf.int32]   # X, y, weight, orders
+        y_shape = (None,) if self.backend.task.is_classification else (None, self.backend.task.n_outputs)
 
         @plain
         def load(_):
             X, y, weight, orders = tf.py_function(self._element, [], Tout=types)
             X.set_shape((None, n_features))
-            y.set_shape((None,))
+            y.set_shape(y_shape)
             weight.set_shape((None,))
             orders.set_shape((None, None))
             return X, y, weight, orders

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mlaas4hep_lab.errors import ConfigError
+from mlaas4hep_lab.task import Task
 
 __all__ = ["Backend", "BACKENDS", "get_backend", "detect_backend", "ChunkSource", "TrainPart", "seed_frameworks"]
 
@@ -55,14 +56,16 @@ ChunkSource = Callable[[], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | N
 class TrainPart:
     """One chunk's training events, as the trainer hands them to :meth:`Backend.fit_parts`.
 
-    ``X``, ``y`` and ``weight`` are the whole chunk's (no copy of ``X``); ``rows`` selects the events to
+    ``X``, ``y`` and ``weight`` are the whole chunk's (no copy of ``X``); ``y`` is ``float32[n]`` (the class
+    index: 0/1 for binary, 0..K-1 for multiclass) or ``float32[n, T]`` (regression targets, in the units the
+    backend trains on); ``rows`` selects the events to
     train on (None: all of them). ``epochs``: epochs on this part before the next one ("per_chunk"
     schedule); ``group``: the pass over the stream it belongs to (the parts of a group are consecutive);
     ``tag``: the caller's, handed back to ``on_part``.
     """
 
     X: np.ndarray                       # float32 [n, n_features]
-    y: np.ndarray                       # [n]
+    y: np.ndarray                       # [n], or [n, T] for a regression
     weight: np.ndarray | None = None    # [n], or None
     rows: np.ndarray | None = None      # positions of the training events in the arrays, or None: all
     epochs: int = 1
@@ -101,6 +104,8 @@ class Backend(ABC):
         self.model = model
         self.n_features = int(n_features)
         self.options = dict(options or {})
+        # what the model learns (options "task"; binary when absent): the shape of y and of predict's output
+        self.task: Task = self.options.get("task") or Task()
         # set by the trainer (the Stop button, a kill request); batch loops check it after every batch
         self.stop_event: threading.Event | None = None
 
@@ -161,7 +166,9 @@ class Backend(ABC):
     # -- inference ----------------------------------------------------------------------------------
     @abstractmethod
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Signal scores in [0, 1], ``float32[n]``."""
+        """The task's outputs (:meth:`~mlaas4hep_lab.task.Task.scores`): binary, signal scores in [0, 1],
+        ``float32[n]``; multiclass, class probabilities ``float32[n, K]``; regression, the targets in their
+        own units ``float32[n, T]``."""
 
     # -- persistence --------------------------------------------------------------------------------
     @abstractmethod

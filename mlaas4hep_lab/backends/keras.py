@@ -104,7 +104,7 @@ class KerasBackend(Backend):
                   batch_size: int) -> dict[str, float]:
         """``model.fit`` on one chunk; returns the last epoch's mean loss and compiled metrics."""
         self._check_compiled()
-        X, y = self._inputs(X), np.ascontiguousarray(y, dtype=np.float32).reshape(-1)
+        X, y = self._inputs(X), self._targets(y)
         if len(X) == 0:
             return {"loss": float("nan")}
         if weight is not None:
@@ -152,12 +152,25 @@ class KerasBackend(Backend):
     def predict(self, X: np.ndarray) -> np.ndarray:
         X = self._inputs(X)
         if len(X) == 0:
-            return np.zeros(0, dtype=np.float32)
+            return self.task.scores(np.zeros((0, self.task.n_outputs), np.float32), 0)
         batch = int(self.options.get("predict_batch_size") or _PREDICT_BATCH)
         # a direct call per large batch: model.predict's per-call machinery costs more than the forward pass
         outs = [np.asarray(self.model(X[i:i + batch], training=False)) for i in range(0, len(X), batch)]
         out = np.concatenate(outs) if len(outs) > 1 else outs[0]
-        return np.clip(self._score_numpy(out), 0.0, 1.0).astype(np.float32, copy=False)
+        if self.task.kind == "binary":
+            return np.clip(self._score_numpy(out), 0.0, 1.0).astype(np.float32, copy=False)
+        out = self.task.scores(out.reshape(len(out), -1), len(X), "the Keras model")
+        if self.task.kind == "multiclass":
+            return _softmax(out) if self._from_logits() else out
+        return self.task.unstandardise(out)
+
+    def _targets(self, y: np.ndarray) -> np.ndarray:
+        """The truth as the model trains on it: the class index ``float32[n]``, or the regression targets
+        standardised (mean 0, width 1: the scale of a network's outputs), ``float32[n, T]``."""
+        if self.task.kind == "regression":
+            y = np.asarray(y, np.float32).reshape(len(y), self.task.n_outputs)
+            return np.ascontiguousarray(self.task.standardise(y), dtype=np.float32)
+        return np.ascontiguousarray(y, dtype=np.float32).reshape(-1)
 
     def _inputs(self, X: np.ndarray) -> np.ndarray:
         X = np.ascontiguousarray(X, dtype=np.float32)
@@ -191,21 +204,31 @@ class KerasBackend(Backend):
         return out[:, 0] if out.shape[1] == 1 else out[:, 1]
 
     def _score_model(self):
-        """A functional Keras model ``features -> score float32[n]`` wrapping the user's model (for export)."""
+        """A functional Keras model wrapping the user's model (for export): ``features`` -> ``score``
+        float32[n] (binary), ``probabilities`` [n, K] (multiclass) or ``targets`` [n, T] in the targets'
+        units (regression)."""
         keras = extras.keras()
         ops = keras.ops
         width = int(np.prod(np.shape(self.model(np.zeros((1, self.n_features), np.float32), training=False))[1:]))
-        self._check_width(width)
-        from_logits = self._from_logits()
+        kind, from_logits = self.task.kind, self._from_logits()
+        if kind == "binary":
+            self._check_width(width)
+        elif width != self.task.n_outputs:
+            self.task.scores(np.zeros((1, width)), 1, "the Keras model")  # raises, saying what is expected
+        mean, std = self.task._scale() if kind == "regression" and self.task.target_scale else (None, None)
 
         def score(t):
             t = ops.reshape(t, (-1, width))
+            if kind == "multiclass":
+                return ops.softmax(t, axis=-1) if from_logits else t
+            if kind == "regression":
+                return t if mean is None else t * std + mean
             if from_logits:
                 t = ops.sigmoid(t) if width == 1 else ops.softmax(t, axis=-1)
             return t[:, 0] if width == 1 else t[:, 1]
 
         inp = keras.Input((self.n_features,), name="features", dtype="float32")
-        out = keras.layers.Lambda(score, name="score")(self.model(inp, training=False))
+        out = keras.layers.Lambda(score, name=_OUTPUT_NAMES[kind])(self.model(inp, training=False))
         return keras.Model(inp, out, name="mlaas4hep_score")
 
     # -- persistence --------------------------------------------------------------------------------
@@ -294,12 +317,12 @@ class KerasBackend(Backend):
             try:
                 write(wrapper, target)
                 got = run(target, probe)
-                diff = float(np.max(np.abs(got.reshape(-1) - expected))) if len(expected) else 0.0
+                diff = float(np.max(np.abs(got.reshape(-1) - expected.reshape(-1)))) if len(expected) else 0.0
                 if not diff <= _EXPORT_TOLERANCE:
                     raise ValueError(f"its scores differ from predict() by up to {diff:.3g} "
                                      f"(tolerance {_EXPORT_TOLERANCE})")
-                exports.append({"format": fmt, "path": str(target), "input": "features", "output": "score",
-                                "max_abs_diff": diff})
+                exports.append({"format": fmt, "path": str(target), "input": "features",
+                                "output": _OUTPUT_NAMES[self.task.kind], "max_abs_diff": diff})
             except Exception as err:
                 _remove(target)
                 failed.append({"format": fmt, "reason": f"{type(err).__name__}: {err}"})
@@ -307,6 +330,15 @@ class KerasBackend(Backend):
             reasons = "; ".join(f"{f['format']}: {f['reason']}" for f in failed)
             return {"format": None, "reason": f"no working export ({reasons})", "failed": failed}
         return {**exports[0], "exports": exports, "failed": failed}
+
+
+# the exports' output, per task
+_OUTPUT_NAMES = {"binary": "score", "multiclass": "probabilities", "regression": "targets"}
+
+
+def _softmax(out: np.ndarray) -> np.ndarray:
+    e = np.exp((out - out.max(axis=1, keepdims=True)).astype(np.float64))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _stop_callback(event):
@@ -358,7 +390,7 @@ def _write_onnx(wrapper, target: Path) -> None:
         wrapper.export(str(target), format="onnx", verbose=False)
     onnx = extras.onnx()
     graph_model = onnx.load(str(target))
-    _rename_output(graph_model.graph, "score")
+    _rename_output(graph_model.graph, wrapper.layers[-1].name)
     onnx.save(graph_model, str(target))
 
 
@@ -376,4 +408,4 @@ def _rename_output(graph, new: str) -> None:
 def _run_onnx(target: Path, X: np.ndarray) -> np.ndarray:
     ort = extras.onnxruntime()
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-    return np.asarray(session.run(["score"], {"features": X})[0])
+    return np.asarray(session.run(None, {"features": X})[0])

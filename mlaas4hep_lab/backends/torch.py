@@ -66,6 +66,7 @@ _FORMAT_VERSION = 1
 _OUTPUTS = ("logit", "probability", "log_probability")
 _FIT_OPTIONS = ("output", "device", "predict_batch_size")
 _PREDICT_BATCH = 65536
+_OUTPUT_NAMES = {"binary": "score", "multiclass": "probabilities", "regression": "targets"}
 _EXPORT_TOLERANCE = 1e-5
 
 
@@ -127,7 +128,8 @@ class TorchBackend(Backend):
     # -- pieces built on first use ----------------------------------------------------------------------
     @property
     def width(self) -> int:
-        """Values per event of the module's output (1 or 2), from one forward pass."""
+        """Values per event of the module's output (binary: 1 or 2; else the task's K or T), from one
+        forward pass."""
         if self._width is None:
             torch = extras.torch()
             was_training = self.model.training
@@ -138,6 +140,14 @@ class TorchBackend(Backend):
             finally:
                 self.model.train(was_training)
             width = int(np.prod(tuple(out.shape[1:]))) if out.ndim > 1 else 1
+            if self.task.kind != "binary":
+                if out.shape[0] == 2:  # the task's shape, or an error saying which it needs
+                    self.task.scores(np.zeros((2, width), np.float32), 2, "the torch module")
+                if self.output == "log_probability" and self.task.kind == "regression":
+                    raise ConfigError("a regression's outputs are values, not log-probabilities (nn.LogSoftmax)",
+                                      key="model")
+                self._width = width
+                return width
             if out.shape[0] != 2 or width not in (1, 2):
                 raise ConfigError(
                     f"the torch module maps a batch of shape (2, {self.n_features}) to {tuple(out.shape)}; "
@@ -159,7 +169,9 @@ class TorchBackend(Backend):
             if isinstance(getattr(loss, "reduction", None), str):
                 loss.reduction = "none"  # per-event values, so that the sample weights apply
             return loss, getattr(loss, "__name__", None) or type(loss).__name__
-        if self.width == 1:
+        if self.task.kind == "regression":
+            return nn.MSELoss(reduction="none"), "MSELoss"
+        if self.task.kind == "binary" and self.width == 1:
             if self.output == "logit":
                 return nn.BCEWithLogitsLoss(reduction="none"), "BCEWithLogitsLoss"
             bce = nn.BCELoss(reduction="none")
@@ -205,7 +217,9 @@ class TorchBackend(Backend):
         torch = extras.torch()
         X = self._tensor(X)
         n = len(X)
-        y = np.asarray(y).reshape(-1)
+        regression = self.task.kind == "regression"
+        y = self.task.standardise(np.asarray(y, np.float32).reshape(len(y), self.task.n_outputs)) if regression \
+            else np.asarray(y).reshape(-1)
         if len(y) != n or (weight is not None and len(weight) != n):
             raise ValueError(f"X has {n} events, y {len(y)}, weight {None if weight is None else len(weight)}")
         if n == 0:
@@ -214,8 +228,8 @@ class TorchBackend(Backend):
             self._loss, self.loss_name = self._make_loss()
         optimizer, width, loss_fn = self.optimizer, self.width, self._loss
         target = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)).to(self.device)
-        if width == 2:
-            target = target.round().long()
+        if not regression and width >= 2:
+            target = target.round().long()   # the class index
         w = None
         uniform = True
         if weight is not None:
@@ -236,7 +250,7 @@ class TorchBackend(Backend):
                 xb, tb = Xs[start:start + batch_size], ts[start:start + batch_size]
                 m = len(xb)
                 out = self.model(xb)
-                out = out.reshape(m) if width == 1 else out.reshape(m, 2)
+                out = out.reshape(m) if width == 1 and not regression else out.reshape(m, width)
                 values = loss_fn(out, tb)
                 if values.ndim == 0:
                     if not uniform:
@@ -275,8 +289,8 @@ class TorchBackend(Backend):
         torch = extras.torch()
         X = self._tensor(X)
         if len(X) == 0:
-            return np.zeros(0, dtype=np.float32)
-        scorer = _score_module_class()(self.model, self.width, self.output)
+            return self.task.scores(np.zeros((0, self.task.n_outputs), np.float32), 0)
+        scorer = self._scorer(self.model)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -285,7 +299,15 @@ class TorchBackend(Backend):
                          for i in range(0, len(X), self._predict_batch)]
         finally:
             self.model.train(was_training)
-        return np.clip(np.concatenate(parts), 0.0, 1.0).astype(np.float32, copy=False)
+        out = np.concatenate(parts)
+        if self.task.kind != "regression":
+            out = np.clip(out, 0.0, 1.0)
+        return self.task.scores(out, len(X), "the torch module")
+
+    def _scorer(self, model):
+        """The module that maps features to the task's outputs (shared by predict and the ONNX export)."""
+        scale = self.task._scale() if self.task.kind == "regression" and self.task.target_scale else None
+        return _score_module_class()(model, self.width, self.output, self.task.kind, scale)
 
     def _tensor(self, X: np.ndarray):
         X = np.ascontiguousarray(X, dtype=np.float32)
@@ -354,7 +376,7 @@ class TorchBackend(Backend):
         source_file = directory / _SOURCE_FILE
         if source_file.is_file():
             try:
-                model, extras_found = _rebuild(source_file, n_features)
+                model, extras_found = _rebuild(source_file, n_features, options.get("task"))
                 for key, value in extras_found.items():
                     options.setdefault(key, value)
                 options.setdefault("model_source", source_file.read_text())
@@ -393,14 +415,15 @@ class TorchBackend(Backend):
         target = directory / _ONNX_FILE
         probe = _probe(self.n_features)
         expected = self.predict(probe)
-        scorer = _score_module_class()(copy.deepcopy(self.model).cpu(), self.width, self.output).eval()
+        scorer = self._scorer(copy.deepcopy(self.model).cpu()).eval()
+        name = _OUTPUT_NAMES[self.task.kind]
         example = (torch.from_numpy(probe[:3]),)
         attempts = []
         try:
             extras.onnx()
             extras.require("onnxscript")  # the torch.export-based exporter writes the graph with it
             with _quiet():
-                torch.onnx.export(scorer, example, str(target), input_names=["features"], output_names=["score"],
+                torch.onnx.export(scorer, example, str(target), input_names=["features"], output_names=[name],
                                   dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
                                   external_data=False, verbose=False)
             attempts.append(None)
@@ -410,8 +433,8 @@ class TorchBackend(Backend):
             try:  # the TorchScript exporter still handles some modules torch.export cannot trace
                 with _quiet():
                     torch.onnx.export(scorer, example, str(target), input_names=["features"],
-                                      output_names=["score"], dynamo=False, opset_version=17,
-                                      dynamic_axes={"features": {0: "batch"}, "score": {0: "batch"}})
+                                      output_names=[name], dynamo=False, opset_version=17,
+                                      dynamic_axes={"features": {0: "batch"}, name: {0: "batch"}})
                 attempts.append(None)
             except Exception as err2:
                 target.unlink(missing_ok=True)
@@ -421,17 +444,17 @@ class TorchBackend(Backend):
         try:
             ort = extras.onnxruntime()
             session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-            got = np.asarray(session.run(["score"], {"features": probe})[0]).reshape(-1)
-            diff = float(np.max(np.abs(got - expected)))
+            got = np.asarray(session.run([name], {"features": probe})[0]).reshape(-1)
+            diff = float(np.max(np.abs(got - expected.reshape(-1))))
             if not diff <= _EXPORT_TOLERANCE:
                 raise ValueError(f"its scores differ from predict() by up to {diff:.3g} "
                                  f"(tolerance {_EXPORT_TOLERANCE})")
         except Exception as err:
             target.unlink(missing_ok=True)
             return {"format": None, "reason": f"the ONNX export could not be verified: {type(err).__name__}: {err}"}
-        return {"format": "onnx", "path": str(target), "input": "features", "output": "score",
+        return {"format": "onnx", "path": str(target), "input": "features", "output": name,
                 "max_abs_diff": diff, "exports": [{"format": "onnx", "path": str(target), "input": "features",
-                                                   "output": "score", "max_abs_diff": diff}],
+                                                   "output": name, "max_abs_diff": diff}],
                 "failed": [{"format": "onnx", "reason": a} for a in attempts if a]}
 
 
@@ -476,12 +499,24 @@ def _score_module_class():
     torch = extras.torch()
 
     class ScoreModule(torch.nn.Module):
-        def __init__(self, model, width: int, output: str):
+        def __init__(self, model, width: int, output: str, kind: str = "binary", scale=None):
             super().__init__()
-            self.model, self.width, self.output = model, width, output
+            self.model, self.width, self.output, self.kind = model, width, output, kind
+            if scale is not None:   # a regression's standardisation, undone
+                self.register_buffer("mean", torch.as_tensor(scale[0], dtype=torch.float32))
+                self.register_buffer("std", torch.as_tensor(scale[1], dtype=torch.float32))
+            self.scaled = scale is not None
 
         def forward(self, x):
             out = self.model(x)
+            if self.kind == "regression":
+                out = out.reshape(-1, self.width)
+                return out * self.std + self.mean if self.scaled else out
+            if self.kind == "multiclass":
+                out = out.reshape(-1, self.width)
+                if self.output == "logit":
+                    return torch.softmax(out, dim=1)
+                return torch.exp(out) if self.output == "log_probability" else out
             if self.width == 1:
                 out = out.reshape(-1)
                 return torch.sigmoid(out) if self.output == "logit" else out
@@ -495,7 +530,7 @@ def _score_module_class():
     return ScoreModule
 
 
-def _rebuild(path: Path, n_features: int) -> tuple[Any, dict[str, Any]]:
+def _rebuild(path: Path, n_features: int, task=None) -> tuple[Any, dict[str, Any]]:
     """Import a saved model.py and call its ``model(idim)``; also return its ``loss``/``optimizer``/
     ``fit_options``."""
     name = f"mlaas4hep_saved_model_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
@@ -505,8 +540,10 @@ def _rebuild(path: Path, n_features: int) -> tuple[Any, dict[str, Any]]:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)  # the model's own source, saved at training time
-    factory = module.model
-    model = factory(n_features) if inspect.signature(factory).parameters else factory()
+    from mlaas4hep_lab.training.model_file import model_arguments
+
+    args, kwargs, _ = model_arguments(module.model, n_features, task)
+    model = module.model(*args, **kwargs)
     found = {k: getattr(module, k) for k in ("loss", "optimizer", "fit_options") if hasattr(module, k)}
     return model, found
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mlaas4hep_lab.data.reader import TreeReader, select_branches
+from mlaas4hep_lab.data.truth import Truth
 from mlaas4hep_lab.errors import BranchNotFoundError, ConfigError
 from mlaas4hep_lab.params import Params
 
@@ -20,13 +21,15 @@ __all__ = ["Plan", "make_plan", "events_to_use"]
 @dataclass
 class Plan:
     """Branch roles: ``read`` from the file, ``flat``/``jagged`` features (new branches included),
-    ``ids`` kept beside the features, ``weight`` the per-event weight branch (or "")."""
+    ``ids`` kept beside the features, ``weight`` the per-event weight branch (or ""), ``truth`` the
+    per-event label or regression targets (their branches are read but never features)."""
 
     read: list[str]
     flat: list[str]
     jagged: list[str]
     ids: list[str] = field(default_factory=list)
     weight: str = ""
+    truth: Truth | None = None      # per-event label or regression targets (None: the file's label)
 
     @property
     def features(self) -> list[str]:
@@ -64,6 +67,13 @@ def make_plan(reader: TreeReader, params: Params, preproc=None) -> Plan:
         kept = set(select_branches(candidates, [], params.exclude_branches, where))
         features += [b for b in new_kinds if b not in features and b in kept]
     not_features = set(params.identifier) | ({params.weight} if params.weight else set()) | removed
+    truth = Truth.from_params(params)
+    truth_branches: set[str] = set()
+    if truth is not None:
+        truth.check(kinds, new_kinds, where)
+        truth_branches = truth.file_branches(kinds, preproc)
+        # what the truth is computed from is never an input: a model would learn to copy it
+        not_features |= truth_branches | truth.names()
     features = [b for b in dict.fromkeys(features) if b not in not_features]
     flat = sorted(b for b in features if kinds.get(b, new_kinds.get(b)) == "flat")
     jagged = sorted(b for b in features if kinds.get(b, new_kinds.get(b)) == "jagged")
@@ -73,11 +83,12 @@ def make_plan(reader: TreeReader, params: Params, preproc=None) -> Plan:
             "preprocessing; check those settings", "selected_branches",
         )
     read = [b for b in features if b in kinds]
-    read += [b for b in (*params.identifier, params.weight, *sorted(needed)) if b and b in kinds]
+    read += [b for b in (*params.identifier, params.weight, *sorted(needed), *sorted(truth_branches))
+             if b and b in kinds]
     missing = [b for b in needed if b not in kinds and b not in new_kinds]
     if missing:
         raise BranchNotFoundError(missing[0], where, available, context="preprocessing")
-    return Plan(list(dict.fromkeys(read)), flat, jagged, list(params.identifier), params.weight)
+    return Plan(list(dict.fromkeys(read)), flat, jagged, list(params.identifier), params.weight, truth)
 
 
 def events_to_use(entries: Sequence[int], nevts: int) -> list[int]:

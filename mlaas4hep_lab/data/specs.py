@@ -27,6 +27,8 @@ from mlaas4hep_lab.data import sources
 from mlaas4hep_lab.data._pipeline import pipelined
 from mlaas4hep_lab.data.plan import Plan, events_to_use, make_plan
 from mlaas4hep_lab.data.reader import BlockReader, TreeReader
+from mlaas4hep_lab.data.splits import split_of
+from mlaas4hep_lab.data.truth import TruthTally
 from mlaas4hep_lab.data.vectorize import LEGACY_PADDING, _padding, feature_names, jagged_buffers
 from mlaas4hep_lab.errors import ConfigError, InputFileError, SpecsError, StaleSpecsError
 from mlaas4hep_lab.params import Params
@@ -70,6 +72,9 @@ class Specs:
     cutflow: dict[str, dict[str, Any]] = field(default_factory=dict)      # per file: read, cuts, passed
     split_events: dict[str, Any] = field(default_factory=dict)            # split, seed, per file [train, val, test]
     nonfinite: dict[str, dict[str, Any]] = field(default_factory=dict)    # per branch: nan, inf, values, files
+    # the per-event truth (mlaas4hep_lab.data.truth): a label's events per class and split, or the
+    # regression targets' moments and NaN/inf counts; empty when the files' labels are the truth
+    truth: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.features:
@@ -148,6 +153,8 @@ def specs_fingerprint(params: Params, preproc=None) -> str:
     payload["preproc"] = preproc.fingerprint() if preproc is not None and not preproc.is_empty() else ""
     if params.padding != LEGACY_PADDING:  # absent for "zeros", so specs written before the key still match
         payload["padding"] = params.padding
+    if params.label or params.target:  # the truth's branches are no features; absent for file labels
+        payload["truth"] = [params.task, params.label, params.target]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -268,6 +275,7 @@ def compute_specs(files: Sequence[str], params: Params, preproc=None, progress: 
                   for start in range(0, n, params.chunk_size)]
         blocks: list[BlockReader | None] = [None] * len(readers)
         apply = preproc is not None and not preproc.is_empty()
+        truth = TruthTally(plan.truth) if plan.truth is not None else None
 
         def read(j: int) -> list:
             i, start, stop = ranges[j]
@@ -292,6 +300,11 @@ def compute_specs(files: Sequence[str], params: Params, preproc=None, progress: 
             for first, arrays, keep in pieces:
                 tallies[i].add(readers[i].path, first, len(arrays), keep, params)
                 _update(stats, plan, arrays, keep, missing)
+                if truth is not None:
+                    entries = np.arange(first, first + len(arrays), dtype=np.int64)
+                    split = split_of(readers[i].path, entries if keep is None else entries[keep], params.split,
+                                     params.seed)
+                    truth.update(arrays, keep, split)
             pieces.clear()
             bar.update(stop - start)
             if stop == use[i]:
@@ -313,6 +326,7 @@ def compute_specs(files: Sequence[str], params: Params, preproc=None, progress: 
     from mlaas4hep_lab.data.validation import log_warnings, tallies_to_json
 
     specs.cutflow, specs.split_events = tallies_to_json(tallies, [r.path for r in readers], params)
+    specs.truth = truth.to_json() if truth is not None else {}
     specs.nonfinite = {
         name: {"values": int(stats[name].counts[0]), "nan": int(stats[name].counts[1]),
                "inf": int(stats[name].counts[2]),

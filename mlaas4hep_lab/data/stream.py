@@ -14,10 +14,8 @@ to concatenate and no permutation of a finished matrix.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -29,6 +27,7 @@ from mlaas4hep_lab.data._pipeline import pipelined
 from mlaas4hep_lab.data.plan import Plan, events_to_use, make_plan
 from mlaas4hep_lab.data.reader import BlockReader, TreeReader
 from mlaas4hep_lab.data.specs import Specs
+from mlaas4hep_lab.data.splits import SPLITS, split_of
 from mlaas4hep_lab.data.vectorize import Vectorizer, _flat_numpy
 from mlaas4hep_lab.errors import LabelsError, StaleSpecsError
 from mlaas4hep_lab.params import Params
@@ -36,28 +35,6 @@ from mlaas4hep_lab.params import Params
 __all__ = ["Chunk", "ChunkStream", "SPLITS", "split_of"]
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "validation", "test")
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser: a fast, well-mixed 64-bit hash of each element."""
-    x = x.astype(np.uint64, copy=True)
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
-    return x
-
-
-def split_of(file_key: str, entries: np.ndarray, fractions: Sequence[float], seed: int = 0) -> np.ndarray:
-    """0 (train), 1 (validation) or 2 (test) for each entry of the file named ``file_key``."""
-    salt = (zlib.crc32(os.path.basename(file_key).encode()) << 32) ^ (int(seed) & 0xFFFFFFFF)
-    with np.errstate(over="ignore"):
-        h = _mix64(np.asarray(entries, dtype=np.uint64) + np.uint64(salt) * np.uint64(0x9E3779B97F4A7C15))
-    u = (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-    edges = np.cumsum(fractions)[:-1]
-    return np.searchsorted(edges, u, side="right").astype(np.uint8)
 
 
 @dataclass
@@ -66,7 +43,7 @@ class Chunk:
 
     X: np.ndarray                 # float32[n, n_features], normalised, the pad value where masked
     mask: np.ndarray              # bool[n, n_features], True = real value (always on every chunk)
-    y: np.ndarray                 # float32[n]
+    y: np.ndarray                 # float32[n] (the class), or float32[n, T] (regression targets)
     split: np.ndarray             # uint8[n]: 0 train, 1 validation, 2 test
     file_index: np.ndarray        # int16[n]: position of the event's file in the file list
     entry: np.ndarray             # int64[n]: entry number in its file
@@ -244,9 +221,19 @@ class ChunkStream:
         ids = {name: _column(records, name, events) for name in self.plan.ids} if pieces else {}
         # gathered in the files' order (the values are read sequentially), shuffled in place afterwards
         columns = self.vectorizer.columns(records, rows, order)
-        head = Chunk(np.zeros((0, 0), np.float32), np.zeros((0, 0), bool), self.labels[file_index], split,
+        y = self.labels[file_index] if self.plan.truth is None else self._truth(records, events)
+        head = Chunk(np.zeros((0, 0), np.float32), np.zeros((0, 0), bool), y, split,
                      file_index, entry, weight, ids, k, sum(p.read for p in pieces))
         return _Prepared(head, columns, time.perf_counter() - t0)
+
+    def _truth(self, records: list, events: np.ndarray | None) -> np.ndarray:
+        """The per-event label (``float32[n]``) or regression targets (``float32[n, T]``) at ``events``."""
+        truth = self.plan.truth
+        if not records:
+            return np.zeros((0, len(truth.texts)) if truth.key == "target" else 0, np.float32)
+        parts = [truth.evaluate(r) for r in records]
+        values = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return (values if events is None else values[events]).astype(np.float32)
 
     def _finish(self, prepared: _Prepared) -> Chunk:
         t0 = time.perf_counter()

@@ -2,10 +2,12 @@
 
 The rules (README "Validation"):
 
-* **Labels** fit the task. The binary task (the only one today) takes ``1`` (signal) and ``0``
-  (background); ``1.0``/``0.0``, ``true``/``false`` (any case) and JSON booleans are read as the same.
-  Anything else (``2``, ``0.7``, ``-1``, ``nan``, a word) is a :class:`~mlaas4hep_lab.errors.LabelsError`
-  naming labels.txt's line, the file it labels and the value.
+* **Labels** fit the task. The binary task takes ``1`` (signal) and ``0`` (background); ``1.0``/``0.0``,
+  ``true``/``false`` (any case) and JSON booleans are read as the same. Anything else (``2``, ``0.7``,
+  ``-1``, ``nan``, a word) is a :class:`~mlaas4hep_lab.errors.LabelsError` naming labels.txt's line, the
+  file it labels and the value. A multi-class task takes the class indices 0..K-1 (K: params ``classes``,
+  else the largest label plus one, and every class needs files); a regression ignores labels.txt. A
+  per-event truth (params ``label`` or ``target``) is checked by :mod:`.validation_truth`.
 * **Each file once.** Two entries naming the same file (the same URL, or the same local file through two
   spellings: ``a.root`` and ``./x/../a.root``, a symbolic or hard link) are a
   :class:`~mlaas4hep_lab.errors.DuplicateFileError` naming both lines.
@@ -43,6 +45,7 @@ from mlaas4hep_lab.data.plan import events_to_use
 from mlaas4hep_lab.data.reader import BlockReader, TreeReader
 from mlaas4hep_lab.data.specs import Specs
 from mlaas4hep_lab.data.stream import SPLITS, split_of
+from mlaas4hep_lab.data.validation_truth import check_truth
 from mlaas4hep_lab.errors import (
     ConfigError,
     DuplicateFileError,
@@ -59,17 +62,27 @@ __all__ = ["TASKS", "check_labels", "read_labels", "check_unique_files", "FileTa
 
 log = logging.getLogger(__name__)
 
-# label value -> class name, per task; issue 14 adds "multiclass" (labels 0..K-1)
-TASKS: dict[str, dict[float, str]] = {"binary": {1.0: "signal", 0.0: "background"}}
-_MULTICLASS = 'Multi-class training (params "task": "multiclass") is planned but not available yet.'
+# label value -> class name of the binary task; a multi-class task's labels are 0..K-1 (names: params
+# "classes"); a regression's labels.txt is optional and its values unused
+TASKS: dict[str, dict[float, str]] = {"binary": {1.0: "signal", 0.0: "background"}, "multiclass": {},
+                                      "regression": {}}
+_MULTICLASS = 'For more than two classes set params "task": "multiclass" (labels 0..K-1).'
 _LISTED = 5  # files named in a one-line message before "and N more"
 
 
 # ------------------------------------------------------------------------------------------ labels
-def _classes(task: str) -> dict[float, str]:
+def _classes(task: str, params: Params | None = None, labels: Sequence[float] = ()) -> dict[float, str]:
+    """Label value -> class name: binary, signal and background (or params ``classes``); multiclass,
+    0..K-1 with K the number of params ``classes`` or the largest label plus one; regression, none."""
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; supported: {', '.join(TASKS)}. {_MULTICLASS}", "task")
-    return TASKS[task]
+    names = list(getattr(params, "classes", None) or [])
+    if task == "binary":
+        return {1.0: names[1], 0.0: names[0]} if len(names) == 2 else TASKS[task]
+    if task == "multiclass":
+        k = len(names) or (int(max(labels)) + 1 if len(labels) else 0)
+        return {float(i): names[i] if names else f"class {i}" for i in range(k)}
+    return {}
 
 
 def _number(raw: Any) -> float | None:
@@ -103,11 +116,23 @@ def check_labels(values: Sequence[Any], task: str = "binary", source: str | None
     out = []
     for i, raw in enumerate(values):
         value = _number(raw)
+        if task == "regression" and value is not None and np.isfinite(value):
+            out.append(value + 0.0)  # unused: the targets are the truth
+            continue
+        if task == "multiclass" and value is not None and value >= 0 and float(value).is_integer():
+            out.append(value + 0.0)
+            continue
         if value is None or value not in classes:  # NaN is never in classes
             where = f"line {lines[i]}" if lines is not None else f"label {i + 1}"
             of = f" (for {files[i]})" if files is not None and i < len(files) else ""
             shown = raw.strip() if isinstance(raw, str) else repr(raw) if value is None else f"{value:g}"
             what = "is not a number" if value is None else f"is not a label of the {task} task"
+            if task == "multiclass":
+                raise LabelsError(f"{where}{of}: {shown} {what}; a multi-class task takes the class index 0, 1, "
+                                  "... K-1 (the class names go in params \"classes\")", source=source)
+            if task == "regression":
+                raise LabelsError(f"{where}{of}: {shown} is not a number (a regression does not need labels.txt: "
+                                  "its truth is params \"target\")", source=source)
             accepted = ", ".join(f"{k:g} ({v})" for k, v in classes.items())
             raise LabelsError(f"{where}{of}: {shown} {what}; use {accepted} (1.0/0.0 and true/false are read "
                               f"the same). {_MULTICLASS}", source=source)
@@ -321,8 +346,8 @@ def _loosen(files: Sequence[_File]) -> str:
     return "Check files.txt, params 'nevts' and the tree (params 'branch')"
 
 
-def _class_name(task: str, label: float) -> str:
-    return f"{_classes(task)[label]} (label {label:g})"
+def _class_name(table: dict[float, str], label: float) -> str:
+    return f"{table[label]} (label {label:g})"
 
 
 def _task(params: Params) -> str:
@@ -337,30 +362,38 @@ def _check_events(files: Sequence[_File], texts: dict[str, str]) -> None:
 
 def _check_classes(files: Sequence[_File], params: Params, texts: dict[str, str]) -> None:
     task = _task(params)
-    for label in sorted(_classes(task), reverse=True):
+    if task == "regression" or params.label:
+        return  # no class per file: the per-event truth is checked from the specs (validation_truth)
+    table = _classes(task, params, [f.label for f in files])
+    beyond = sorted({f.label for f in files} - set(table))
+    if beyond:
+        raise LabelsError(f"label {beyond[0]:g} but params \"classes\" names {len(table)} classes "
+                          f"({', '.join(table.values())}): labels must be 0..{len(table) - 1}")
+    for label in sorted(table, reverse=True):
         mine = [f for f in files if f.label == label]
-        name = _class_name(task, label)
+        name = _class_name(table, label)
         if not mine:
             given = ", ".join(sorted({f"{f.label:g}" for f in files}))
-            raise MissingClassError(f"no file has {name}: a binary classifier needs signal (1) and background "
-                                    f"(0) files; the labels given are {given}. Add {_classes(task)[label]} files "
-                                    "to files.txt and their labels to labels.txt")
+            need = ("a binary classifier needs signal (1) and background (0) files" if task == "binary" else
+                    f"a {len(table)}-class task needs files of every class 0..{len(table) - 1}")
+            raise MissingClassError(f"no file has {name}: {need}; the labels given are {given}. Add "
+                                    f"{table[label]} files to files.txt and their labels to labels.txt")
         if sum(f.passed or 0 for f in mine) == 0:
             raise MissingClassError(f"no {name} event is left after the cuts: "
-                                    f"{_listed([_flow(f, texts) for f in mine])}. A classifier needs both "
-                                    f"classes. {_loosen(mine)}")
+                                    f"{_listed([_flow(f, texts) for f in mine])}. A classifier needs every "
+                                    f"class. {_loosen(mine)}")
     for s, fraction in enumerate(params.split):
         if fraction <= 0:
             continue  # a split the user turned off
-        for label in sorted(_classes(task), reverse=True):
+        for label in sorted(table, reverse=True):
             mine = [f for f in files if f.label == label]
             if sum(int(f.splits[s]) for f in mine) > 0:
                 continue
             per = np.sum([f.splits for f in mine], axis=0)
             more = f" (params nevts is {params.nevts:,})" if params.nevts >= 0 else ""
             raise MissingClassError(
-                f"the {SPLITS[s]} split has no {_class_name(task, label)} events: after the cuts, the "
-                f"{_classes(task)[label]} files ({_listed([f.name for f in mine])}) keep {int(per.sum()):,} events, "
+                f"the {SPLITS[s]} split has no {_class_name(table, label)} events: after the cuts, the "
+                f"{table[label]} files ({_listed([f.name for f in mine])}) keep {int(per.sum()):,} events, "
                 + ", ".join(f"{int(n):,} {SPLITS[i]}" for i, n in enumerate(per))
                 + f" (params split {list(params.split)}, seed {params.seed}; an event's split is a hash of its "
                 f"file name, entry and the seed). Use more events{more}, loosen the cuts, or change params "
@@ -395,7 +428,9 @@ def _names(specs: Specs, files: Sequence[str] | None = None) -> dict[str, str]:
     return dict(zip(keys, shown))
 
 
-def _check_nonfinite(specs: Specs, preproc, files: Sequence[_File] | None, task: str) -> None:
+def _check_nonfinite(specs: Specs, preproc, files: Sequence[_File] | None, params: Params) -> None:
+    task = _task(params)
+    table = _classes(task, params, [f.label for f in files]) if files is not None and not params.label else {}
     names = {f.key: f.name for f in files} if files is not None else _names(specs)
     for branch, entry in sorted(specs.nonfinite.items()):
         what, fix = _describe(branch, preproc)
@@ -406,12 +441,12 @@ def _check_nonfinite(specs: Specs, preproc, files: Sequence[_File] | None, task:
         if files is None:
             continue
         counted = entry.get("files", {})
-        for label in _classes(task):
+        for label in table:
             mine = [f for f in files if f.label == label and f.passed]
             if mine and all(f.key in counted and _bad(counted[f.key]) >= counted[f.key].get("values", 0) > 0
                             for f in mine):
                 raise NonFiniteError(
-                    f"{what} is NaN or inf in every {_class_name(task, label)} event "
+                    f"{what} is NaN or inf in every {_class_name(table, label)} event "
                     f"({_per_file(entry, names)}) and not in the others: masked for one class only, it would "
                     f"tell the classes apart by itself; {fix}")
 
@@ -421,7 +456,8 @@ def check_specs(inputs, specs: Specs) -> None:
     Raises :class:`~mlaas4hep_lab.errors.DataError`."""
     if specs.events.get("total") == 0:
         _check_events(_files(inputs, specs, need_splits=False), _cut_texts(inputs.preproc))
-    _check_nonfinite(specs, inputs.preproc, None, _task(inputs.params))
+    _check_nonfinite(specs, inputs.preproc, None, inputs.params)
+    check_truth(specs, inputs.params)
 
 
 def check_training_data(inputs, specs: Specs) -> None:
@@ -436,7 +472,8 @@ def check_training_data(inputs, specs: Specs) -> None:
     texts = _cut_texts(inputs.preproc)
     _check_events(files, texts)
     _check_classes(files, inputs.params, texts)
-    _check_nonfinite(specs, inputs.preproc, files, task)
+    _check_nonfinite(specs, inputs.preproc, files, inputs.params)
+    check_truth(specs, inputs.params)
 
 
 def specs_warnings(specs: Specs, preproc=None) -> list[str]:

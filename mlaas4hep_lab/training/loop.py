@@ -35,9 +35,10 @@ import numpy as np
 from mlaas4hep_lab.backends.base import Backend, TrainPart, get_backend
 from mlaas4hep_lab.data.specs import Specs
 from mlaas4hep_lab.data.stream import SPLITS, Chunk, ChunkStream
-from mlaas4hep_lab.errors import ConfigError, MLaaSError
+from mlaas4hep_lab.errors import ConfigError, MLaaSError, ModelFileError
 from mlaas4hep_lab.pipeline import Inputs
-from mlaas4hep_lab.training import evaluation
+from mlaas4hep_lab.task import Task, run_task
+from mlaas4hep_lab.training import task_metrics
 from mlaas4hep_lab.training.checkpoint import Checkpoint
 from mlaas4hep_lab.training.events import EventBus, History, MetricEvent
 from mlaas4hep_lab.training.model_file import UserModel, input_width_error
@@ -99,9 +100,11 @@ class Trainer:
         self.checkpoint = Checkpoint(self.fout) if checkpoints else None
         self.stream = ChunkStream(inputs.files, inputs.labels, self.params, specs, inputs.preproc)
         self.n_features = specs.n_features
+        self.task = run_task(self.params, inputs.labels, specs)
+        self._class_weights = class_weight_table(self.task, self.params, inputs, specs)
         options = dict(user_model.options, seed=self.params.seed, batch_size=self.params.batch_size,
                        n_chunks=self.stream.n_chunks, model_source=user_model.source,
-                       model_path=str(user_model.path))
+                       model_path=str(user_model.path), task=self.task)
         self.options = options
         self.backend_cls = get_backend(user_model.backend)
         self.backend: Backend = self.backend_cls(user_model.model, self.n_features, options)
@@ -120,6 +123,9 @@ class Trainer:
             return
         try:
             self.backend.predict(np.zeros((2, self.n_features), dtype=np.float32))
+        except ConfigError as err:  # the outputs do not fit the task (Task.scores)
+            said = str(err).removeprefix("key 'model': ")
+            raise ModelFileError(f"{self.user_model.path}: {said}", str(self.user_model.path)) from None
         except MLaaSError:
             raise
         except Exception as err:  # whatever the framework raises for a shape mismatch
@@ -132,7 +138,7 @@ class Trainer:
                    "files": [str(f) for f in self.inputs.files], "labels": self.inputs.labels,
                    "model": self.user_model.digest, "backend": self.user_model.backend,
                    **{k: getattr(p, k) for k in ("epochs", "batch_size", "training", "chunk_size", "seed",
-                                                 "split", "shuffle", "nevts", "weight")}}
+                                                 "split", "shuffle", "nevts", "weight")}, **self._task_config()}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def _restore(self) -> tuple[int, int]:
@@ -168,7 +174,15 @@ class Trainer:
         return {"model": self.user_model.digest, "backend": self.user_model.backend,
                 "files": [str(f) for f in self.inputs.files],
                 **{k: getattr(p, k) for k in ("epochs", "batch_size", "training", "chunk_size", "seed", "split",
-                                               "shuffle", "nevts", "weight")}}
+                                               "shuffle", "nevts", "weight")}, **self._task_config()}
+
+    def _task_config(self) -> dict[str, Any]:
+        """The task's settings, where they differ from a binary run's (so older checkpoints still match)."""
+        p = self.params
+        if p.task == "binary" and p.class_weights is None:
+            return {}
+        return {"task": p.task, "label": p.label, "target": p.target, "classes": p.classes,
+                "class_weights": p.class_weights}
 
     def _save(self, epoch: int, next_chunk: int, done: bool = False, **extra: Any) -> None:
         if self.checkpoint is None:
@@ -226,8 +240,8 @@ class Trainer:
             stopped = str(why)
             self._save(*self._position, done=stopped == "early_stopping")
         test = self._score_test()
-        metrics = evaluation.evaluate(test["y"], test["score"], test.get("weight"),
-                                      test_fraction=self.params.split[2] or None)
+        metrics = task_metrics.final_metrics(self.task, test["y"], test["score"], test.get("weight"),
+                                             self.params.split[2] or None)
         metrics["backend"] = self.user_model.backend
         metrics["events_seen"] = self.events_seen
         self._event("end", metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
@@ -367,7 +381,13 @@ class Trainer:
         self._event("epoch", epoch=0, metrics=dict(fit_metrics or {}))
 
     def _train_weight(self, y: np.ndarray, weight: np.ndarray | None) -> np.ndarray | None:
-        return balanced_weights(y, weight, self.params.balance_weights)
+        if not self.task.is_classification:
+            return weight  # per-label balancing means nothing for a continuous truth
+        out = balanced_weights(y, weight, self.params.balance_weights)
+        if self._class_weights is None:
+            return out
+        factor = self._class_weights[y.astype(np.int64)]
+        return factor if out is None else (out * factor).astype(np.float32)
 
     # -- metrics ----------------------------------------------------------------------------------
     def _train_metrics(self, chunk: Chunk, rows: np.ndarray) -> dict[str, float]:
@@ -375,8 +395,7 @@ class Trainer:
         if not len(rows) or "auc" not in self.params.metrics:
             return {}
         part = chunk.take(rows[:_TRAIN_METRIC_SAMPLE])
-        score = self.backend.predict(part.X)
-        return {"auc": evaluation.auc(part.y, score, part.weight)}
+        return task_metrics.train_auc(self.task, part.y, self.backend.predict(part.X), part.weight)
 
     def _validate(self, val: Chunk) -> dict[str, float]:
         if not len(val):
@@ -385,12 +404,7 @@ class Trainer:
         return self._scores_metrics(val.y, score, val.weight)
 
     def _scores_metrics(self, y, score, weight) -> dict[str, float]:
-        out = {"val_loss": evaluation.log_loss(y, score, weight)}
-        if "accuracy" in self.params.metrics:
-            out["val_accuracy"] = evaluation.accuracy(y, score, weight)
-        if "auc" in self.params.metrics:
-            out["val_auc"] = evaluation.auc(y, score, weight)
-        return out
+        return task_metrics.validation_metrics(self.task, y, score, weight, self.params.metrics)
 
     def _validate_pass(self) -> dict[str, float]:
         ys, scores, weights = [], [], []
@@ -430,8 +444,9 @@ class Trainer:
         def cat(parts: list[np.ndarray], dtype) -> np.ndarray:
             return np.concatenate(parts) if parts else np.zeros(0, dtype)
 
-        out = {"y": cat(ys, np.float32), "score": cat(scores, np.float32), "file_index": cat(files, np.int16),
-               "entry": cat(entries, np.int64)}
+        out = {"y": np.concatenate(ys) if ys else self.task.empty_y(),
+               "score": np.concatenate(scores) if scores else self.task.scores(np.zeros((0, self.task.n_outputs)), 0),
+               "file_index": cat(files, np.int16), "entry": cat(entries, np.int64)}
         if weights:
             out["weight"] = cat(weights, np.float32)
         for name, parts in ids.items():
@@ -452,3 +467,31 @@ def balanced_weights(y: np.ndarray, weight: np.ndarray | None, balance: bool = T
         if mean > 0:
             out[sel] /= mean
     return out
+
+
+def class_weight_table(task: Task, params, inputs: Inputs, specs: Specs) -> np.ndarray | None:
+    """float32[K]: the weight of each class (params ``class_weights``), or None. ``"balanced"`` gives class
+    ``c`` the weight ``N / (K * N_c)`` over the training split's events after the cuts (counted in the
+    specs pass), as scikit-learn's ``class_weight="balanced"`` does."""
+    choice = params.class_weights
+    if choice is None or not task.is_classification:
+        return None
+    k = task.n_classes
+    if choice != "balanced":
+        if len(choice) != k:
+            raise ConfigError(f"{len(choice)} class weights for {k} classes ({', '.join(task.classes)})",
+                              "class_weights")
+        return np.asarray(choice, np.float32)
+    counts = np.zeros(k, np.float64)
+    if params.label:
+        for value, per_split in (specs.truth.get("classes") or {}).items():
+            if value != "nonfinite" and 0 <= float(value) < k:
+                counts[int(float(value))] += per_split[0]
+    else:
+        per_file = (specs.split_events or {}).get("files", {})
+        for path, label in zip(inputs.files, inputs.labels):
+            counts[int(label)] += (per_file.get(path) or [0])[0]
+    if not counts.all():
+        raise ConfigError('"balanced" class weights need training events of every class; the training split '
+                          f"holds {dict(zip(task.classes, counts.astype(int).tolist()))}", "class_weights")
+    return (counts.sum() / (k * counts)).astype(np.float32)

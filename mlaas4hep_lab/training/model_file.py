@@ -26,7 +26,7 @@ from typing import Any
 from mlaas4hep_lab.backends.base import detect_backend, seed_frameworks
 from mlaas4hep_lab.errors import ConfigError, InputFileError, MissingExtraError, ModelFileError
 
-__all__ = ["UserModel", "load_model_file", "check_model_file", "user_code_location", "input_width_error",
+__all__ = ["UserModel", "load_model_file", "model_arguments", "check_model_file", "user_code_location", "input_width_error",
            "first_line", "TEMPLATES", "template_path"]
 
 _OPTIONAL = ("loss", "optimizer", "fit_options")
@@ -35,6 +35,9 @@ TEMPLATES = {
     "torch": "torch_mlp.py",
     "sklearn": "sklearn_gbt.py",
     "xgboost": "xgboost_gbt.py",
+    # per task: <framework>_<task>.py
+    **{f"{fw}_{task}": f"{fw}_{task}.py" for fw in ("keras", "torch", "sklearn", "xgboost")
+       for task in ("multiclass", "regression")},
 }
 # module names of imported model.py files start with this: how a traceback frame is known as the user's
 _MODULE_PREFIX = "mlaas4hep_user_model_"
@@ -169,8 +172,13 @@ def _import(path: Path):
     return module
 
 
-def load_model_file(path: str | Path, idim: int, seed: int | None = None) -> UserModel:
+def load_model_file(path: str | Path, idim: int, seed: int | None = None, task=None) -> UserModel:
     """Import ``path``, call its ``model(idim)`` (or ``model()``), detect the backend.
+
+    For a task other than binary (``task``, a :class:`~mlaas4hep_lab.task.Task`), ``model`` may take the
+    outputs it must give as a second argument or a keyword: ``def model(idim, n_outputs)`` is called with
+    K (multiclass) or T (regression); a parameter named ``task`` receives the task's kind
+    (``"binary"``, ``"multiclass"``, ``"regression"``).
 
     Example::
 
@@ -188,11 +196,11 @@ def load_model_file(path: str | Path, idim: int, seed: int | None = None) -> Use
             f"(callables found: {', '.join(defined) or 'none'})", str(path))
     if seed is not None:  # weights are initialised inside model(idim): seed before calling it
         seed_frameworks(seed)
+    args, kwargs, call = model_arguments(factory, idim, task)
     try:
-        params = inspect.signature(factory).parameters
-        obj = factory(idim) if len(params) >= 1 else factory()
+        obj = factory(*args, **kwargs)
     except Exception as err:
-        raise _user_error(err, path, f"in model({idim})") from err
+        raise _user_error(err, path, f"in {call}") from err
     if obj is None:
         raise ModelFileError(f"{path}: model({idim}) returned None; it must return the model", str(path))
     try:
@@ -202,3 +210,23 @@ def load_model_file(path: str | Path, idim: int, seed: int | None = None) -> Use
         raise ModelFileError(f"{path}: {said}", str(path)) from None
     options = {name: getattr(module, name) for name in _OPTIONAL if hasattr(module, name)}
     return UserModel(path, source, obj, backend, options)
+
+
+def model_arguments(factory, idim: int, task) -> tuple[list, dict, str]:
+    """The arguments ``model`` takes: ``idim`` first (when it takes any), ``n_outputs`` (second positional
+    or by name) and ``task`` (by name) when declared."""
+    params = inspect.signature(factory).parameters
+    positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    named = {p.name for p in params.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    varkw = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    args: list = [idim] if positional or any(p.kind == p.VAR_POSITIONAL for p in params.values()) else []
+    kwargs: dict = {}
+    if task is not None:
+        if "n_outputs" in named or varkw:
+            kwargs["n_outputs"] = task.n_outputs
+        elif len(positional) >= 2 and positional[1].default is inspect.Parameter.empty:
+            args.append(task.n_outputs)
+        if "task" in named or varkw:
+            kwargs["task"] = task.kind
+    shown = ", ".join([str(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])
+    return args, kwargs, f"model({shown})"

@@ -24,10 +24,10 @@ __all__ = ["score_files"]
 
 
 class _CsvSink:
-    def __init__(self, path: Path, ids: list[str]):
+    def __init__(self, path: Path, ids: list[str], outputs: list[str]):
         self.f = path.open("w", newline="")
         self.w = csv.writer(self.f)
-        self.w.writerow(["file", "entry", *ids, "score", "passes_cuts"])
+        self.w.writerow(["file", "entry", *ids, *outputs, "passes_cuts"])
 
     def write(self, cols: dict[str, np.ndarray]) -> None:
         self.w.writerows(zip(*[c.tolist() for c in cols.values()]))
@@ -37,7 +37,7 @@ class _CsvSink:
 
 
 class _RootSink:
-    def __init__(self, path: Path, ids: list[str]):
+    def __init__(self, path: Path, ids: list[str], outputs: list[str]):
         import uproot
 
         self.file = uproot.recreate(path)
@@ -85,6 +85,9 @@ def _score(bundle: Bundle, files: list[str], out: str | Path, submission: str | 
     if len(files) == 1 and str(files[0]).endswith(".txt"):
         files = sources.read_file_list(files[0], bundle.params.redirector or None)
     ids = list(bundle.specs.identifier)
+    if submission and bundle.task.kind != "binary":
+        raise ConfigError(f"a Higgs challenge submission is for binary classifiers; this bundle is a "
+                          f"{bundle.task.kind} model", key="submission")
     if submission and "EventId" not in ids:
         raise ConfigError("a Higgs challenge submission needs the EventId identifier branch; the bundle's "
                           f"identifiers are {ids}", key="submission")
@@ -92,7 +95,7 @@ def _score(bundle: Bundle, files: list[str], out: str | Path, submission: str | 
     out = prepare_output(out)
     if submission:
         prepare_output(submission, "--submission")
-    sink = _RootSink(out, ids) if out.suffix == ".root" else _CsvSink(out, ids)
+    sink = (_RootSink if out.suffix == ".root" else _CsvSink)(out, ids, bundle.output_names)
     all_ids, all_scores = [], []
     total = 0
     try:
@@ -109,7 +112,10 @@ def _score(bundle: Bundle, files: list[str], out: str | Path, submission: str | 
                                 "entry": np.arange(first, first + len(scores), dtype=np.int64)}
                         for name in ids:
                             cols[name] = _flat_numpy(arrays[name])
-                        cols["score"] = scores
+                        if scores.ndim == 1:
+                            cols["score"] = scores
+                        else:  # one column per class (p_<class>) or regression target
+                            cols.update(zip(bundle.output_names, scores.T))
                         cols["passes_cuts"] = keep.astype(np.int8)
                         sink.write(cols)
                         if submission:

@@ -25,6 +25,7 @@ from mlaas4hep_lab.data import validation
 from mlaas4hep_lab.data.specs import Specs
 from mlaas4hep_lab.data.stream import ChunkStream
 from mlaas4hep_lab.pipeline import Inputs
+from mlaas4hep_lab.task import Task, run_task
 from mlaas4hep_lab.training import evaluation, report
 from mlaas4hep_lab.training.events import EventBus, JsonlLog, ProgressBar
 from mlaas4hep_lab.training.loop import Trainer, TrainResult
@@ -43,12 +44,21 @@ class WorkflowResult:
     plots: list[Path]
 
 
-def make_plots(test: dict[str, np.ndarray], out: Path, params, stream: ChunkStream | None = None) -> list[Path]:
+def make_plots(test: dict[str, np.ndarray], out: Path, params, stream: ChunkStream | None = None,
+               task: Task | None = None) -> list[Path]:
     """ROC, score distributions, efficiency/purity, AMS (weighted data) and, for params hist "pdfs",
-    per-feature signal/background distributions."""
+    per-feature signal/background distributions; for a multi-class task the ROC curves per class, the
+    confusion matrix and the rejections, for a regression prediction vs truth, response and resolution."""
     out.mkdir(parents=True, exist_ok=True)
     y, score, w = test["y"], test["score"], test.get("weight")
     files: list[Path] = []
+    if task is not None and task.kind != "binary":
+        from mlaas4hep_lab.training import evaluation_tasks as et
+
+        if len(y):
+            files += (et.plot_multiclass(y, score, w, list(task.classes), out) if task.kind == "multiclass"
+                      else et.plot_regression(y, score, w, list(task.targets), out))
+        return [Path(f) for f in files]
     if len(y) and len(np.unique(y)) > 1:
         files += evaluation.plot_roc(y, score, w, out)
         files += evaluation.plot_score_distributions(y, score, w, out)
@@ -72,7 +82,8 @@ def train(inputs: Inputs, specs: Specs, model: str | Path, fout: str | Path, *, 
     validation.check_training_data(inputs, specs)
     fout = Path(fout)
     fout.mkdir(parents=True, exist_ok=True)
-    user_model = load_model_file(model, specs.n_features, seed=inputs.params.seed)
+    task = run_task(inputs.params, inputs.labels, specs)
+    user_model = load_model_file(model, specs.n_features, seed=inputs.params.seed, task=task)
     bus = bus or EventBus()
     unsubscribe = [bus.subscribe(JsonlLog(fout / "metrics.jsonl", append=resume))]
     show = inputs.params.verbose > 0 if progress is None else progress
@@ -88,16 +99,17 @@ def train(inputs: Inputs, specs: Specs, model: str | Path, fout: str | Path, *, 
     if plots:
         try:
             with ChunkStream(inputs.files, inputs.labels, inputs.params, specs, inputs.preproc) as stream:
-                plot_files = make_plots(result.test, fout / "plots", inputs.params, stream)
+                plot_files = make_plots(result.test, fout / "plots", inputs.params, stream, task)
         except ImportError as err:  # plots are optional (matplotlib)
             log.warning("no plots: %s", err)
-    # TMVA-style report (ranking, overtraining, correlations, learning curve): numbers even without plots
-    result.metrics.update(report.training_report(result, inputs, specs, fout, plots=plots))
-    plot_files += report.report_files(fout / "plots") if plots else []
+    if task.kind == "binary":
+        # TMVA-style report (ranking, overtraining, correlations, learning curve): numbers even without plots
+        result.metrics.update(report.training_report(result, inputs, specs, fout, plots=plots))
+        plot_files += report.report_files(fout / "plots") if plots else []
     (fout / "metrics.json").write_text(json.dumps(result.metrics, indent=1, default=float))
     files = [{"path": f["path"], "size": f.get("size"), "entries": f.get("entries")} for f in specs.files]
     bundle = write_bundle(fout / "bundle", name=name or Path(user_model.path).stem, backend=result.backend,
                           backend_name=user_model.backend, specs=specs, params=inputs.params,
                           preproc=inputs.preproc, metrics=result.metrics, history=result.history,
-                          model_source=user_model.source, files=files, plots_dir=fout / "plots")
+                          model_source=user_model.source, files=files, plots_dir=fout / "plots", task=task)
     return WorkflowResult(result, bundle, result.metrics, plot_files)
