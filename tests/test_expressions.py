@@ -391,7 +391,7 @@ def _column(message: str) -> int:
         ("`x", "unclosed backtick", 1),
         ("`` + 1", "between backticks", 1),
         ("!(x > 1) + 'a'", "string", 12),
-        ("-True", "'-' failed", 1),
+        ("~1.5", "'~' failed", 1),
     ],
 )
 def test_rejected_with_reason_and_position(text, reason, col):
@@ -738,3 +738,13 @@ def test_cost_limits_hold_with_quoted_names_and_root_operators():
         compile_expression(text)
     with pytest.raises(ExpressionError, match="nested too deeply"):
         compile_expression("!" * (MAX_DEPTH + 5) + "`a.b`")
+
+
+def test_comparisons_count_as_integers_in_arithmetic():
+    x = np.array([-1.0, 0.5, 2.0])
+    assert compile_expression("(x > 0) + (x > 1)")({"x": x}).tolist() == [0, 1, 2]
+    assert compile_expression("(x > 0) - (x > 1)")({"x": x}).tolist() == [0, 1, 0]
+    assert compile_expression("-(x > 0)")({"x": x}).tolist() == [0, -1, -1]
+    assert compile_expression("-True + 2 * (1 > 0) + 0 * x")({"x": x}).tolist() == [1, 1, 1]
+    jets = ak.Array([[1.0, 2.5, 3.0], []])
+    assert compile_expression("sum((j > 1) + (j > 2))")({"j": jets}).tolist() == [4, 0]

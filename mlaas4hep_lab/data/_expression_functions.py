@@ -49,10 +49,28 @@ def _power(a: Any, b: Any) -> Any:
         return np.power(np.asarray(a, dtype=np.float64) if not _is_ak(a) else a * 1.0, b)
 
 
+def _number(x: Any) -> Any:
+    """Booleans as the integers 0 and 1 (numpy would add two truths into True, and refuses to subtract
+    them): a comparison counts in arithmetic as in ROOT and in Python, ``(x > 0) + (x > 1)`` is 0, 1 or 2."""
+    if isinstance(x, np.ndarray):
+        return x.astype(np.int64) if x.dtype == np.bool_ else x
+    if isinstance(x, (bool, np.bool_)):
+        return int(x)
+    if _is_ak(x) and str(ak.type(x)).endswith("bool"):
+        return ak.values_astype(x, np.int64)
+    return x
+
+
+def _counting(op: Callable) -> Callable:
+    if op.nin == 1:
+        return lambda a: op(_number(a))
+    return lambda a, b: op(_number(a), _number(b))
+
+
 BINARY_OPERATORS: dict[type, tuple[str, Callable[[Any, Any], Any]]] = {
-    ast.Add: ("+", np.add),
-    ast.Sub: ("-", np.subtract),
-    ast.Mult: ("*", np.multiply),
+    ast.Add: ("+", _counting(np.add)),
+    ast.Sub: ("-", _counting(np.subtract)),
+    ast.Mult: ("*", _counting(np.multiply)),
     ast.Div: ("/", np.true_divide),
     ast.FloorDiv: ("//", np.floor_divide),
     ast.Mod: ("%", np.remainder),
@@ -63,8 +81,8 @@ BINARY_OPERATORS: dict[type, tuple[str, Callable[[Any, Any], Any]]] = {
 }
 
 UNARY_OPERATORS: dict[type, tuple[str, Callable[[Any], Any]]] = {
-    ast.USub: ("-", np.negative),
-    ast.UAdd: ("+", np.positive),
+    ast.USub: ("-", _counting(np.negative)),
+    ast.UAdd: ("+", _counting(np.positive)),
     ast.Not: ("not", np.logical_not),
     ast.Invert: ("~", np.invert),
 }

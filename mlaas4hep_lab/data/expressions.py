@@ -24,6 +24,8 @@ Semantics
   ``sum`` 0, ``count`` 0, ``len`` 0, ``any`` False, ``all`` True and NaN for ``min``/``max``/``mean``.
   On a flat argument the reductions are the identity (``len`` gives 1, ``count`` 1 or, for a
   condition, 1 where it holds and 0 elsewhere, ``any``/``all`` the truth value).
+- A comparison counts as 1 or 0 in arithmetic, as in ROOT and in Python: ``(x > 0) + (x > 1)`` is 0, 1 or
+  2 (a multi-class label), ``-(x > 0)`` is 0 or -1 (numpy alone would give True + True = True).
 - Numerical problems follow numpy (``1/0`` is inf, ``log(-1)`` is NaN) with its warnings silenced.
   Constant parts are computed when the expression is compiled: one whose value is not a finite
   64-bit float (``10**400``, ``9**9**9**9``, ``1e308*10``, ``1/0``) is refused there with the reason.
