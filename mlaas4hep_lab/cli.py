@@ -15,14 +15,14 @@ import traceback
 from pathlib import Path
 
 from mlaas4hep_lab.cli_errors import EXIT_INTERRUPTED, describe_error, stdout_closed, traceback_requested
-from mlaas4hep_lab.errors import TreeNotFoundError
+from mlaas4hep_lab.errors import ConfigError, TreeNotFoundError
 
 __all__ = ["main", "build_parser"]
 
 
 def _add_inputs(p: argparse.ArgumentParser, model: bool) -> None:
     p.add_argument("--files", required=True, help="files.txt: one ROOT file path or URL per line")
-    p.add_argument("--labels", required=True, help="labels.txt: one label per line, in the order of files.txt")
+    p.add_argument("--labels", help="labels.txt: one label per line, in the order of files.txt (a regression needs none)")
     p.add_argument("--params", help="params.json (original keys plus ours; see README)")
     p.add_argument("--preproc", help="preproc.json: new branches and cuts")
     if model:
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--tree", help="only this tree (default: every TTree and RNTuple in the file)")
 
     ex = sub.add_parser("example", help="write example ROOT files (no download)")
-    ex.add_argument("kind", choices=["higgs", "tth"])
+    ex.add_argument("kind", choices=["higgs", "tth", "tth_tasks"])
     ex.add_argument("--out", default=None, help="folder (default: example/KIND)")
     ex.add_argument("--events", type=int, default=None, help="events in total over all files")
     ex.add_argument("--seed", type=int, default=42)
@@ -85,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="write example data and train a model on it (the README's first command)")
     demo.add_argument("--out", default="mlaas4hep-demo", help="folder (default: %(default)s)")
-    demo.add_argument("--kind", choices=["higgs", "tth"], default="higgs")
+    demo.add_argument("--kind", choices=["higgs", "tth", "tth_tasks"], default=None,
+                      help="example data (default: higgs; tth_tasks for --task multiclass or regression)")
+    demo.add_argument("--task", choices=["binary", "multiclass", "regression"], default="binary",
+                      help="binary: signal vs background; multiclass: ttH vs ttbb vs tt+light; regression: "
+                           "the true pT of the hadronic top (default: %(default)s)")
     demo.add_argument("--events", type=int, default=None)
     demo.add_argument("--backend", choices=["keras", "torch", "sklearn", "xgboost"], default="keras",
                       help="model template to train (default: %(default)s)")
@@ -141,11 +145,24 @@ def _workflow(args) -> int:
     m = out.metrics
     print(f"trained {m.get('backend')} model on {m.get('events_seen', 0):,} events"
           + (f" (stopped: {out.result.stopped})" if out.result.stopped else ""))
-    print(f"test split: {m.get('n_events', 0):,} events, AUC {_num(m.get('auc'))}"
-          + (f", weighted AUC {m['auc_weighted']:.4f}" if m.get("auc_weighted") is not None else "")
-          + (f", best AMS {m['ams']:.3f} at score >= {m['ams_threshold']:.3f}" if m.get("ams") is not None else ""))
+    print(_test_line(m))
     print(f"bundle: {out.bundle} (+ {out.bundle}.tar.gz); plots and metrics.json in {fout}")
     return 0
+
+
+def _test_line(m: dict) -> str:
+    """The test split's headline numbers, per task."""
+    if m.get("task") == "multiclass":
+        per = ", ".join(f"{c} {_num(v)}" for c, v in (m.get("auc_per_class") or {}).items())
+        return (f"test split: {m.get('events', 0):,} events, macro AUC {_num(m.get('auc_macro'))} (one vs rest: "
+                f"{per}), accuracy {_num(m.get('accuracy'))}")
+    if m.get("task") == "regression":
+        per = "; ".join(f"{t}: RMSE {_num(m['rmse'][t])}, MAE {_num(m['mae'][t])}, bias {_num(m['bias'][t])}"
+                        for t in m.get("targets", []))
+        return f"test split: {m.get('events', 0):,} events, {per}"
+    return (f"test split: {m.get('n_events', 0):,} events, AUC {_num(m.get('auc'))}"
+            + (f", weighted AUC {m['auc_weighted']:.4f}" if m.get("auc_weighted") is not None else "")
+            + (f", best AMS {m['ams']:.3f} at score >= {m['ams_threshold']:.3f}" if m.get("ams") is not None else ""))
 
 
 def _specs(args) -> int:
@@ -221,22 +238,30 @@ def _demo(args) -> int:
     from mlaas4hep_lab.data import datasets
 
     out = Path(args.out)
-    ds = datasets.write_example(args.kind, out / "data", args.events)
+    kind = args.kind or ("higgs" if args.task == "binary" else "tth_tasks")
+    if args.task != "binary" and kind != "tth_tasks":
+        raise ConfigError(f"--task {args.task} trains on the tth_tasks example (three classes, truth branches); "
+                          f"drop --kind {kind}", key="task")
+    ds = datasets.write_example(kind, out / "data", args.events)
     print(f"example data: {len(ds.files)} files in {ds.directory}")
     from mlaas4hep_lab.training.model_file import template_path
 
-    params = json.loads(Path(ds.params_json).read_text())
+    params_file = ds.params_regression if args.task == "regression" else ds.params_json
+    params = json.loads(Path(params_file).read_text())
+    params["task"] = args.task
     if args.epochs is not None:
         params["epochs"] = args.epochs
     params_path = out / "params.json"
     params_path.write_text(json.dumps(params, indent=1))
     model = out / "model.py"
-    model.write_text(template_path(args.backend).read_text())
-    print(f"model: {model} (from the {args.backend} template); params: {params_path}")
+    template = args.backend if args.task == "binary" else f"{args.backend}_{args.task}"
+    model.write_text(template_path(template).read_text())
+    print(f"model: {model} (from the {template} template); params: {params_path}")
     ns = argparse.Namespace(files=str(ds.files_txt), labels=str(ds.labels_txt), params=str(params_path),
                             preproc=str(ds.preproc_json) if ds.preproc_json else None, model=str(model),
                             specs=None, fout=str(out / "output"), dry_run=False, recompute_specs=True,
-                            resume=False, name=f"{args.kind}-{args.backend}")
+                            resume=False, name=f"{kind}-{args.task}-{args.backend}" if args.task != "binary"
+                            else f"{kind}-{args.backend}")
     return _workflow(ns)
 
 

@@ -262,3 +262,101 @@ def test_backend_module_imports_no_framework(name):
     assert result["after"] == [], f"importing {module} pulled in {result['after']}"
     assert result["name"] == name and result["module"] == module
     assert result["extra"], "the backend names no pip extra"
+
+
+# -- the same contract for the other tasks (multi-class, regression), every backend --------------------
+TASKS = ("multiclass", "regression")
+N_CLASSES = 3
+
+
+def make_task_data(kind: str, n: int = N_EVENTS, seed: int = 11) -> tuple[np.ndarray, np.ndarray]:
+    """Three gaussian blobs (y = class index 0..2), or two smooth targets of the features (y [n, 2])."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(0.0, 1.0, (n, IDIM)).astype(np.float32)
+    if kind == "multiclass":
+        y = rng.integers(0, N_CLASSES, n).astype(np.float32)
+        X[:, :N_CLASSES] += 1.5 * np.eye(N_CLASSES, dtype=np.float32)[y.astype(int)]
+        return X, y
+    y = np.stack([50.0 + 20.0 * X[:, 0] + 10.0 * X[:, 1] ** 2, 5.0 * X[:, 2] - 3.0 * X[:, 3]], axis=1)
+    return X, (y + rng.normal(0.0, 2.0, y.shape)).astype(np.float32)
+
+
+def task_of(kind: str, y: np.ndarray):
+    from mlaas4hep_lab.task import Task
+
+    if kind == "multiclass":
+        return Task("multiclass", ("a", "b", "c"))
+    return Task("regression", (), ("t0", "t1")).with_scale(list(zip(y.mean(axis=0), y.std(axis=0))))
+
+
+def quality(kind: str, out: np.ndarray, y: np.ndarray) -> float:
+    """Accuracy (multiclass) or the worst target's R^2 (regression)."""
+    if kind == "multiclass":
+        return float(np.mean(out.argmax(axis=1) == y))
+    return float(np.min(1 - ((out - y) ** 2).mean(axis=0) / y.var(axis=0)))
+
+
+@dataclass
+class TrainedTask:
+    name: str
+    kind: str
+    task: object
+    backend: object
+    X_test: np.ndarray
+    y_test: np.ndarray
+    out: np.ndarray
+    saved: Path
+
+
+@pytest.fixture(scope="module", params=[(n, k) for n in NAMES for k in TASKS], ids=lambda p: f"{p[0]}-{p[1]}")
+def trained_task(request, tmp_path_factory) -> TrainedTask:
+    name, kind = request.param
+    X, y = make_task_data(kind)
+    task = task_of(kind, y[:N_TRAIN])
+    um = load_model_file(template_path(f"{name}_{kind}"), IDIM, task=task)
+    assert um.backend == name
+    backend = get_backend(name)(um.model, IDIM, {**um.options, "seed": 0, "batch_size": BATCH, "task": task,
+                                                 "model_source": um.source, "model_path": str(um.path)})
+    train(backend, X[:N_TRAIN], y[:N_TRAIN], np.ones(N_TRAIN, np.float32), epochs=4)
+    saved = tmp_path_factory.mktemp(f"saved_{name}_{kind}")
+    backend.save(saved)
+    return TrainedTask(name, kind, task, backend, X[N_TRAIN:], y[N_TRAIN:], backend.predict(X[N_TRAIN:]), saved)
+
+
+@pytest.mark.slow
+def test_every_backend_learns_every_task(trained_task):
+    t = trained_task
+    width = N_CLASSES if t.kind == "multiclass" else 2
+    assert t.out.dtype == np.float32 and t.out.shape == (len(t.X_test), width)
+    assert np.all(np.isfinite(t.out))
+    if t.kind == "multiclass":
+        np.testing.assert_allclose(t.out.sum(axis=1), 1.0, atol=1e-5)
+        assert t.out.min() >= 0.0
+    score = quality(t.kind, t.out, t.y_test)
+    print(f"{t.name} {t.kind}: {'accuracy' if t.kind == 'multiclass' else 'worst R^2'} {score:.3f}")
+    assert score > (0.7 if t.kind == "multiclass" else 0.5), score   # chance: 0.33 / 0.0
+    empty = t.backend.predict(t.X_test[:0])
+    assert empty.dtype == np.float32 and empty.shape == (0, width)
+
+
+@pytest.mark.slow
+def test_every_task_reloads_and_exports_the_same(trained_task, tmp_path):
+    t = trained_task
+    loaded = get_backend(t.name).load(t.saved, IDIM, {"task": t.task})
+    np.testing.assert_allclose(loaded.predict(t.X_test), t.out, rtol=1e-6, atol=1e-5)
+    result = t.backend.export(tmp_path / "inference")
+    if result["format"] is None:
+        assert isinstance(result.get("reason"), str) and result["reason"]
+        pytest.skip(f"{t.name} {t.kind}: no export ({result['reason']})")
+    if result["format"] == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(result["path"]), providers=["CPUExecutionProvider"])
+        got = np.asarray(session.run([result["output"]], {result["input"]: t.X_test})[0])
+    else:
+        import tensorflow as tf  # noqa: TID251 -- reading the artifact as the serving side does
+
+        artifact = tf.saved_model.load(str(result["path"]))   # kept: its functions need it alive
+        got = artifact.serve(tf.constant(t.X_test)).numpy()
+    scale = max(1.0, float(np.abs(t.out).max()))
+    np.testing.assert_allclose(got.reshape(t.out.shape), t.out, atol=1e-4 * scale, rtol=0)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import uproot
 
-from mlaas4hep_lab.data import _physics, datasets
+from mlaas4hep_lab.data import _physics_tth, datasets
 from mlaas4hep_lab.errors import ConfigError
 
 N = 5_000
@@ -157,13 +157,13 @@ def test_tth_layout_types_and_counters(tth_ds, tth_arrays):
             else:
                 flat.append(name)
                 dtypes[name] = interp.to_dtype
-    counters = [f"n{c}" for c in _physics.TTH_COLLECTIONS]
+    counters = [f"n{c}" for c in _physics_tth.TTH_COLLECTIONS]
     assert set(counters) <= set(flat)
     assert len(jagged) >= 45 and len([n for n in flat if n not in counters]) >= 18
-    for coll, fields in _physics.TTH_COLLECTIONS.items():
+    for coll, fields in _physics_tth.TTH_COLLECTIONS.items():
         for field, t in fields.items():
             assert dtypes[f"{coll}_{field}"] == np.dtype(t)
-    for name, t in _physics.TTH_FLAT.items():
+    for name, t in _physics_tth.TTH_FLAT.items():
         assert dtypes[name] == np.dtype(t), name
     kinds = {dtypes[n] for n in flat} | {dtypes[n] for n in jagged}
     for t in ("bool", "uint8", "int16", "int32", "int64", "float32", "float64"):
@@ -171,11 +171,11 @@ def test_tth_layout_types_and_counters(tth_ds, tth_arrays):
     assert dtypes["Muon_tightId"] == np.dtype(bool) and dtypes["Muon_charge"] == np.dtype("int32")
 
     for _, a in tth_arrays:
-        for coll in _physics.TTH_COLLECTIONS:
+        for coll in _physics_tth.TTH_COLLECTIONS:
             lengths = ak.to_numpy(ak.num(a[f"{coll}_pt"]))
             assert np.all(lengths >= 0) and np.all(lengths <= 12)
             assert np.array_equal(ak.to_numpy(a[f"n{coll}"]), lengths)
-            for field in _physics.TTH_COLLECTIONS[coll]:
+            for field in _physics_tth.TTH_COLLECTIONS[coll]:
                 assert np.array_equal(ak.to_numpy(ak.num(a[f"{coll}_{field}"])), lengths)
         njet = ak.to_numpy(a["nJet"])
         assert njet.min() >= 2 and njet.max() <= 12
@@ -245,13 +245,7 @@ def test_several_files_per_class_and_slices(tmp_path, monkeypatch):
     assert [p.name for p in ds.files] == ["tth_signal_0.root", "tth_signal_1.root",
                                           "tth_background_0.root", "tth_background_1.root"]
     assert ds.labels == [1, 1, 0, 0]
-    counts = []
-    events = []
-    for p in ds.files:
-        with uproot.open(p) as f:
-            counts.append(f["events"].num_entries)
-            events.append(f["events"]["event"].array(library="np"))
-            assert f["events"]["Jet_pt"].num_baskets >= 2
+    counts, events = entries_and_events(ds.files)
     assert sum(counts) == 3_001 and counts[0] + counts[1] == 1_200
     assert len(np.unique(np.concatenate(events))) == 3_001
     assert ds.labels_txt.read_text().split() == ["1", "1", "0", "0"]
@@ -300,3 +294,14 @@ def test_write_example_defaults(tmp_path, monkeypatch):
     assert datasets.write_example("Higgs", tmp_path) == "ok" and "n_events" not in seen
     assert datasets.write_example("higgs", tmp_path, n_events=10, seed=3) == "ok"
     assert seen["n_events"] == 10 and seen["seed"] == 3
+
+
+def entries_and_events(files) -> tuple[list[int], list[np.ndarray]]:
+    """Entries and ``event`` numbers of each file; each file's jets span several baskets."""
+    counts, events = [], []
+    for p in files:
+        with uproot.open(p) as f:
+            counts.append(f["events"].num_entries)
+            events.append(f["events"]["event"].array(library="np"))
+            assert f["events"]["Jet_pt"].num_baskets >= 2
+    return counts, events

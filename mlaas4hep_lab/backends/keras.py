@@ -318,9 +318,10 @@ class KerasBackend(Backend):
                 write(wrapper, target)
                 got = run(target, probe)
                 diff = float(np.max(np.abs(got.reshape(-1) - expected.reshape(-1)))) if len(expected) else 0.0
-                if not diff <= _EXPORT_TOLERANCE:
+                tolerance = _EXPORT_TOLERANCE * max(1.0, float(np.abs(expected).max(initial=0.0)))
+                if not diff <= tolerance:
                     raise ValueError(f"its scores differ from predict() by up to {diff:.3g} "
-                                     f"(tolerance {_EXPORT_TOLERANCE})")
+                                     f"(tolerance {tolerance:.3g})")
                 exports.append({"format": fmt, "path": str(target), "input": "features",
                                 "output": _OUTPUT_NAMES[self.task.kind], "max_abs_diff": diff})
             except Exception as err:

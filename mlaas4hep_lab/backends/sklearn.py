@@ -10,15 +10,20 @@
   (:meth:`SklearnBackend.check_accumulate`).
 
 The strategy can be forced with ``options["strategy"]`` (e.g. ``"fit"`` for an MLPClassifier that should
-see all events at once). ``save`` writes a joblib pickle (and a skops file when skops is installed);
-``export`` writes ONNX through skl2onnx when it is installed and converts the estimator faithfully.
+see all events at once).
+
+Tasks (``options["task"]``): binary and multiclass take a classifier (``partial_fit`` gets
+``classes=range(K)``; ``predict_proba``'s columns are put in class-index order through ``classes_``, a class
+the estimator never saw gets probability 0); a binary task also takes a regressor whose ``predict`` is
+clipped to [0, 1], as before. A regression takes a regressor, with several targets only where it predicts
+several outputs (else ``sklearn.multioutput.MultiOutputRegressor`` around it).
+
+``save`` writes a joblib pickle (and a skops file when skops is installed); ``export`` writes ONNX through
+skl2onnx when it is installed and converts the estimator faithfully.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import importlib
 import inspect
 import json
 import math
@@ -29,20 +34,28 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep_lab import extras
+from mlaas4hep_lab.backends._onnx import (
+    ONNX_INPUT,
+    ONNX_OUTPUT,
+    _int_missing_flags,
+    export_scored_onnx,
+    onnx_with_outputs,
+    onnx_with_score,
+    write_verified_onnx,
+)
 from mlaas4hep_lab.backends.base import Backend
 from mlaas4hep_lab.errors import ConfigError
 
 __all__ = ["SklearnBackend", "STRATEGIES", "DEFAULT_MAX_ACCUMULATE_BYTES", "ONNX_INPUT", "ONNX_OUTPUT",
-           "export_scored_onnx", "onnx_with_score", "write_verified_onnx", "log_loss"]
+           "export_scored_onnx", "onnx_with_score", "onnx_with_outputs", "write_verified_onnx", "log_loss",
+           "task_loss"]
 
 STRATEGIES = ("partial_fit", "warm_start", "fit")
 DEFAULT_MAX_ACCUMULATE_BYTES = 4 * 1024**3
 _DEFAULT_N_CHUNKS = 10          # when the trainer does not say how many chunks to expect
 _LOSS_SAMPLE = 10_000           # the training loss is measured on at most this many events
 _PROBE_ROWS = 512               # training rows kept to verify an ONNX export against the estimator
-_ONNX_TOLERANCE = 1e-4
-ONNX_INPUT = "features"
-ONNX_OUTPUT = "score"
+_MULTI_OUTPUT_PROBE_ROWS = 64   # rows of the fit that tells whether an estimator takes several targets
 
 
 def _human_bytes(n: float) -> str:
@@ -62,6 +75,27 @@ def log_loss(y: np.ndarray, p: np.ndarray, weight: np.ndarray | None = None) -> 
     y = np.asarray(y, dtype=np.float64)
     per_event = -(y * np.log(p) + (1 - y) * np.log1p(-p))
     return float(np.average(per_event, weights=weight) if weight is not None else per_event.mean())
+
+
+def task_loss(task: Any, y: np.ndarray, out: np.ndarray, weight: np.ndarray | None = None) -> float:
+    """The training loss reported for ``task``: binary cross-entropy (binary), mean ``-log p(true class)``
+    (multiclass), mean squared error over the targets (regression); weighted by ``weight`` when given."""
+    if task.kind == "binary":
+        return log_loss(y, out, weight)
+    if task.kind == "multiclass":
+        rows = np.arange(len(out))
+        p = np.asarray(out, dtype=np.float64)[rows, np.asarray(y, dtype=np.int64).reshape(-1)]
+        per_event = -np.log(np.clip(p, 1e-7, 1.0))
+    else:
+        diff = np.asarray(out, dtype=np.float64) - np.asarray(y, dtype=np.float64).reshape(len(out), -1)
+        per_event = (diff * diff).mean(axis=1)
+    return float(np.average(per_event, weights=weight) if weight is not None else per_event.mean())
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def _final_step(est: Any) -> Any:
@@ -89,6 +123,8 @@ class SklearnBackend(Backend):
         sklearn_base = extras.require("sklearn.base")
         self._is_classifier = bool(sklearn_base.is_classifier(model))
         self.estimator_name = type(model).__name__
+        self._flat_target = True  # a regression of one target hands y as [n] (False: [n, 1], MultiOutputRegressor)
+        self._check_task(model)
         self.strategy = self._choose_strategy(model)
         self.mode = "accumulate" if self.strategy == "fit" else "batches"
         seed = self._opt("seed", None)
@@ -143,6 +179,39 @@ class SklearnBackend(Backend):
                               f"{', '.join(possible)})", key="strategy")
         return forced
 
+    def _check_task(self, model: Any) -> None:
+        """Refuse, before any training, an estimator that cannot give the task's outputs."""
+        task, name = self.task, self.estimator_name
+        if task.kind == "regression":
+            if self._is_classifier:
+                raise ConfigError(
+                    f"{name} is a classifier, but the task is a regression of {list(task.targets)}: model() must "
+                    f"return a regressor (e.g. HistGradientBoostingRegressor, RandomForestRegressor, "
+                    f"MLPRegressor)", key="model")
+            self._check_targets(model)
+        elif task.kind == "multiclass":
+            what = f"the task is multiclass ({task.n_classes} classes: {', '.join(task.classes)})"
+            if not self._is_classifier:
+                raise ConfigError(
+                    f"{name} is not a classifier, but {what}: model() must return a classifier with predict_proba "
+                    f"(e.g. HistGradientBoostingClassifier, RandomForestClassifier, MLPClassifier)", key="model")
+            if not (hasattr(model, "predict_proba") or hasattr(model, "decision_function")):
+                raise ConfigError(f"{name} has neither predict_proba nor decision_function, but {what} and needs "
+                                  f"class probabilities: choose a classifier that gives them", key="model")
+
+    def _check_targets(self, model: Any) -> None:
+        tags = _target_tags(model)
+        if tags is not None:
+            self._flat_target = tags[1]
+        n = len(self.task.targets)
+        if n > 1 and not (tags is not None and tags[0]) and _fits_targets(model, self.n_features, n) is False:
+            raise ConfigError(
+                f"{self.estimator_name} predicts one target, but the regression has {n} "
+                f"({', '.join(self.task.targets)}): wrap it, sklearn.multioutput.MultiOutputRegressor("
+                f"{self.estimator_name}(...)) (one model per target), or return an estimator that predicts "
+                f"several outputs (RandomForestRegressor, ExtraTreesRegressor, KNeighborsRegressor, MLPRegressor)",
+                key="model")
+
     def _seed_estimator(self, seed: int) -> None:
         # only fill a random_state the user left unset; a user's own seed wins
         params = self.model.get_params(deep=False) if hasattr(self.model, "get_params") else {}
@@ -169,8 +238,28 @@ class SklearnBackend(Backend):
 
     # -- training -------------------------------------------------------------------------------------
     def _labels(self, y: np.ndarray) -> np.ndarray:
+        """The truth as the estimator takes it: class indices (int64), or the regression targets
+        (float32 ``[n, T]``; ``[n]`` for one target unless the estimator wants a column)."""
+        task = self.task
+        if task.kind == "regression":
+            y = np.asarray(y, dtype=np.float32)
+            width = len(task.targets)
+            y = y.reshape(len(y), -1) if y.ndim == 1 and width == 1 else y
+            if y.ndim != 2 or y.shape[1] != width:
+                raise ConfigError(f"{self.estimator_name}: the regression of {width} target(s) "
+                                  f"{list(task.targets)} needs y of shape [n, {width}], got {y.shape}",
+                                  key="target")
+            return y[:, 0] if width == 1 and self._flat_target else y
         y = np.asarray(y).reshape(-1)
-        return np.rint(y).astype(np.int64) if self._is_classifier else y.astype(np.float32)
+        if not self._is_classifier:
+            return y.astype(np.float32)
+        labels = np.rint(y).astype(np.int64)
+        k = task.n_classes
+        if task.kind == "multiclass" and len(labels) and (labels.min() < 0 or labels.max() >= k):
+            raise ConfigError(f"{self.estimator_name}: class labels must be 0..{k - 1} (classes "
+                              f"{list(task.classes)}), got labels from {labels.min()} to {labels.max()}",
+                              key="label")
+        return labels
 
     def _check_X(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
@@ -218,7 +307,7 @@ class SklearnBackend(Backend):
                 idx = order[start:start + batch_size]
                 kwargs: dict[str, Any] = {}
                 if self._partial_calls == 0 and self._is_classifier:
-                    kwargs["classes"] = np.array([0, 1])
+                    kwargs["classes"] = np.arange(self.task.n_classes)  # binary: [0, 1]
                 if use_weight:
                     kwargs["sample_weight"] = np.asarray(weight)[idx]
                 self.model.partial_fit(X[idx], y[idx], **kwargs)
@@ -238,10 +327,20 @@ class SklearnBackend(Backend):
         return self.n_estimators_per_chunk
 
     def _grow(self, X, y, weight) -> dict[str, float]:
-        if self._is_classifier and len(np.unique(y)) < 2:
+        present = np.unique(y) if self._is_classifier else None
+        if present is not None and len(present) < 2:
             warnings.warn(f"{self.estimator_name}: a chunk with only one class ({len(y)} events) cannot grow "
                           f"the ensemble and is skipped", UserWarning, stacklevel=3)
             return {"skipped": 1.0, "n_estimators": float(self._n_members())}
+        if present is not None and self.task.kind == "multiclass" and len(present) < self.task.n_classes:
+            missing = np.setdiff1d(np.arange(self.task.n_classes), present)
+            if self._weight_kw is None:
+                warnings.warn(f"{self.estimator_name}: a chunk without the classes {missing.tolist()} cannot grow "
+                              f"the ensemble (its members would have fewer class columns; {self.estimator_name} "
+                              f"takes no sample_weight to stand them in at weight 0) and is skipped",
+                              UserWarning, stacklevel=3)
+                return {"skipped": 1.0, "n_estimators": float(self._n_members())}
+            X, y, weight = _pad_classes(X, y, weight, missing)
         step = self._per_chunk()
         current = self._n_members() if self.fitted else 0
         self.model.set_params(warm_start=True, n_estimators=current + step)
@@ -269,7 +368,8 @@ class SklearnBackend(Backend):
         running count), so that it refuses before the memory is used.
         """
         n_features = self.n_features if n_features is None else int(n_features)
-        needed = int(n_events) * (int(n_features) + 2) * 4
+        y_width = len(self.task.targets) if self.task.kind == "regression" else 1
+        needed = int(n_events) * (int(n_features) + 1 + y_width) * 4
         limit = int(self._opt("max_accumulate_bytes", DEFAULT_MAX_ACCUMULATE_BYTES))
         if needed > limit:
             raise ConfigError(
@@ -303,13 +403,17 @@ class SklearnBackend(Backend):
             idx = self._rng.choice(len(X), _LOSS_SAMPLE, replace=False)
             X, y = X[idx], y[idx]
             weight = None if weight is None else np.asarray(weight)[idx]
-        return log_loss(y, self.predict(X), weight)
+        return task_loss(self.task, y, self.predict(X), weight)
 
     # -- inference ------------------------------------------------------------------------------------
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Signal score ``float32[n]``: ``predict_proba[:, class 1]``, else ``sigmoid(decision_function)``
-        (SVC without probability=True, SGD with hinge loss), else ``predict`` clipped to [0, 1] (regressors)."""
+        """The task's outputs. Binary: signal score ``float32[n]``, ``predict_proba[:, class 1]``, else
+        ``sigmoid(decision_function)`` (SVC without probability=True, SGD with hinge loss), else ``predict``
+        clipped to [0, 1] (regressors). Multiclass: ``float32[n, K]``, ``predict_proba`` (else a softmax of
+        ``decision_function``) in class-index order. Regression: ``predict`` as ``float32[n, T]``."""
         X = self._check_X(X)
+        if self.task.kind != "binary":
+            return self._predict_task(X)
         est = self.model
         if len(X) == 0:
             return np.zeros(0, dtype=np.float32)
@@ -322,6 +426,34 @@ class SklearnBackend(Backend):
         if self._is_classifier and hasattr(est, "decision_function"):
             return _sigmoid(est.decision_function(X)).astype(np.float32).reshape(-1)
         return np.clip(np.asarray(est.predict(X), dtype=np.float32).reshape(-1), 0.0, 1.0)
+
+    def _predict_task(self, X: np.ndarray) -> np.ndarray:
+        task = self.task
+        if len(X) == 0:
+            return task.scores(np.zeros((0, task.n_outputs), np.float32), 0)
+        raw = self.model.predict(X) if task.kind == "regression" else self._class_probabilities(X)
+        return task.scores(raw, len(X), where=self.estimator_name)
+
+    def _class_probabilities(self, X: np.ndarray) -> np.ndarray:
+        est = self.model
+        if hasattr(est, "predict_proba"):
+            proba = np.asarray(est.predict_proba(X), dtype=np.float64)
+        else:  # a softmax of the decision scores (two classes: one score, that of the second)
+            d = np.asarray(est.decision_function(X), dtype=np.float64)
+            proba = _softmax(np.stack([np.zeros(len(d)), d], axis=1) if d.ndim == 1 else d)
+        out = np.zeros((len(X), self.task.n_classes))
+        out[:, self._class_columns()] = proba
+        return out
+
+    def _class_columns(self) -> np.ndarray:
+        """The class index of each of the estimator's ``classes_`` (its probability columns)."""
+        k = self.task.n_classes
+        classes = np.asarray(getattr(self.model, "classes_", np.arange(k)))
+        columns = np.rint(classes.astype(np.float64)).astype(np.int64) if classes.dtype.kind in "iuf" else None
+        if columns is None or np.any(columns != classes) or np.any((columns < 0) | (columns >= k)):
+            raise ConfigError(f"{self.estimator_name} was trained on the classes {classes.tolist()}, but the task "
+                              f"has {k} classes, 0..{k - 1} ({', '.join(self.task.classes)})", key="classes")
+        return columns
 
     # -- persistence ----------------------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
@@ -374,11 +506,14 @@ class SklearnBackend(Backend):
         backend.n_estimators_per_chunk = meta.get("n_estimators_per_chunk")
         backend.fitted = True
         backend._partial_calls = 1  # classes are already known to a loaded estimator
+        if backend.task.kind == "multiclass":
+            backend._class_columns()  # a model of other classes than the task's: said now, not at predict
         return backend
 
     def export(self, directory: Path) -> dict[str, Any]:
-        """ONNX through skl2onnx (input ``features`` float32[N, n_features], output ``score`` float32[N]),
-        checked against :meth:`predict` with onnxruntime; ``{"format": None, "reason": ...}`` otherwise."""
+        """ONNX through skl2onnx (input ``features`` float32[N, n_features], output ``score``: float32[N] for a
+        binary task, [N, K] class probabilities or [N, T] targets otherwise), checked against :meth:`predict`
+        with onnxruntime; ``{"format": None, "reason": ...}`` otherwise."""
         if not self.fitted:
             return {"format": None, "reason": f"{self.estimator_name} is not trained yet"}
         try:
@@ -399,6 +534,8 @@ class SklearnBackend(Backend):
             cause = err.__cause__ or err  # skl2onnx wraps the real error in a message dumping the tree
             return {"format": None, "reason": f"skl2onnx {skl2onnx.__version__} cannot convert "
                                               f"{self.estimator_name}: {type(cause).__name__}: {str(cause)[:300]}"}
+        if self.task.kind != "binary":
+            return self._export_task(onx, directory)
         if self._is_classifier:
             # converters disagree on which column of the decision scores is class 1 (SVC: 0, SGD: 1):
             # both are tried and the export must match predict() anyway
@@ -412,39 +549,70 @@ class SklearnBackend(Backend):
                                   predict=self.predict, X=self._probe_rows(), directory=directory,
                                   what=self.estimator_name)
 
+    def _export_task(self, onx: Any, directory: Path) -> dict[str, Any]:
+        width, softmax, mapping = self.task.n_outputs, False, None
+        if self.task.kind == "regression":
+            source = onx.graph.output[0].name
+        else:  # skl2onnx's "probabilities" hold the decision scores of a classifier without predict_proba
+            source, softmax = "probabilities", not hasattr(self.model, "predict_proba")
+            columns = self._class_columns()
+            if not np.array_equal(columns, np.arange(width)):
+                mapping = np.zeros((len(columns), width), np.float32)
+                mapping[np.arange(len(columns)), columns] = 1.0
+        model = onnx_with_outputs(onx, source, width=width, softmax=softmax, mapping=mapping)
+        result = write_verified_onnx(model, self.predict, self._probe_rows(), directory, self.estimator_name)
+        if result["format"] is not None:
+            result["columns"] = self.task.output_names
+        return result
+
     def _probe_rows(self) -> np.ndarray:
         rng = np.random.default_rng(0)
         random_rows = rng.uniform(-0.5, 1.5, size=(256, self.n_features)).astype(np.float32)
         return random_rows if self._probe is None else np.concatenate([self._probe, random_rows])
 
 
-@contextlib.contextmanager
-def _int_missing_flags():
-    """skl2onnx 1.20 gives a leaf of a HistGradientBoosting tree the missing-value flag ``False`` (a Python
-    bool), which protobuf 7 refuses in an integer-list attribute, so the conversion fails. During the
-    conversion the flag is handed over as an int (0/1, what ONNX means by it); the export is verified
-    against the estimator afterwards in any case."""
-    try:
-        module = importlib.import_module("skl2onnx.common.tree_ensemble")
-    except ImportError:
-        yield
-        return
-    original = getattr(module, "add_node", None)
-    if original is None:
-        yield
-        return
 
-    @functools.wraps(original)
-    def add_node(*args: Any, **kwargs: Any) -> Any:
-        if "nodes_missing_value_tracks_true" in kwargs:
-            kwargs["nodes_missing_value_tracks_true"] = int(kwargs["nodes_missing_value_tracks_true"])
-        return original(*args, **kwargs)
-
-    module.add_node = add_node
+def _target_tags(model: Any) -> tuple[bool, bool] | None:
+    """``(multi_output, single_output)`` from scikit-learn's estimator tags: whether it takes several targets,
+    and whether it takes one as a flat ``[n]``; None when the estimator has no tags."""
     try:
-        yield
-    finally:
-        module.add_node = original
+        tags = extras.require("sklearn.utils").get_tags(model).target_tags
+    except Exception:  # an estimator of another library without scikit-learn's tags
+        return None
+    return bool(tags.multi_output), bool(tags.single_output)
+
+
+def _fits_targets(model: Any, n_features: int, n_targets: int) -> bool | None:
+    """Whether an unfitted copy of ``model`` fits ``n_targets`` targets on a few random rows (tags are not
+    always right: MLPRegressor says no and can). None when it fits no target at all on them: undecided,
+    the training itself will tell."""
+    clone = extras.require("sklearn.base").clone
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(_MULTI_OUTPUT_PROBE_ROWS, n_features)).astype(np.float32)
+    Y = rng.normal(size=(_MULTI_OUTPUT_PROBE_ROWS, n_targets)).astype(np.float32)
+
+    def fits(y: np.ndarray) -> bool:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                clone(model).fit(X, y)
+        except Exception:
+            return False
+        return True
+
+    if fits(Y):
+        return True
+    return False if fits(Y[:, 0]) else None
+
+
+def _pad_classes(X: np.ndarray, y: np.ndarray, weight: np.ndarray | None, missing: np.ndarray):
+    """The chunk plus one row of weight 0 per missing class (a copy of the heaviest event: a tree cannot split
+    it from its original, so it never makes a leaf of its own). A warm-started ensemble takes its classes from
+    each chunk: so every member keeps the task's class columns, while the rows change nothing it learns."""
+    w = np.ones(len(y), np.float32) if weight is None else np.asarray(weight, dtype=np.float32)
+    source = np.repeat(X[int(np.argmax(w))][None, :], len(missing), axis=0)
+    return (np.concatenate([X, source]), np.concatenate([y, missing.astype(y.dtype)]),
+            np.concatenate([w, np.zeros(len(missing), np.float32)]))
 
 
 def _params_of(method: Any) -> set[str]:
@@ -452,88 +620,3 @@ def _params_of(method: Any) -> set[str]:
         return set(inspect.signature(method).parameters)
     except (TypeError, ValueError):
         return set()
-
-
-# -- ONNX helpers (shared with the XGBoost backend) -------------------------------------------------------
-def _rename_tensor(graph: Any, old: str, new: str) -> None:
-    for node in graph.node:
-        node.input[:] = [new if name == old else name for name in node.input]
-        node.output[:] = [new if name == old else name for name in node.output]
-    for coll in (graph.value_info, graph.output, graph.initializer):
-        for item in coll:
-            if item.name == old:
-                item.name = new
-
-
-def onnx_with_score(model: Any, source: str, *, column: int | None, sigmoid: bool, clip: bool = False) -> Any:
-    """A copy of an ONNX model whose only output is ``score`` float32[N]: column ``column`` of the tensor
-    ``source`` (or ``source`` flattened), through a sigmoid when ``sigmoid``, clipped to [0, 1] when ``clip``."""
-    onnx = extras.onnx()
-    helper, tp = onnx.helper, onnx.TensorProto
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    used = {name for node in graph.node for name in (*node.input, *node.output)}
-    if ONNX_OUTPUT in used and ONNX_OUTPUT != source:  # an internal tensor already has the name
-        _rename_tensor(graph, ONNX_OUTPUT, "mlaas4hep_internal_score")
-    nodes, current = [], source
-    if column is not None:
-        graph.initializer.append(helper.make_tensor("mlaas4hep_column", tp.INT64, [], [int(column)]))
-        nodes.append(helper.make_node("Gather", [current, "mlaas4hep_column"], ["mlaas4hep_gathered"], axis=1))
-        current = "mlaas4hep_gathered"
-    else:
-        graph.initializer.append(helper.make_tensor("mlaas4hep_shape", tp.INT64, [1], [-1]))
-        nodes.append(helper.make_node("Reshape", [current, "mlaas4hep_shape"], ["mlaas4hep_flat"]))
-        current = "mlaas4hep_flat"
-    if sigmoid:
-        nodes.append(helper.make_node("Sigmoid", [current], ["mlaas4hep_sigmoid"]))
-        current = "mlaas4hep_sigmoid"
-    if clip:
-        graph.initializer.extend([helper.make_tensor("mlaas4hep_lo", tp.FLOAT, [], [0.0]),
-                                  helper.make_tensor("mlaas4hep_hi", tp.FLOAT, [], [1.0])])
-        nodes.append(helper.make_node("Clip", [current, "mlaas4hep_lo", "mlaas4hep_hi"], ["mlaas4hep_clipped"]))
-        current = "mlaas4hep_clipped"
-    nodes.append(helper.make_node("Identity", [current], [ONNX_OUTPUT]))
-    graph.node.extend(nodes)
-    # one output, as the Keras and torch exports have: the converter's label/probabilities go
-    del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info(ONNX_OUTPUT, tp.FLOAT, [None]))
-    return out
-
-
-def export_scored_onnx(model: Any, source: str, *, variants: tuple[tuple[int | None, bool], ...],
-                       predict: Any, X: np.ndarray, directory: Path, what: str, clip: bool = False
-                       ) -> dict[str, Any]:
-    """Add the ``score`` output, trying each ``(column, sigmoid)`` variant in turn (converters differ
-    in which column holds class 1 and whether a link function is applied), check it against
-    ``predict(X)`` with onnxruntime and write ``directory/model.onnx`` only when they agree within 1e-4."""
-    result: dict[str, Any] = {"format": None, "reason": f"no ONNX export for {what}"}
-    for column, sigmoid in variants:
-        scored = onnx_with_score(model, source, column=column, sigmoid=sigmoid, clip=clip)
-        result = write_verified_onnx(scored, predict, X, directory, what)
-        if result["format"] is not None:
-            break
-    return result
-
-
-def write_verified_onnx(model: Any, predict: Any, X: np.ndarray, directory: Path, what: str) -> dict[str, Any]:
-    """Run ``model`` with onnxruntime on ``X``, compare its ``score`` with ``predict(X)`` and write
-    ``directory/model.onnx`` only when they agree within 1e-4."""
-    ort = extras.onnxruntime()
-    payload = model.SerializeToString()
-    try:
-        session = ort.InferenceSession(payload, providers=["CPUExecutionProvider"])
-        got = session.run([ONNX_OUTPUT], {ONNX_INPUT: X})[0]
-    except Exception as err:
-        return {"format": None, "reason": f"the ONNX export of {what} does not run in onnxruntime: "
-                                          f"{type(err).__name__}: {str(err)[:300]}"}
-    diff = float(np.max(np.abs(np.asarray(got, dtype=np.float64) - predict(X)))) if len(X) else 0.0
-    if not diff <= _ONNX_TOLERANCE:
-        return {"format": None, "reason": f"the ONNX export of {what} differs from the model by {diff:.2g} "
-                                          f"(> {_ONNX_TOLERANCE}) on {len(X)} test rows; not exported"}
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "model.onnx"
-    path.write_bytes(payload)
-    return {"format": "onnx", "path": str(path), "input": ONNX_INPUT, "output": ONNX_OUTPUT,
-            "max_abs_diff": diff}

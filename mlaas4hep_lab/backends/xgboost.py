@@ -9,6 +9,12 @@ matrix (one byte per value), so the float events are never all in memory at once
 model.py returns an ``xgboost.XGBClassifier`` (or an ``XGBRegressor`` with a logistic objective) or a dict
 of booster parameters (``n_estimators`` / ``num_boost_round`` and ``early_stopping_rounds`` allowed in it).
 
+Tasks (``options["task"]``): binary, a ``binary:logistic``-like objective (one probability per event);
+multiclass, ``multi:softprob`` with ``num_class`` = K (set when the model leaves it out; an XGBClassifier's
+default objective becomes multi:softprob, as its own ``fit`` does), metrics mlogloss and merror; regression,
+an XGBRegressor (or params) with a ``reg:*`` objective on the raw targets, several targets through
+XGBoost's multi-target trees (labels ``[n, T]``), metric rmse.
+
 Training continues a saved model (``fit_stream(..., previous_rounds=...)`` after :meth:`XGBoostBackend.load`):
 the matrices are rebuilt from the stream, boosting goes on from the loaded booster (xgboost's ``xgb_model``
 continuation) for the rounds still missing, and early stopping starts from the rounds already done. The
@@ -30,19 +36,28 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep_lab import extras
+from mlaas4hep_lab.backends._onnx import (
+    ONNX_INPUT,
+    export_scored_onnx,
+    onnx_with_outputs,
+    write_verified_onnx,
+)
 from mlaas4hep_lab.backends.base import Backend, ChunkSource
-from mlaas4hep_lab.backends.sklearn import ONNX_INPUT, export_scored_onnx
 from mlaas4hep_lab.errors import ConfigError
+from mlaas4hep_lab.task import Task
 
 __all__ = ["XGBoostBackend"]
 
 _OBJECTIVES = ("binary:logistic", "reg:logistic", "binary:logitraw")
+# the metrics reported each round unless the model names its own; the first is the "loss"
+_TASK_METRICS = {"binary": ["logloss", "auc"], "multiclass": ["mlogloss", "merror"], "regression": ["rmse"]}
 _DEFAULT_ROUNDS = 100
 _PROBE_ROWS = 512
 # keys that mark a plain dict as XGBoost booster parameters
 _PARAM_KEYS = {"objective", "booster", "eta", "learning_rate", "max_depth", "n_estimators", "num_boost_round",
                "tree_method", "max_bin", "min_child_weight", "subsample", "colsample_bytree", "gamma",
-               "reg_lambda", "lambda", "reg_alpha", "alpha", "eval_metric", "scale_pos_weight"}
+               "reg_lambda", "lambda", "reg_alpha", "alpha", "eval_metric", "scale_pos_weight", "num_class",
+               "multi_strategy"}
 
 
 @functools.cache
@@ -54,8 +69,9 @@ def _iterator_class() -> type:
         """Feeds XGBoost one chunk per ``next``; ``reset`` starts a new pass over the ChunkSource."""
 
         def __init__(self, source: ChunkSource, n_features: int, what: str, *, cache_prefix: str | None = None,
-                     probe: Callable[[np.ndarray], None] | None = None):
+                     probe: Callable[[np.ndarray], None] | None = None, task: Task | None = None):
             self._source, self._n_features, self._what = source, n_features, what
+            self._task = task or Task()
             self._iterator = None
             self._weighted: bool | None = None
             self._probe = probe
@@ -76,14 +92,30 @@ def _iterator_class() -> type:
                 if X.ndim != 2 or X.shape[1] != self._n_features:
                     raise ConfigError(f"XGBoost {self._what} stream: expected events x {self._n_features} "
                                       f"features, got a chunk of shape {X.shape}", key="features")
-                input_data(data=X, label=np.asarray(y, dtype=np.float32).reshape(-1),
-                           weight=self._weight(weight, len(X)))
+                input_data(data=X, label=self._label(y, len(X)), weight=self._weight(weight, len(X)))
                 if self._probe is not None:
                     self._probe(X)
                 self._events += len(X)
                 return True
             self.events_last_pass = self._events
             return False
+
+        def _label(self, y: np.ndarray, n: int) -> np.ndarray:
+            """Class indices ``[n]`` or regression targets ``[n, T]`` (``[n]`` for one target)."""
+            task, y = self._task, np.asarray(y, dtype=np.float32)
+            if task.kind == "regression":
+                width = len(task.targets)
+                if y.shape != (n, width) and not (width == 1 and y.shape == (n,)):
+                    raise ConfigError(f"XGBoost {self._what} stream: the regression of {width} target(s) "
+                                      f"{list(task.targets)} needs labels of shape [{n}, {width}], got {y.shape}",
+                                      key="target")
+                return y.reshape(n) if width == 1 else y
+            y = y.reshape(-1)
+            if task.kind == "multiclass" and len(y) and (y.min() < 0 or y.max() >= task.n_classes):
+                raise ConfigError(f"XGBoost {self._what} stream: class labels must be 0..{task.n_classes - 1} "
+                                  f"(classes {list(task.classes)}), got labels from {y.min():g} to {y.max():g}",
+                                  key="label")
+            return y
 
         def _weight(self, weight: np.ndarray | None, n: int) -> np.ndarray | None:
             if self._weighted is None:
@@ -108,7 +140,8 @@ def _iterator_class() -> type:
 
 
 def _round_callback(on_round: Callable[[dict[str, float]], bool | None] | None, history: list[dict[str, float]],
-                    keep: Callable[[Any], None], interrupt: Callable[[], None], start: int = 0):
+                    keep: Callable[[Any], None], interrupt: Callable[[], None], start: int = 0,
+                    loss_metric: str = "logloss"):
     xgb = extras.xgboost()
 
     class RoundCallback(xgb.callback.TrainingCallback):
@@ -123,10 +156,10 @@ def _round_callback(on_round: Callable[[dict[str, float]], bool | None] | None, 
                 for metric, values in by_metric.items():
                     value = values[-1]
                     metrics[f"{data_name}_{metric}"] = float(value[0] if isinstance(value, tuple) else value)
-            if "train_logloss" in metrics:
-                metrics["loss"] = metrics["train_logloss"]
-            if "validation_logloss" in metrics:
-                metrics["val_loss"] = metrics["validation_logloss"]
+            if f"train_{loss_metric}" in metrics:
+                metrics["loss"] = metrics[f"train_{loss_metric}"]
+            if f"validation_{loss_metric}" in metrics:
+                metrics["val_loss"] = metrics[f"validation_{loss_metric}"]
             history.append(metrics)
             stop = bool(on_round(dict(metrics))) if on_round is not None else False
             if stop:
@@ -228,12 +261,17 @@ class XGBoostBackend(Backend):
                 params["missing"] = missing
         rounds = self._opt("n_estimators", rounds)
         stopping = self._opt("early_stopping_rounds", stopping)
-        params.setdefault("objective", "binary:logistic")
-        if params["objective"] not in _OBJECTIVES:
-            raise ConfigError(
-                f"XGBoost objective {params['objective']!r} does not give a signal probability; use "
-                f"XGBClassifier (objective 'binary:logistic') or XGBRegressor(objective='reg:logistic')",
-                key="objective")
+        if self.task.kind == "binary":
+            params.setdefault("objective", "binary:logistic")
+            if params["objective"] not in _OBJECTIVES:
+                raise ConfigError(
+                    f"XGBoost objective {params['objective']!r} does not give a signal probability; use "
+                    f"XGBClassifier (objective 'binary:logistic') or XGBRegressor(objective='reg:logistic')",
+                    key="objective")
+        elif self.task.kind == "multiclass":
+            self._multiclass_params(model, params)
+        else:
+            self._regression_params(model, params)
         if params.get("tree_method", "hist") not in ("hist", "auto"):
             warnings.warn(f"tree_method {params['tree_method']!r} replaced by 'hist': training over a "
                           f"stream needs the quantile (hist) method", UserWarning, stacklevel=3)
@@ -241,10 +279,62 @@ class XGBoostBackend(Backend):
         seed = self._opt("seed", None)
         if seed is not None and "random_state" not in params and "seed" not in params:
             params["seed"] = int(seed)
-        metrics = params.get("eval_metric") or ["logloss", "auc"]
+        metrics = params.get("eval_metric") or _TASK_METRICS[self.task.kind]
         params["eval_metric"] = [metrics] if isinstance(metrics, str) else list(metrics)
         return params, int(rounds if rounds is not None else _DEFAULT_ROUNDS), \
             (int(stopping) if stopping else None)
+
+    def _multiclass_params(self, model: Any, params: dict[str, Any]) -> None:
+        xgb, task = extras.xgboost(), self.task
+        k, what = task.n_classes, f"the task is multiclass ({task.n_classes} classes: {', '.join(task.classes)})"
+        if isinstance(model, xgb.XGBRegressor):
+            raise ConfigError(f"model() returned an {type(model).__name__}, but {what}: return "
+                              f"xgboost.XGBClassifier(objective='multi:softprob')", key="model")
+        objective = params.get("objective")
+        if objective is None or (objective == "binary:logistic" and isinstance(model, xgb.XGBClassifier)):
+            objective = params["objective"] = "multi:softprob"  # what XGBClassifier.fit does for > 2 classes
+        if objective == "multi:softmax":
+            raise ConfigError(f"XGBoost objective 'multi:softmax' gives the most likely class only; {what} and "
+                              f"needs class probabilities: use objective 'multi:softprob'", key="objective")
+        if objective != "multi:softprob":
+            raise ConfigError(f"XGBoost objective {objective!r} does not give class probabilities; {what}: use "
+                              f"objective 'multi:softprob'", key="objective")
+        given = params.setdefault("num_class", k)
+        if int(given) != k:
+            raise ConfigError(f"XGBoost num_class={given}, but {what}: leave num_class out (it is set to {k}) "
+                              f"or make it {k}", key="num_class")
+        params["num_class"] = k
+
+    def _regression_params(self, model: Any, params: dict[str, Any]) -> None:
+        xgb, targets = extras.xgboost(), list(self.task.targets)
+        if isinstance(model, xgb.XGBClassifier):
+            raise ConfigError(f"model() returned an {type(model).__name__}, but the task is a regression of "
+                              f"{targets}: return xgboost.XGBRegressor(objective='reg:squarederror')", key="model")
+        objective = params.setdefault("objective", "reg:squarederror")
+        if not str(objective).startswith("reg:"):
+            raise ConfigError(f"XGBoost objective {objective!r} is not a regression, but the task is a regression "
+                              f"of {targets}: use 'reg:squarederror' (or another reg:* objective, e.g. "
+                              f"'reg:pseudohubererror', 'reg:absoluteerror')", key="objective")
+        if params.get("num_class"):
+            raise ConfigError(f"XGBoost num_class={params['num_class']} is for classes, but the task is a "
+                              f"regression of {targets}: leave num_class out", key="num_class")
+
+    def _loss_metric(self) -> str:
+        """The metric reported as ``loss`` / ``val_loss`` and watched by early stopping: the task's own
+        (logloss, mlogloss, rmse) when evaluated, else (multiclass, regression) the model's last metric."""
+        own, metrics = _TASK_METRICS[self.task.kind][0], self.params["eval_metric"]
+        return own if own in metrics or self.task.kind == "binary" else metrics[-1]
+
+    @staticmethod
+    def _check_booster(booster: Any, task: Task, where: str) -> None:
+        """The loaded booster's classes or targets are the task's."""
+        config = json.loads(booster.save_config())["learner"]["learner_model_param"]
+        if task.kind == "multiclass" and int(config.get("num_class", 0)) != task.n_classes:
+            raise ConfigError(f"{where}: the XGBoost model has num_class={config.get('num_class')}, but the task "
+                              f"has {task.n_classes} classes ({', '.join(task.classes)})", key="classes")
+        if task.kind == "regression" and int(config.get("num_target", 1)) != len(task.targets):
+            raise ConfigError(f"{where}: the XGBoost model predicts {config.get('num_target')} target(s), but the "
+                              f"task has {len(task.targets)} ({', '.join(task.targets)})", key="target")
 
     # -- training -------------------------------------------------------------------------------------
     def fit_chunk(self, X, y, weight, *, epochs: int = 1, batch_size: int | None = None) -> dict[str, float]:
@@ -312,24 +402,28 @@ class XGBoostBackend(Backend):
             return None if cache_root is None else str(Path(cache_root) / name)
 
         train_iter = ChunkIter(train, self.n_features, "training", probe=self._keep_probe,
-                               cache_prefix=prefix("train"))
+                               cache_prefix=prefix("train"), task=self.task)
         dtrain = build(train_iter, None)
         if train_iter.events_last_pass == 0:
             raise ConfigError("XGBoost: the training stream is empty (no events in any chunk)", key="nevts")
         evals = [(dtrain, "train")] if self._opt("eval_train", True) else []
         val_iter = None
         if validation is not None:
-            val_iter = ChunkIter(validation, self.n_features, "validation", cache_prefix=prefix("validation"))
+            val_iter = ChunkIter(validation, self.n_features, "validation", cache_prefix=prefix("validation"),
+                                 task=self.task)
             dval = build(val_iter, dtrain)
             if val_iter.events_last_pass:
                 evals.append((dval, "validation"))
         interrupted = [False]
+        loss_metric = self._loss_metric()
         callbacks = [_round_callback(on_round, self.history, self._keep_booster,
-                                     lambda: interrupted.__setitem__(0, True), start=done)]
+                                     lambda: interrupted.__setitem__(0, True), start=done,
+                                     loss_metric=loss_metric)]
         if self.early_stopping_rounds:
             if any(name == "validation" for _, name in evals):
                 # xgboost's default is the last metric; named here so that a continuation replays the same
-                metric = "logloss" if "logloss" in self.params["eval_metric"] else self.params["eval_metric"][-1]
+                metrics = self.params["eval_metric"]
+                metric = loss_metric if loss_metric in metrics else metrics[-1]
                 previous = [r.get(f"validation_{metric}") for r in previous_rounds or []]
                 if not all(isinstance(v, (int, float)) for v in previous):
                     warnings.warn("the checkpoint's rounds have no validation scores: early stopping starts "
@@ -364,7 +458,9 @@ class XGBoostBackend(Backend):
 
     # -- inference ------------------------------------------------------------------------------------
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Signal score ``float32[n]`` from the Booster (``inplace_predict``; sigmoid for ``binary:logitraw``)."""
+        """The task's outputs from the Booster (``inplace_predict``): binary, the signal score ``float32[n]``
+        (sigmoid for ``binary:logitraw``); multiclass, ``multi:softprob``'s ``float32[n, K]``; regression,
+        ``float32[n, T]``."""
         if self.booster is None:
             raise RuntimeError("the XGBoost model is not trained yet: call fit_stream first")
         X = np.asarray(X, dtype=np.float32)
@@ -372,9 +468,12 @@ class XGBoostBackend(Backend):
             raise ConfigError(f"XGBoost: expected events x {self.n_features} features, got an array of shape "
                               f"{X.shape}", key="features")
         if len(X) == 0:
-            return np.zeros(0, dtype=np.float32)
+            return self.task.scores(np.zeros((0, self.task.n_outputs), np.float32), 0)
         kwargs = {"missing": self._missing} if self._missing is not None else {}
-        score = np.asarray(self.booster.inplace_predict(X, **kwargs), dtype=np.float64).reshape(-1)
+        raw = self.booster.inplace_predict(X, **kwargs)
+        if self.task.kind != "binary":
+            return self.task.scores(raw, len(X), where="the XGBoost model")
+        score = np.asarray(raw, dtype=np.float64).reshape(-1)
         if self.params["objective"] == "binary:logitraw":
             score = 0.5 * (1.0 + np.tanh(0.5 * score))
         return score.astype(np.float32)
@@ -411,17 +510,22 @@ class XGBoostBackend(Backend):
         wrapper = meta.get("wrapper")
         if wrapper and hasattr(xgb, wrapper):
             model = getattr(xgb, wrapper)(**(meta.get("wrapper_params") or {}))
+        booster = xgb.Booster()
+        booster.load_model(directory / "model.json")
+        # the booster's classes or targets first: they say more than the saved parameters would
+        cls._check_booster(booster, (options or {}).get("task") or Task(), str(directory))
         backend = cls(model, n_features, options)
         backend.params = dict(meta.get("params") or backend.params)
         backend._missing = meta.get("missing")
-        backend.booster = xgb.Booster()
-        backend.booster.load_model(directory / "model.json")
+        backend.booster = booster
         backend.best_iteration = meta.get("best_iteration")
         return backend
 
     def export(self, directory: Path) -> dict[str, Any]:
-        """ONNX through onnxmltools (input ``features`` float32[N, n_features], output ``score`` float32[N]),
-        checked against :meth:`predict` with onnxruntime; ``{"format": None, "reason": ...}`` otherwise."""
+        """ONNX through onnxmltools (input ``features`` float32[N, n_features], output ``score``: float32[N]
+        for a binary task, [N, K] class probabilities or [N, 1] for a regression of one target), checked
+        against :meth:`predict` with onnxruntime; ``{"format": None, "reason": ...}`` otherwise (a regression of
+        several targets, which onnxmltools does not convert)."""
         if self.booster is None:
             return {"format": None, "reason": "the XGBoost model is not trained yet"}
         try:
@@ -430,6 +534,8 @@ class XGBoostBackend(Backend):
         except ImportError:
             return {"format": None,
                     "reason": "onnxmltools is not installed (pip install onnxmltools==1.16.0) -- no ONNX export"}
+        if self.task.kind != "binary":
+            return self._export_task(convert, data_types, directory)
         # onnxmltools 1.16 mistranslates reg:logistic (base_score left in probability space, no link):
         # the same trees under binary:logistic predict exactly the same probabilities and convert well
         # (binary:logitraw keeps base_score as a margin: it becomes the matching probability)
@@ -453,9 +559,42 @@ class XGBoostBackend(Backend):
             source, variants = "probabilities", ((1, False), (1, True))
         else:  # regression-style output: one column, the margin or the probability
             source, variants = outputs[0], ((None, False), (None, True))
+        return export_scored_onnx(onx, source, variants=variants, predict=self.predict, X=self._probe_rows(),
+                                  directory=directory, what="the XGBoost model")
+
+    def _export_task(self, convert: Any, data_types: Any, directory: Path) -> dict[str, Any]:
+        n_targets = len(self.task.targets)
+        if n_targets > 1:
+            # measured with onnxmltools 1.16: its graph adds every target's trees into each output column and
+            # keeps the first target's base score only; it cannot read trees with vector leaves at all
+            how = ("it cannot read trees with vector leaves (multi_strategy 'multi_output_tree')"
+                   if self.params.get("multi_strategy") == "multi_output_tree" else
+                   "its graph adds every target's trees into each output and keeps the first target's base score")
+            return {"format": None, "reason": f"onnxmltools {_version('onnxmltools')} does not convert an XGBoost "
+                                              f"regression of {n_targets} targets ({how}); no ONNX export"}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                features = data_types.FloatTensorType([None, self.n_features])
+                onx = convert.convert_xgboost(self.booster, initial_types=[(ONNX_INPUT, features)])
+        except Exception as err:  # any converter failure means: no export for this model
+            return {"format": None, "reason": f"onnxmltools cannot convert this XGBoost model: "
+                                              f"{type(err).__name__}: {str(err)[:300]}"}
+        source = "probabilities" if self.task.kind == "multiclass" else onx.graph.output[0].name
+        model = onnx_with_outputs(onx, source, width=self.task.n_outputs)
+        result = write_verified_onnx(model, self.predict, self._probe_rows(), directory, "the XGBoost model")
+        if result["format"] is not None:
+            result["columns"] = self.task.output_names
+        return result
+
+    def _probe_rows(self) -> np.ndarray:
         rng = np.random.default_rng(0)
         X = rng.uniform(-0.5, 1.5, size=(256, self.n_features)).astype(np.float32)
-        if self._probe is not None:
-            X = np.concatenate([self._probe, X])
-        return export_scored_onnx(onx, source, variants=variants, predict=self.predict, X=X,
-                                  directory=directory, what="the XGBoost model")
+        return X if self._probe is None else np.concatenate([self._probe, X])
+
+
+def _version(module: str) -> str:
+    try:
+        return extras.require(module).__version__
+    except (ImportError, AttributeError):
+        return "(version unknown)"

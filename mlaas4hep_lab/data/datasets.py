@@ -1,6 +1,6 @@
 """Realistic example ROOT files, generated locally (no download).
 
-Two kinds, each written as ROOT **TTrees** named ``events`` with uproot, together with the
+Three kinds, each written as ROOT **TTrees** named ``events`` with uproot, together with the
 ``files.txt``, ``labels.txt`` and ``params.json`` (and, for ttH, ``preproc.json``) that the
 rest of the package reads:
 
@@ -12,6 +12,9 @@ rest of the package reads:
   collections (``Jet``, ``Electron``, ``Muon``, ``Tau``, ``Photon``, ``FatJet``), each
   collection sharing one counter branch (``nJet``, ...). Signal is ttH(bb)-like, background
   tt+jets-like.
+- :func:`tth_tasks`: the same layout plus flat ``Gen*`` truth branches, in three classes built
+  from the top quarks' decays: ttH(bb), tt+bb and tt+light jets, with a ``params.json`` for the
+  three-class task and a ``params_regression.json`` that regresses the hadronic top's true pT.
 
 Generation is vectorised numpy and written in slices of 100k events, so millions of events
 take seconds and bounded memory::
@@ -26,17 +29,17 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import awkward as ak
 import numpy as np
 import uproot
 
-from mlaas4hep_lab.data import _physics
+from mlaas4hep_lab.data import _physics, _physics_tth
 from mlaas4hep_lab.errors import ConfigError
 
-__all__ = ["ExampleDataset", "higgs", "tth", "write_example", "KINDS", "TREE"]
+__all__ = ["ExampleDataset", "higgs", "tth", "tth_tasks", "write_example", "KINDS", "TREE"]
 
 TREE = "events"
 SLICE = 100_000  # events generated and written per TTree.extend
@@ -52,16 +55,18 @@ _COMPRESSION: dict[str, Callable[[], object] | None] = {
 
 @dataclass
 class ExampleDataset:
-    """What :func:`higgs` / :func:`tth` wrote; every path is absolute."""
+    """What :func:`higgs` / :func:`tth` / :func:`tth_tasks` wrote; every path is absolute."""
 
     directory: Path
-    files: list[Path]  # ROOT files, signal first
-    labels: list[int]  # 1 signal, 0 background, by file
+    files: list[Path]  # ROOT files, in label order of classes (binary kinds: signal first)
+    labels: list[int]  # the class index of each file: binary 1 signal, 0 background
     files_txt: Path
     labels_txt: Path
     params_json: Path
     preproc_json: Path | None
     tree: str = TREE
+    classes: list[str] = field(default_factory=lambda: ["background", "signal"])  # name of each label
+    params_regression: Path | None = None  # a params.json for a regression task, where the kind has one
 
     @property
     def n_files(self) -> int:
@@ -154,21 +159,26 @@ def _rng(seed, kind, label, index):
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(kind, label, index)))
 
 
-def _layout(directory, kind, sizes):
-    """Yield (label, index within class, path, n_events, first global index), signal files first."""
+_BINARY = ((1, "signal"), (0, "background"))
+
+
+def _layout(directory, kind, sizes, classes=_BINARY):
+    """(label, index within class, path, n_events, first global index) per file, in the order of
+    ``classes`` ((label, name) pairs; ``sizes`` holds each one's events per file, in the same order)."""
     directory = Path(directory).expanduser().resolve()
     directory.mkdir(parents=True, exist_ok=True)
     first = 0
     out = []
-    for label, name in ((1, "signal"), (0, "background")):
-        for i, n in enumerate(sizes[1 - label]):
-            suffix = f"_{i}" if len(sizes[1 - label]) > 1 else ""
+    for (label, name), class_sizes in zip(classes, sizes, strict=True):
+        for i, n in enumerate(class_sizes):
+            suffix = f"_{i}" if len(class_sizes) > 1 else ""
             out.append((label, i, directory / f"{kind}_{name}{suffix}.root", n, first))
             first += n
     return directory, out
 
 
-def _write_texts(directory, kind, seed, layout, params, preproc) -> ExampleDataset:
+def _write_texts(directory, kind, seed, layout, params, preproc, classes=None,
+                 params_regression=None) -> ExampleDataset:
     files_txt, labels_txt = directory / "files.txt", directory / "labels.txt"
     header = (f"# {kind} example dataset written by mlaas4hep_lab.data.datasets (seed {seed}).\n"
               "# One ROOT file per line, relative to this folder; labels in labels.txt, same order.\n")
@@ -180,10 +190,15 @@ def _write_texts(directory, kind, seed, layout, params, preproc) -> ExampleDatas
     if preproc is not None:
         preproc_json = directory / "preproc.json"
         preproc_json.write_text(json.dumps(preproc, indent=2) + "\n")
+    regression_json = None
+    if params_regression is not None:
+        regression_json = directory / "params_regression.json"
+        regression_json.write_text(json.dumps(params_regression, indent=2) + "\n")
     return ExampleDataset(
         directory=directory, files=[p for _, _, p, _, _ in layout], labels=[lab for lab, *_ in layout],
         files_txt=files_txt, labels_txt=labels_txt, params_json=params_json,
-        preproc_json=preproc_json, tree=TREE)
+        preproc_json=preproc_json, tree=TREE, params_regression=regression_json,
+        **({"classes": list(classes)} if classes is not None else {}))
 
 
 def _params(chunk_size, identifier, exclude, seed, extra=None):
@@ -242,6 +257,7 @@ def higgs(directory, n_events: int = 100_000, signal_fraction: float = 0.35, see
 # ttH
 
 
+TTH_IDENTIFIER = ["run", "luminosityBlock", "event"]
 TTH_PREPROC = {
     "new_branch": {
         "Jet_pt_log": {
@@ -261,10 +277,12 @@ TTH_PREPROC = {
 }
 
 
-def tth_branch_types() -> dict:
-    """The ``mktree`` types of the ttH tree: flat dtypes, then one list-of-records type per collection."""
-    types: dict = {name: np.dtype(t) for name, t in _physics.TTH_FLAT.items()}
-    for coll, fields in _physics.TTH_COLLECTIONS.items():
+def tth_branch_types(truth: bool = False) -> dict:
+    """The ``mktree`` types of the ttH tree: flat dtypes (with ``truth``, the ``Gen*`` ones of
+    :func:`tth_tasks` after them), then one list-of-records type per collection."""
+    flat = {**_physics_tth.TTH_FLAT, **(_physics_tth.TTH_TRUTH if truth else {})}
+    types: dict = {name: np.dtype(t) for name, t in flat.items()}
+    for coll, fields in _physics_tth.TTH_COLLECTIONS.items():
         empty = {f: np.zeros(0, dtype=t) for f, t in fields.items()}
         types[coll] = _jagged(np.zeros(0, dtype=np.int64), empty).type.content
     return types
@@ -289,43 +307,104 @@ def tth(directory, n_events: int = 20_000, signal_fraction: float = 0.5, seed: i
     types = tth_branch_types()
 
     for label, index, path, n, first in layout:
-        rng = _rng(seed, 2, label, index)
+        slices = _nanoaod_slices(_physics_tth.tth_block, _rng(seed, 2, label, index), label, n, first,
+                                 scramble, list(_physics_tth.TTH_FLAT))
+        _write_tree(path, types, slices, len(_slice_sizes(n)), comp)
 
-        def slices(rng=rng, n=n, first=first, label=label):
-            done = 0
-            for size in _slice_sizes(n):
-                flat, collections = _physics.tth_block(rng, size, label)
-                event = 1 + scramble(np.arange(first + done, first + done + size))
-                done += size
-                data = {
-                    "run": np.ones(size, dtype=np.int32),
-                    "luminosityBlock": (1 + event // 200).astype(np.int32),
-                    "event": event.astype(np.int64),
-                    **flat,
-                }
-                data = {k: data[k] for k in _physics.TTH_FLAT}
-                for coll, (counts, fields) in collections.items():
-                    data[coll] = _jagged(counts, fields)
-                yield data
-
-        _write_tree(path, types, slices(), len(_slice_sizes(n)), comp)
-
-    params = _params(10_000, ["run", "luminosityBlock", "event"], ["genWeight"], seed)
+    params = _params(10_000, TTH_IDENTIFIER, ["genWeight"], seed)
     return _write_texts(directory, "ttH-like", seed, layout, params, TTH_PREPROC)
+
+
+def _nanoaod_slices(block, rng, label, n, first, scramble, flat_names):
+    """The slices of one file: ``block(rng, size, label)`` with run / luminosityBlock / event added."""
+    done = 0
+    for size in _slice_sizes(n):
+        flat, collections = block(rng, size, label)
+        event = 1 + scramble(np.arange(first + done, first + done + size))
+        done += size
+        data = {
+            "run": np.ones(size, dtype=np.int32),
+            "luminosityBlock": (1 + event // 200).astype(np.int32),
+            "event": event.astype(np.int64),
+            **flat,
+        }
+        data = {k: data[k] for k in flat_names}
+        for coll, (counts, fields) in collections.items():
+            data[coll] = _jagged(counts, fields)
+        yield data
+
+
+# ---------------------------------------------------------------------------------------------
+# ttH(bb) vs tt+bb vs tt+light, with truth for regression
+
+
+def tth_tasks(directory, n_events: int = 30_000, seed: int = 42, files_per_class: int = 1,
+              compression="default") -> ExampleDataset:
+    """Write single-lepton ttH(bb), tt+bb and tt+light-jets events (labels 0, 1, 2) with their truth.
+
+    The layout of :func:`tth` (same flat branches and collections) plus flat truth branches:
+    ``GenTop_pt``/``_eta``/``_phi``/``_mass`` (the hadronically decaying top; its mass a Breit-Wigner
+    around 172.5 GeV of width 1.42), ``GenW_mass`` (its W), ``GenExtra_pt``/``_mass`` (the H,
+    the g->bb pair or the two light partons). Jets come from the decays' partons with a realistic
+    response, so the top's pT is measurable from its three jets. Classes: ttH has four b jets and a
+    bb mass at 125 GeV; tt+bb four b jets too, but the extra pair is softer, closer in ΔR and its
+    mass a falling continuum; tt+light has two b jets (and a c from W -> cs now and then).
+
+    ``n_events`` is split equally over the three classes, each over ``files_per_class`` files.
+    ``params.json`` is for the three-class task (``"task": "multiclass"``, ``"classes"``), and
+    ``params_regression.json`` regresses ``GenTop_pt``; both keep ``Gen*`` and the truth-level
+    ``Jet_hadronFlavour`` out of the features. ``preproc.json`` is the one of :func:`tth`.
+
+    Example::
+
+        ds = tth_tasks("example/tth_tasks", n_events=30_000)
+        ds.classes  # ["ttH", "ttbb", "ttlf"]
+    """
+    seed = _check_int("seed", seed, 0)
+    comp = _compression_kwargs(compression)
+    n_events = _check_int("n_events", n_events, 1)
+    files_per_class = _check_int("files_per_class", files_per_class, 1)
+    classes = _physics_tth.TTH_TASK_CLASSES
+    if n_events < len(classes) * files_per_class:
+        raise ConfigError(f"{n_events} events cannot fill {files_per_class} file(s) per class for "
+                          f"{len(classes)} classes; use n_events >= {len(classes) * files_per_class}",
+                          key="n_events")
+    sizes = [[len(p) for p in np.array_split(np.arange(len(c)), files_per_class)]
+             for c in np.array_split(np.arange(n_events), len(classes))]
+    scramble = _scrambler(n_events, seed)
+    directory, layout = _layout(directory, "tth_tasks", sizes, tuple(enumerate(classes)))
+    types = tth_branch_types(truth=True)
+    flat_names = [*_physics_tth.TTH_FLAT, *_physics_tth.TTH_TRUTH]
+
+    for label, index, path, n, first in layout:
+        slices = _nanoaod_slices(_physics_tth.tth_tasks_block, _rng(seed, 3, label, index), label, n, first,
+                                 scramble, flat_names)
+        _write_tree(path, types, slices, len(_slice_sizes(n)), comp)
+
+    exclude = ["genWeight", "Gen*", "Jet_hadronFlavour"]
+    params = _params(10_000, TTH_IDENTIFIER, exclude, seed, {"task": "multiclass", "classes": list(classes)})
+    regression = _params(10_000, TTH_IDENTIFIER, exclude, seed, {"task": "regression", "target": ["GenTop_pt"]})
+    return _write_texts(directory, "ttH / tt+bb / tt+light", seed, layout, params, TTH_PREPROC,
+                        classes=classes, params_regression=regression)
 
 
 # ---------------------------------------------------------------------------------------------
 
-KINDS: dict[str, Callable[..., ExampleDataset]] = {"higgs": higgs, "tth": tth}
+KINDS: dict[str, Callable[..., ExampleDataset]] = {"higgs": higgs, "tth": tth, "tth_tasks": tth_tasks}
+
+
+def _kind_key(kind) -> str:
+    return str(kind).strip().lower().replace("-", "").replace("_", "")
 
 
 def write_example(kind: str, directory, n_events: int | None = None, **kw) -> ExampleDataset:
-    """Write the example dataset ``kind`` ("higgs" or "tth") into ``directory``.
+    """Write the example dataset ``kind`` ("higgs", "tth" or "tth_tasks") into ``directory``.
 
-    ``n_events=None`` keeps the kind's default; other keywords go to :func:`higgs` / :func:`tth`.
+    ``n_events=None`` keeps the kind's default; other keywords go to :func:`higgs` / :func:`tth` /
+    :func:`tth_tasks`. Case, ``-`` and ``_`` in ``kind`` do not matter ("tth-tasks" works).
     """
-    key = str(kind).strip().lower().replace("-", "").replace("_", "")
-    if key not in KINDS:
+    key = next((k for k in KINDS if _kind_key(k) == _kind_key(kind)), None)
+    if key is None:
         raise ConfigError(f"unknown example dataset {kind!r}; available kinds: {', '.join(KINDS)}",
                           key="kind")
     if n_events is not None:

@@ -37,7 +37,10 @@ class TrainingPanel:
         self.state, self.interval = state, interval
         p = state.params
         template = state.model if state.model in TEMPLATES else MODEL_FILE
-        self.model = w.Dropdown(options=[*TEMPLATES, MODEL_FILE], value=template, description="Model")
+        # the binary templates: the panel trains the binary task (the tasks' templates: model_file.TEMPLATES)
+        binary = [name for name in TEMPLATES if "_" not in name]
+        self.model = w.Dropdown(options=[*binary, MODEL_FILE], value=template if template in binary else MODEL_FILE,
+                                description="Model")
         self.model_path = w.Text(value="" if template != MODEL_FILE else state.model, description="model.py",
                                  placeholder="/path/to/model.py")
         self.epochs = w.IntText(value=p.epochs, description="Epochs")
