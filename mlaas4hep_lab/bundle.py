@@ -60,7 +60,7 @@ def write_bundle(directory: str | Path, *, name: str, backend, backend_name: str
                  preproc=None, metrics: dict[str, Any] | None = None, history: list | None = None,
                  model_source: str = "", files: list[dict[str, Any]] | None = None,
                  labels: dict[str, str] | None = None, plots_dir: str | Path | None = None,
-                 version: int = 1, export: bool = True, task: Task | None = None) -> Path:
+                 version: int = 1, export: bool = True, task: Task | None = None, layout=None) -> Path:
     """Write a bundle directory and ``<directory>.tar.gz``; return the directory."""
     task = task or Task()
     out = Path(directory)
@@ -90,6 +90,8 @@ def write_bundle(directory: str | Path, *, name: str, backend, backend_name: str
         "bundle_version": BUNDLE_VERSION, "name": name, "version": int(version), "backend": backend_name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "features": specs.features, "input_shape": [None, specs.n_features],
+        # the objects layout: which columns of the features make each named input the model takes
+        "layout": layout.to_dict() if layout is not None else {"layout": "flat"},
         "output": _output_text(task), "outputs": task.output_names, "task": task.to_dict(),
         "labels": labels or ({str(i): c for i, c in enumerate(task.classes)} if task.is_classification else {}),
         "identifier": specs.identifier, "tree": specs.tree,
@@ -200,6 +202,16 @@ class Bundle:
         return Task.from_dict(self.manifest.get("task"))
 
     @property
+    def layout(self):
+        """The objects layout the model takes (:class:`~mlaas4hep_lab.data.objects.ObjectsLayout`), or None."""
+        data = self.manifest.get("layout") or {}
+        if data.get("layout") != "objects":
+            return None
+        from mlaas4hep_lab.data.objects import ObjectsLayout
+
+        return ObjectsLayout.from_dict(data)
+
+    @property
     def output_names(self) -> list[str]:
         """One name per output column: ``score``; ``p_<class>``; the regression targets."""
         return self.task.output_names
@@ -210,7 +222,8 @@ class Bundle:
             from mlaas4hep_lab.backends.base import get_backend
 
             cls = get_backend(self.manifest["backend"])
-            self._backend = cls.load(self.path / "model", self.specs.n_features, {"task": self.task})
+            self._backend = cls.load(self.path / "model", self.specs.n_features,
+                                     {"task": self.task, "layout": self.layout})
         return self._backend
 
     def input_branches(self) -> list[str]:

@@ -87,9 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="mlaas4hep-demo", help="folder (default: %(default)s)")
     demo.add_argument("--kind", choices=["higgs", "tth", "tth_tasks"], default=None,
                       help="example data (default: higgs; tth_tasks for --task multiclass or regression)")
-    demo.add_argument("--task", choices=["binary", "multiclass", "regression"], default="binary",
+    demo.add_argument("--task", choices=["binary", "multiclass", "regression", "objects"], default="binary",
                       help="binary: signal vs background; multiclass: ttH vs ttbb vs tt+light; regression: "
-                           "the true pT of the hadronic top (default: %(default)s)")
+                           "the true pT of the hadronic top; objects: ttH vs tt+jets with each collection a set of "
+                           "objects (DeepSets) (default: %(default)s)")
     demo.add_argument("--events", type=int, default=None)
     demo.add_argument("--backend", choices=["keras", "torch", "sklearn", "xgboost"], default="keras",
                       help="model template to train (default: %(default)s)")
@@ -238,8 +239,11 @@ def _demo(args) -> int:
     from mlaas4hep_lab.data import datasets
 
     out = Path(args.out)
-    kind = args.kind or ("higgs" if args.task == "binary" else "tth_tasks")
-    if args.task != "binary" and kind != "tth_tasks":
+    kind = args.kind or {"binary": "higgs", "objects": "tth"}.get(args.task, "tth_tasks")
+    if args.task == "objects" and args.backend not in ("keras", "torch"):
+        raise ConfigError(f"--task objects trains a network on sets of objects: --backend keras or torch, not "
+                          f"{args.backend}", key="backend")
+    if args.task in ("multiclass", "regression") and kind != "tth_tasks":
         raise ConfigError(f"--task {args.task} trains on the tth_tasks example (three classes, truth branches); "
                           f"drop --kind {kind}", key="task")
     ds = datasets.write_example(kind, out / "data", args.events)
@@ -248,13 +252,17 @@ def _demo(args) -> int:
 
     params_file = ds.params_regression if args.task == "regression" else ds.params_json
     params = json.loads(Path(params_file).read_text())
-    params["task"] = args.task
+    if args.task == "objects":
+        params["layout"] = "objects"
+    else:
+        params["task"] = args.task
     if args.epochs is not None:
         params["epochs"] = args.epochs
     params_path = out / "params.json"
     params_path.write_text(json.dumps(params, indent=1))
     model = out / "model.py"
-    template = args.backend if args.task == "binary" else f"{args.backend}_{args.task}"
+    template = {"binary": args.backend, "objects": f"{args.backend}_deepsets"}.get(args.task,
+                                                                                f"{args.backend}_{args.task}")
     model.write_text(template_path(template).read_text())
     print(f"model: {model} (from the {template} template); params: {params_path}")
     ns = argparse.Namespace(files=str(ds.files_txt), labels=str(ds.labels_txt), params=str(params_path),
@@ -289,8 +297,8 @@ def _add_remote_commands(sub) -> None:
     rp.add_argument("model", help="model name (owner/name for a model another user shared)")
     service(rp)
     rp.add_argument("--files", nargs="+", required=True, help="ROOT files, or one files.txt")
-    rp.add_argument("--out", default="scores.csv", help="CSV of scores; a missing folder is created "
-                    "(default: %(default)s)")
+    rp.add_argument("--out", default="scores.csv", help="CSV of scores (a multi-class or regression model: "
+                    "one column per class or target); a missing folder is created (default: %(default)s)")
     rp.add_argument("--tree", help="tree to read (default: the model's)")
     rp.add_argument("--version", help="model version (default: latest)")
     rp.add_argument("--batch-size", type=int, default=2_000, help="events per request; halved when the service "

@@ -68,6 +68,8 @@ class Params:
     target: list[str] = field(default_factory=list)   # regression: branches or expressions, one per output
     classes: list[str] = field(default_factory=list)  # class names, index = label (multiclass; binary: 2)
     class_weights: Any = None           # None, "balanced" or one positive number per class
+    layout: str = "flat"                # "flat" (one vector per event) or "objects" (collections as sets)
+    collections: Any = None             # objects layout: {name: [wildcards]} (default: found by the specs)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -123,6 +125,17 @@ class Params:
             raise ConfigError(f"{need}, got {self.classes}", "classes", source)
         if self.classes and self.task == "regression":
             raise ConfigError('"classes" is for classification tasks; a regression has targets', "classes", source)
+        if self.layout not in ("flat", "objects"):
+            raise ConfigError(f'must be "flat" or "objects", got {self.layout!r}', "layout", source)
+        if self.collections is not None:
+            ok = isinstance(self.collections, dict) and all(
+                isinstance(k, str) and (isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v)))
+                for k, v in self.collections.items())
+            if not ok:
+                raise ConfigError(f'must map collection names to wildcards, e.g. {{"Jet": ["Jet_*"]}}, got '
+                                  f"{self.collections!r}", "collections", source)
+            if self.layout != "objects":
+                raise ConfigError('"collections" is for "layout": "objects"', "collections", source)
         cw = self.class_weights
         if cw is None or cw == "balanced":
             return
@@ -167,7 +180,7 @@ def _coerce(key: str, value: Any, source: str | None) -> Any:
         if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in values):
             raise ConfigError(f"must be a branch or expression, or a list of them, got {value!r}", key, source)
         return [v.strip() for v in values]
-    if key == "class_weights":
+    if key in ("class_weights", "collections"):
         return value
     if key in ("split", "missing_values"):
         if not isinstance(value, (list, tuple)) or not all(

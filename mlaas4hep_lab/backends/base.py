@@ -99,6 +99,7 @@ class Backend(ABC):
     name: ClassVar[str] = ""
     extra: ClassVar[str] = ""       # pip extra that installs the framework
     mode: ClassVar[str] = "batches"
+    objects: ClassVar[bool] = False  # takes the objects layout (options "layout", a dict of named inputs)
 
     def __init__(self, model: Any, n_features: int, options: dict[str, Any] | None = None):
         self.model = model

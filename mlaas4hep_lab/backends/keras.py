@@ -68,9 +68,13 @@ class KerasBackend(Backend):
     name = "keras"
     extra = "keras"
     mode = "batches"
+    objects = True
 
     def __init__(self, model: Any, n_features: int, options: dict[str, Any] | None = None):
         super().__init__(model, n_features, options)
+        layout = self.options.get("layout")
+        if layout is not None and not _is_wrapped(model):
+            self.model = _wrap_objects(model, layout, self.n_features)
         fit_options = self.options.get("fit_options") or {}
         if not isinstance(fit_options, dict):
             raise ConfigError(f"fit_options in model.py must be a dict, not {type(fit_options).__name__}",
@@ -278,6 +282,7 @@ class KerasBackend(Backend):
         if not path.is_file():
             raise FileNotFoundError(f"no Keras model in {directory}: {_MODEL_FILE} is missing")
         custom = (options or {}).get("custom_objects")
+        _objects_split_class()   # registered, so that an objects-layout model loads
         model = keras.models.load_model(path, custom_objects=custom, compile=True)
         backend = cls(model, n_features, options)
         values = Path(directory) / _VARIABLES_FILE
@@ -331,6 +336,62 @@ class KerasBackend(Backend):
             reasons = "; ".join(f"{f['format']}: {f['reason']}" for f in failed)
             return {"format": None, "reason": f"no working export ({reasons})", "failed": failed}
         return {**exports[0], "exports": exports, "failed": failed}
+
+
+def _wrap_objects(model, layout, n_features: int):
+    """The objects layout: a model ``features [n, F] -> outputs`` whose first layer gathers the user's
+    named inputs (:class:`~mlaas4hep_lab.data.objects.ObjectsLayout`) from the rows of X inside the graph,
+    compiled as the user's model was; training, checkpoints and exports then see one input, as always."""
+    keras = extras.keras()
+    features = keras.Input((n_features,), name="features", dtype="float32")
+    wrapper = keras.Model(features, model(_objects_split_class()(layout.to_dict(), name="objects_inputs")(features)),
+                          name="mlaas4hep_objects")
+    config = model.get_compile_config() if getattr(model, "compiled", False) else None
+    if config:
+        wrapper.compile_from_config(config)
+    return wrapper
+
+
+def _is_wrapped(model) -> bool:
+    return any(layer.name == "objects_inputs" for layer in getattr(model, "layers", []))
+
+
+_SPLIT_CLASS: list = []
+
+
+def _objects_split_class():
+    """The Keras layer (registered for loading) that turns X rows into the objects layout's named inputs."""
+    if _SPLIT_CLASS:
+        return _SPLIT_CLASS[0]
+    keras = extras.keras()
+    ops = keras.ops
+
+    @keras.saving.register_keras_serializable(package="mlaas4hep")
+    class ObjectsInputs(keras.layers.Layer):
+        def __init__(self, layout: dict, **kwargs):
+            super().__init__(**kwargs)
+            self.layout = layout
+
+        def call(self, x):
+            out = {"flat": ops.take(x, self.layout["flat_columns"], axis=1)}
+            for c in self.layout["collections"]:
+                k, width = int(c["k"]), len(c["branches"])
+                flat_index = [i for row in c["columns"] for i in row]
+                out[c["name"]] = ops.reshape(ops.take(x, flat_index, axis=1), (-1, k, width))
+                if c.get("count"):
+                    col, scale, offset = c["count"]
+                    n = ops.round(x[:, col] / scale + offset)
+                    out[c["name"] + "_mask"] = ops.arange(k, dtype="float32")[None, :] < n[:, None]
+                else:
+                    flags = ops.take(x, [i for row in c["mask_columns"] for i in row], axis=1)
+                    out[c["name"] + "_mask"] = ops.any(ops.reshape(flags, (-1, k, width)) > 0.5, axis=2)
+            return out
+
+        def get_config(self):
+            return {**super().get_config(), "layout": self.layout}
+
+    _SPLIT_CLASS.append(ObjectsInputs)
+    return ObjectsInputs
 
 
 # the exports' output, per task

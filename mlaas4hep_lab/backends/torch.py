@@ -82,10 +82,15 @@ class TorchBackend(Backend):
     name = "torch"
     extra = "torch"
     mode = "batches"
+    objects = True
 
     def __init__(self, model: Any, n_features: int, options: dict[str, Any] | None = None):
         super().__init__(model, n_features, options)
         torch = extras.torch()
+        layout = self.options.get("layout")
+        if layout is not None and not isinstance(model, _objects_module_class()):
+            # the objects layout: the user's module gets a dict of named inputs gathered from X in its graph
+            model = self.model = _objects_module_class()(model, layout)
         fit_options = self.options.get("fit_options") or {}
         if not isinstance(fit_options, dict):
             raise ConfigError(f"fit_options in model.py must be a dict, not {type(fit_options).__name__}",
@@ -376,7 +381,7 @@ class TorchBackend(Backend):
         source_file = directory / _SOURCE_FILE
         if source_file.is_file():
             try:
-                model, extras_found = _rebuild(source_file, n_features, options.get("task"))
+                model, extras_found = _rebuild(source_file, n_features, options.get("task"), options.get("layout"))
                 for key, value in extras_found.items():
                     options.setdefault(key, value)
                 options.setdefault("model_source", source_file.read_text())
@@ -496,6 +501,43 @@ def _user_loss(user: Any, nn: Any):
 
 
 @functools.cache
+def _objects_module_class():
+    """``nn.Module`` feeding the user's module the named inputs of the objects layout, gathered from the
+    rows of ``X`` (:class:`~mlaas4hep_lab.data.objects.ObjectsLayout`): ``flat`` [B, F], per collection
+    [B, k, C] and its mask [B, k] (slot j < the collection's multiplicity, or its mask features set). Its
+    ``state_dict`` is the user module's under ``model.`` plus the index tensors."""
+    torch = extras.torch()
+
+    class ObjectsInputs(torch.nn.Module):
+        def __init__(self, model, layout):
+            super().__init__()
+            self.model = model
+            self.register_buffer("flat_index", torch.as_tensor(layout.flat_columns, dtype=torch.long))
+            self.collections = []
+            for i, c in enumerate(layout.collections):
+                self.register_buffer(f"values_{i}", torch.as_tensor(c.columns.reshape(-1), dtype=torch.long))
+                if c.mask_columns is not None:
+                    self.register_buffer(f"masks_{i}", torch.as_tensor(c.mask_columns.reshape(-1), dtype=torch.long))
+                self.register_buffer(f"slots_{i}", torch.arange(c.k, dtype=torch.float32))
+                self.collections.append((c.name, c.mask_name, c.k, len(c.branches), c.count))
+
+        def forward(self, x):
+            inputs = {"flat": x.index_select(1, self.flat_index)}
+            for i, (name, mask_name, k, width, count) in enumerate(self.collections):
+                inputs[name] = x.index_select(1, getattr(self, f"values_{i}")).reshape(-1, k, width)
+                if count is not None:
+                    col, scale, offset = count
+                    n = torch.round(x[:, col] / scale + offset)
+                    inputs[mask_name] = getattr(self, f"slots_{i}")[None, :] < n[:, None]
+                else:
+                    flags = x.index_select(1, getattr(self, f"masks_{i}")).reshape(-1, k, width)
+                    inputs[mask_name] = (flags > 0.5).any(dim=2)
+            return self.model(inputs)
+
+    return ObjectsInputs
+
+
+@functools.cache
 def _score_module_class():
     """``nn.Module`` mapping the user's output to the score ``float32[n]`` (shared by predict and ONNX)."""
     torch = extras.torch()
@@ -532,7 +574,7 @@ def _score_module_class():
     return ScoreModule
 
 
-def _rebuild(path: Path, n_features: int, task=None) -> tuple[Any, dict[str, Any]]:
+def _rebuild(path: Path, n_features: int, task=None, layout=None) -> tuple[Any, dict[str, Any]]:
     """Import a saved model.py and call its ``model(idim)``; also return its ``loss``/``optimizer``/
     ``fit_options``."""
     name = f"mlaas4hep_saved_model_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
@@ -544,8 +586,10 @@ def _rebuild(path: Path, n_features: int, task=None) -> tuple[Any, dict[str, Any
     spec.loader.exec_module(module)  # the model's own source, saved at training time
     from mlaas4hep_lab.training.model_file import model_arguments
 
-    args, kwargs, _ = model_arguments(module.model, n_features, task)
+    args, kwargs, _ = model_arguments(module.model, n_features if layout is None else layout.shapes(), task)
     model = module.model(*args, **kwargs)
+    if layout is not None:
+        model = _objects_module_class()(model, layout)
     found = {k: getattr(module, k) for k in ("loss", "optimizer", "fit_options") if hasattr(module, k)}
     return model, found
 

@@ -153,6 +153,8 @@ def specs_fingerprint(params: Params, preproc=None) -> str:
     payload["preproc"] = preproc.fingerprint() if preproc is not None and not preproc.is_empty() else ""
     if params.padding != LEGACY_PADDING:  # absent for "zeros", so specs written before the key still match
         payload["padding"] = params.padding
+    if params.layout == "objects" and not _padding(params.padding).counts:  # the groups of the collections
+        payload["layout"] = params.layout
     if params.label or params.target:  # the truth's branches are no features; absent for file labels
         payload["truth"] = [params.task, params.label, params.target]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -385,7 +387,7 @@ def _finish(stats, plan: Plan, params: Params, preproc, events, readers, use) ->
         jq[name] = {str(q): st.quantile(q) for q in _QUANTILES}
         jdim[name] = _jdim(name, jagged_max[name], st, caps)
     groups: list[list[str]] = []
-    if _padding(params.padding).counts:
+    if _padding(params.padding).counts or params.layout == "objects":  # objects: the collections
         groups = _collections(stats, plan.jagged, (minv, maxv, mean, std))
     files = []
     for reader, n in zip(readers, use):

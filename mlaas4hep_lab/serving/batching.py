@@ -3,7 +3,9 @@
 Each served model version has a :class:`Batcher`. ``await batcher.submit(X)`` queues the rows (a bounded
 asyncio queue: when it is full the request is refused with 503 instead of waiting without end); one
 worker task takes what is queued, up to ``max_batch`` rows, optionally waiting up to ``max_delay_ms``
-for more, runs one forward pass in a worker thread and hands each request its own slice of the scores.
+for more, runs one forward pass in a worker thread and hands each request its own slice of the scores
+(rows are events: ``float32[N]`` scores or the ``float32[N, W]`` values of a multi-output model are
+concatenated and split along the first axis alike).
 
 While a pass runs, new requests gather in the queue, so under load batches grow on their own even with
 ``max_delay_ms = 0``; an idle server answers a lone request without waiting. A request larger than
@@ -61,7 +63,7 @@ class Batcher:
     """Merge concurrent ``submit`` calls into forward passes of at most ``max_batch`` rows.
 
     Args:
-        predict: ``float32[N, F] -> float32[N]``, thread-safe.
+        predict: ``float32[N, F] -> float32[N]`` or ``float32[N, W]``, thread-safe.
         max_batch: most rows in one pass.
         max_delay_ms: how long the first request of a batch waits for others (0: no wait).
         queue_size: most requests waiting; beyond, :class:`QueueFull`.

@@ -9,6 +9,9 @@ numpy (and awkward, for jagged events) are imported when a method needs them::
     c.infer("higgs-keras", X)                       # float32[n, n_features] -> float32[n] scores
     c.predict_events("higgs-keras", {"PRI_met": [...], ...})   # raw branches, the bundle's own preprocessing
 
+A multi-class or regression model answers ``float32[n, W]`` instead (W class probabilities or targets,
+named by :meth:`Client.output_names`).
+
 Every refusal of the service raises :class:`ServiceError` with the HTTP status and the server's own
 ``error`` message; an unreachable service raises it with ``status=None``.
 """
@@ -121,6 +124,7 @@ class Client:
         self.timeout, self.upload_timeout, self.verify = timeout, upload_timeout, verify
         self._local = threading.local()
         self._features: dict[str, list[str]] = {}
+        self._outputs: dict[str, list[str]] = {}
 
     def __repr__(self) -> str:
         return f"Client({self.url!r}, token={'set' if self.token else 'none'})"
@@ -250,6 +254,7 @@ class Client:
                               query={"name": name, "version": version, "shared": bool(shared) or None},
                               timeout=self.upload_timeout)
         self._features.clear()
+        self._outputs.clear()
         return answer
 
     def models(self, name: str | None = None, tag: str | None = None) -> Any:
@@ -259,6 +264,7 @@ class Client:
     def delete(self, name: str, version: int | str | None = None) -> Any:
         """Delete one of this user's models (every version), or only ``version``."""
         self._features.pop(name, None)
+        self._outputs.pop(name, None)
         if version is not None:
             return self.request("DELETE", self._model_path(name, version))
         return self.request("DELETE", f"/delete/{_quote(name)}")
@@ -292,10 +298,18 @@ class Client:
             self._features[name] = list(feats)
         return self._features[name]
 
+    def output_names(self, name: str) -> list[str]:
+        """The names of the model's outputs (from its metadata; cached): ``["score"]`` for a binary model,
+        ``p_<class>`` per class or the regression targets, one per column of what it answers."""
+        if name not in self._outputs:
+            self._outputs[name] = _output_columns(self.metadata(name))
+        return self._outputs[name]
+
     def predict(self, name: str, X=None, *, keys: Sequence[str] | None = None, values=None):
         """Scores through the TFaaS ``/json`` route: ``predict(name, X)`` with ``X`` float[n, n_features]
         in the model's feature order, ``predict(name, {feature: value(s)})``, or
-        ``predict(name, keys=[...], values=[...] or [[...], ...])``. Returns float32[n] scores."""
+        ``predict(name, keys=[...], values=[...] or [[...], ...])``. Returns float32[n] scores (a
+        multi-class or regression model: float32[n, W])."""
         import numpy as np
 
         if X is not None and values is not None:
@@ -315,10 +329,11 @@ class Client:
         answer = self.request("POST", "/json", json_body={"keys": list(keys), "values": values, "model": name})
         if isinstance(answer, dict):
             answer = answer.get("scores", answer.get("predictions", answer))
-        return np.asarray(answer, dtype=np.float32).reshape(-1)
+        return _values(answer)
 
     def infer(self, name: str, X, version: int | str | None = None, *, input_name: str = "features"):
-        """Scores through the Open Inference Protocol v2 ``infer`` route (float32[n] from float[n, F])."""
+        """Scores through the Open Inference Protocol v2 ``infer`` route (float32[n] from float[n, F]; a
+        multi-class or regression model: float32[n, W])."""
         import numpy as np
 
         X = np.asarray(X, dtype=np.float32)
@@ -330,14 +345,17 @@ class Client:
         outputs = answer.get("outputs") or []
         if not outputs:
             raise ServiceError(f"infer on {name!r} answered no outputs: {answer}", url=self.url)
-        return np.asarray(outputs[0]["data"], dtype=np.float32).reshape(-1)
+        shape = outputs[0].get("shape") or [-1]
+        data = np.asarray(outputs[0]["data"], dtype=np.float32)
+        return data.reshape(shape) if len(shape) == 2 else data.reshape(-1)
 
     def predict_events(self, name: str, events, *, version: int | str | None = None, with_keep: bool = False,
                        batch_size: int | None = None):
         """Scores of raw events (``{branch: per-event values or lists}``, an awkward record array, or the
         output of ``tree.arrays()``): the service applies the bundle's own cuts, new branches and
-        normalisation, so the scores equal ``Bundle.predict_arrays`` in a notebook. With ``with_keep``,
-        return ``(scores, keep)`` (``keep``: the events passing the bundle's cuts).
+        normalisation, so the scores equal ``Bundle.predict_arrays`` in a notebook (float32[n], or [n, W]
+        for a multi-class or regression model). With ``with_keep``, return ``(scores, keep)`` (``keep``:
+        the events passing the bundle's cuts).
 
         Events are sent in requests of ``batch_size`` events (default: all in one); a request the service
         refuses as too large (413) is split in halves."""
@@ -359,7 +377,7 @@ class Client:
         if isinstance(answer, dict):
             keep = answer.get("keep", answer.get("passes_cuts"))
             answer = answer.get("scores", answer.get("predictions"))
-        scores = np.asarray(answer, dtype=np.float32).reshape(-1)
+        scores = _values(answer)
         return scores, (np.asarray(keep, dtype=bool) if keep is not None else np.ones(len(scores), bool))
 
     # ------------------------------------------------------------------ metadata and health
@@ -403,14 +421,33 @@ class Client:
         return self.request("POST", "/echo", json_body=body)
 
 
-def _model_inputs(client: Client, name: str) -> tuple[list[str] | None, str | None, list[str]]:
-    """(input branches, tree, identifier branches) of a served model, from what the service tells."""
+def _values(answer):
+    """float32[n] scores, or float32[n, W] when each event has a list of values."""
+    import numpy as np
+
+    values = np.asarray(answer, dtype=np.float32)
+    return values if values.ndim == 2 else values.reshape(-1)
+
+
+def _output_columns(meta: dict) -> list[str]:
+    """A model's output names from its metadata (``columns``; an older service: ``["score"]``)."""
+    columns = meta.get("columns")
+    if not columns:
+        outputs = meta.get("outputs") or [{}]
+        columns = (outputs[0].get("parameters") or {}).get("columns")
+    return list(columns) if columns else ["score"]
+
+
+def _model_inputs(client: Client, name: str) -> tuple[list[str] | None, str | None, list[str], list[str]]:
+    """(input branches, tree, identifier branches, output names) of a served model, from what the service
+    tells."""
     meta = client.metadata(name)
     params = meta.get("parameters") or {}
     branches = meta.get("input_branches") or meta.get("branches") or params.get("input_branches")
     tree = meta.get("tree") or params.get("tree")
     ids = meta.get("identifier") or params.get("identifier") or []
-    return (list(branches) if branches else None), tree, ([ids] if isinstance(ids, str) else list(ids))
+    return ((list(branches) if branches else None), tree, ([ids] if isinstance(ids, str) else list(ids)),
+            _output_columns(meta))
 
 
 def _predict_batches(client: Client, name: str, events: dict, n: int, version, state: dict):
@@ -442,7 +479,9 @@ def score_files(client: Client, name: str, files: Sequence[str], out: str | Path
                 batch_size: int = 2_000, version: int | str | None = None,
                 max_events: int | None = None) -> dict[str, Any]:
     """Read ROOT files locally, send their raw events in batches to the service's raw-events route and
-    write one CSV row per event: ``file, entry, <identifiers>, score, passes_cuts``.
+    write one CSV row per event: ``file, entry, <identifiers>, score, passes_cuts`` (a multi-class or
+    regression model: one column per output, ``p_<class>`` or the targets, instead of ``score``, as
+    ``mlaas4hep predict`` writes them).
 
     ``files`` are paths/URLs or one files.txt; ``max_events`` caps the events read from each file.
     Only the branches the model needs (as its metadata says) are read and sent; a batch larger than the
@@ -460,13 +499,13 @@ def score_files(client: Client, name: str, files: Sequence[str], out: str | Path
     files = list(files)
     if len(files) == 1 and str(files[0]).endswith(".txt"):
         files = sources.read_file_list(files[0])
-    branches, model_tree, ids = _model_inputs(client, name)
+    branches, model_tree, ids, columns = _model_inputs(client, name)
     tree = tree or model_tree or "events"
     total = 0
     state = {"batch": batch_size}
     with open(out, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["file", "entry", *ids, "score", "passes_cuts"])
+        writer.writerow(["file", "entry", *ids, *columns, "passes_cuts"])
         for i, path in enumerate(files):
             with TreeReader(str(path), tree) as reader:
                 wanted = sorted(branches) if branches else sorted(reader.branches)
@@ -480,7 +519,10 @@ def score_files(client: Client, name: str, files: Sequence[str], out: str | Path
                     cols = [np.full(len(scores), i), np.arange(first, first + len(scores))]
                     cols += [_flat_numpy(arrays[b]) if b in present_ids else np.full(len(scores), "")
                              for b in ids]
-                    cols += [scores, keep.astype(np.int8)]
+                    if scores.ndim == 2 and scores.shape[1] != len(columns):
+                        raise ServiceError(f"{name!r} answered {scores.shape[1]} values per event for outputs "
+                                           f"{columns}", url=client.url)
+                    cols += [*(scores.T if scores.ndim == 2 else [scores]), keep.astype(np.int8)]
                     writer.writerows(zip(*[c.tolist() for c in cols]))
                     total += len(scores)
     return {"files": len(files), "events": total}

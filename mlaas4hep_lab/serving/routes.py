@@ -90,10 +90,13 @@ def _tfaas_router(svc: Service) -> APIRouter:
     router = APIRouter(prefix=svc.settings.prefix, tags=["tfaas"], responses=_ERRORS)
     user_dep = Depends(svc.user)
 
-    @router.post("/json", response_model=list[float], openapi_extra=S.body_doc(S.JsonRequest))
+    @router.post("/json", response_model=list[float] | list[list[float]],
+                 openapi_extra=S.body_doc(S.JsonRequest))
     async def predict_json(request: Request, user: User = user_dep):
         """Scores of model inputs given by feature name (TFaaS): ``values`` is one event or a list of
-        events, ``keys`` names their features in any order; returns a list of floats, one per event."""
+        events, ``keys`` names their features in any order; returns a list of floats, one per event, or
+        for a multi-class or regression model one list per event of its values (in the order of the
+        metadata's ``columns``: ``p_<class>`` or the targets)."""
         return await svc.predict_json(request, user)
 
     @router.post("/upload", status_code=201, response_model=S.UploadResponse, openapi_extra=S.UPLOAD_DOC)
@@ -130,7 +133,8 @@ def _tfaas_router(svc: Service) -> APIRouter:
     @router.post("/raw/{model:path}", response_model=S.EventsResponse,
                  openapi_extra=S.body_doc(S.EventsRequest))
     async def raw(model: str, request: Request, user: User = user_dep):
-        """Scores of raw events, with the bundle's own cuts, new branches and normalisation."""
+        """Scores of raw events, with the bundle's own cuts, new branches and normalisation (a
+        multi-output model: per event the list of its values, named by ``outputs``)."""
         return await svc.events(request, user, model, None)
 
     return router
@@ -178,7 +182,9 @@ def _v2_router(svc: Service) -> APIRouter:
     @router.post("/v2/models/{model:path}/versions/{version}/infer", response_model=S.InferResponse,
                  openapi_extra=S.body_doc(S.InferRequest))
     async def infer_version(model: str, version: str, request: Request, user: User = user_dep):
-        """OIP inference: one input ``features`` (FP32/FP64, shape [N, F]); output ``score`` [N]."""
+        """OIP inference: one input ``features`` (FP32/FP64, shape [N, F]); output ``score`` [N], or for a
+        multi-class or regression model ``probabilities``/``targets`` (as the metadata names it) [N, W]
+        with ``data`` in row-major order."""
         return await svc.infer(request, user, model, version)
 
     @router.post("/v2/models/{model:path}/infer", response_model=S.InferResponse,

@@ -3,7 +3,9 @@
 Which one serves a bundle is decided from its manifest (``manifest["inference"]``, its ``exports`` list)
 and what is on disk under ``inference/``, with a preference: ``auto`` (ONNX when the bundle has
 ``model.onnx``, else the SavedModel), ``onnx`` or ``tf``. TensorFlow is imported only when a SavedModel is
-served. Every runtime returns ``float32[N]`` scores.
+served. Every runtime returns ``float32[N]`` scores for a binary model and ``float32[N, W]`` for a multi-class
+(W class probabilities) or regression (W targets) model, as the manifest's ``task`` and ``outputs`` say
+(:func:`model_outputs`; a manifest without ``task`` is binary).
 
 Uploaded models are not trusted: paths named by the manifest must stay inside the bundle, ONNX models may
 not point at external data files, and a SavedModel's serving signature may not contain file-system or
@@ -14,16 +16,19 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mlaas4hep_lab import extras
+from mlaas4hep_lab.errors import MLaaSError
 from mlaas4hep_lab.serving import BadRequest
+from mlaas4hep_lab.task import Task
 
-__all__ = ["Runtime", "OnnxRuntime", "TFRuntime", "find_exports", "build_runtime", "probe_runtime", "onnx_bundle",
-           "RUNTIME_ORDER", "PLATFORMS"]
+__all__ = ["Runtime", "OnnxRuntime", "TFRuntime", "Outputs", "BINARY", "model_outputs", "outputs_info",
+           "find_exports", "build_runtime", "probe_runtime", "onnx_bundle", "RUNTIME_ORDER", "PLATFORMS"]
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +51,73 @@ _TF_DENIED_OPS = {
 }
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """What a served model answers per event: one score (``kind`` binary) or the ``names``d columns of a
+    multi-class or regression model. ``tensor`` names the Open Inference Protocol output."""
+
+    kind: str = "binary"
+    names: tuple[str, ...] = ("score",)
+    tensor: str = "score"
+
+    @property
+    def width(self) -> int | None:
+        """Values per event of a multi-output model (None: binary, one score)."""
+        return None if self.kind == "binary" else len(self.names)
+
+    def shape(self, n: int) -> list[int]:
+        return [n] if self.width is None else [n, self.width]
+
+
+BINARY = Outputs()
+_TENSORS = {"multiclass": "probabilities", "regression": "targets"}
+
+
+def model_outputs(manifest: dict[str, Any]) -> Outputs:
+    """The outputs a bundle's manifest declares: its ``task`` (none: binary, as before tasks existed) and
+    ``outputs`` (the column names). The OIP output is named after the export's output (``inference``
+    ``output``), or ``probabilities``/``targets`` when the export calls it ``score``."""
+    info = manifest.get("task")
+    if info is None:
+        return BINARY
+    if not isinstance(info, dict):
+        raise BadRequest('manifest \'task\' must be an object such as {"kind": "multiclass", "classes": [...]}')
+    try:
+        task = Task.from_dict(info)
+    except (MLaaSError, TypeError, ValueError) as err:
+        raise BadRequest(f"manifest 'task' is not usable: {err}") from None
+    if task.kind == "binary":
+        return BINARY
+    names = task.output_names
+    declared = manifest.get("outputs", names)
+    if declared != names:
+        raise BadRequest(f"manifest 'outputs' {str(declared)[:200]} do not match its {task.kind} task, which "
+                         f"gives {names}")
+    inference = manifest.get("inference")
+    export = inference.get("output") if isinstance(inference, dict) else None
+    usable = isinstance(export, str) and 0 < len(export) <= 128 and export != "score"
+    return Outputs(task.kind, tuple(names), export if usable else _TENSORS[task.kind])
+
+
+def outputs_info(outputs: Outputs) -> dict[str, Any]:
+    """What the store records of a multi-output version for its metadata (nothing for a binary one)."""
+    if outputs.width is None:
+        return {}
+    return {"task": outputs.kind, "outputs": list(outputs.names), "output_tensor": outputs.tensor}
+
+
 class Runtime:
-    """A loaded inference export. ``predict(X: float32[N, F]) -> float32[N]`` is thread-safe."""
+    """A loaded inference export. ``predict(X: float32[N, F])`` is thread-safe and returns ``float32[N]``
+    (binary) or ``float32[N, W]`` (``outputs.width`` columns)."""
 
     kind = ""
     platform = ""
     row_seconds = float("inf")  # time of a one-row pass, measured by probe_runtime
 
-    def __init__(self, n_features: int, path: Path):
+    def __init__(self, n_features: int, path: Path, outputs: Outputs = BINARY):
         self.n_features = n_features
         self.path = path
+        self.outputs = outputs
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -64,14 +126,22 @@ class Runtime:
         return {"runtime": self.kind, "platform": self.platform}
 
 
-def _scores(out: Any, n: int) -> np.ndarray:
-    """Model outputs -> float32[N]: [N], [N, 1], or [N, 2] class probabilities (column 1 = label 1)."""
+def _scores(out: Any, n: int, outputs: Outputs = BINARY) -> np.ndarray:
+    """Model outputs -> float32[N] (binary: [N], [N, 1], or [N, 2] class probabilities, column 1 = label 1)
+    or float32[N, W] (a multi-output model; W = 1 may come as [N]), C-ordered."""
     out = np.asarray(out)
-    if out.ndim == 2 and out.shape[1] in (1, 2):
-        out = out[:, -1]
-    if out.shape != (n,):
-        raise BadRequest(f"the model returned shape {list(out.shape)} for {n} rows; expected [{n}]")
-    return out.astype(np.float32, copy=False)
+    width = outputs.width
+    if width is None:
+        if out.ndim == 2 and out.shape[1] in (1, 2):
+            out = out[:, -1]
+    elif out.ndim == 1 and width == 1:
+        out = out[:, None]
+    expected = tuple(outputs.shape(n))
+    if out.shape != expected:
+        what = "" if width is None else f" ({outputs.kind}: one column per output {list(outputs.names)})"
+        raise BadRequest(f"the model returned shape {list(out.shape)} for {n} rows; "
+                         f"expected {list(expected)}{what}")
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 class OnnxRuntime(Runtime):
@@ -79,8 +149,8 @@ class OnnxRuntime(Runtime):
     platform = "onnxruntime_onnx"
 
     def __init__(self, path: Path, n_features: int, input_name: str = "features", output_name: str = "score",
-                 threads: int = 1):
-        super().__init__(n_features, path)
+                 threads: int = 1, outputs: Outputs = BINARY):
+        super().__init__(n_features, path, outputs)
         _check_onnx(path)
         ort = extras.onnxruntime()
         options = ort.SessionOptions()
@@ -110,7 +180,7 @@ class OnnxRuntime(Runtime):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         X = X.astype(self._dtype, copy=False)
-        return _scores(self.session.run([self.output_name], {self.input_name: X})[0], len(X))
+        return _scores(self.session.run([self.output_name], {self.input_name: X})[0], len(X), self.outputs)
 
 
 def _pick_probability(session, outputs: list[str]) -> str:
@@ -148,8 +218,8 @@ class TFRuntime(Runtime):
     platform = "tensorflow_savedmodel"
 
     def __init__(self, path: Path, n_features: int, input_name: str = "features", output_name: str = "score",
-                 threads: int = 1):
-        super().__init__(n_features, path)
+                 threads: int = 1, outputs: Outputs = BINARY):
+        super().__init__(n_features, path, outputs)
         tf = extras.tensorflow()
         _set_tf_threads(tf, threads)
         try:
@@ -178,7 +248,7 @@ class TFRuntime(Runtime):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         out = self._fn(**{self.input_name: self._tf.constant(X.astype(self._dtype, copy=False))})
-        return _scores(out[self.output_name].numpy(), len(X))
+        return _scores(out[self.output_name].numpy(), len(X), self.outputs)
 
 
 def _set_tf_threads(tf, threads: int) -> None:
@@ -245,7 +315,9 @@ def find_exports(bundle_dir: Path, manifest: dict[str, Any]) -> dict[str, dict[s
 
 def build_runtime(bundle_dir: Path, manifest: dict[str, Any], n_features: int, preference: str = "auto",
                   threads: int = 1) -> Runtime:
-    """The runtime for a bundle, following ``preference`` (``auto``, ``onnx`` or ``tf``)."""
+    """The runtime for a bundle, following ``preference`` (``auto``, ``onnx`` or ``tf``), answering the
+    outputs its manifest declares (:func:`model_outputs`)."""
+    outputs = model_outputs(manifest)
     exports = find_exports(bundle_dir, manifest)
     reasons = []
     for kind in RUNTIME_ORDER[preference]:
@@ -255,7 +327,7 @@ def build_runtime(bundle_dir: Path, manifest: dict[str, Any], n_features: int, p
             continue
         cls = OnnxRuntime if kind == "onnx" else TFRuntime
         try:
-            return cls(entry["path"], n_features, entry["input"], entry["output"], threads)
+            return cls(entry["path"], n_features, entry["input"], entry["output"], threads, outputs)
         except BadRequest as err:
             if preference != "auto":
                 raise
@@ -266,7 +338,7 @@ def build_runtime(bundle_dir: Path, manifest: dict[str, Any], n_features: int, p
 
 
 def probe_runtime(runtime: Runtime) -> None:
-    """A test prediction before a model is activated: right shape, finite scores."""
+    """A test prediction before a model is activated: the shape the manifest's outputs say, finite values."""
     rng = np.random.default_rng(0)
     X = np.concatenate([np.zeros((1, runtime.n_features)), np.ones((1, runtime.n_features)),
                         rng.uniform(0, 1, (6, runtime.n_features))]).astype(np.float32)

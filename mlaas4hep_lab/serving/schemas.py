@@ -77,6 +77,9 @@ class InferRequest(_Strict):
 
 
 class InferOutput(BaseModel):
+    """One output tensor: ``score`` [N] of a binary model; ``probabilities`` or ``targets`` (the export's
+    output name) [N, W] of a multi-class or regression model, ``data`` flat in row-major order."""
+
     name: str
     shape: list[int]
     datatype: str
@@ -111,6 +114,9 @@ class ModelMetadata(BaseModel):
     tags: dict[str, str]
     shared: bool
     features: list[str]
+    task: str | None = Field(default=None, description="multiclass or regression (absent: binary, one score)")
+    columns: list[str] | None = Field(default=None, description="a multi-output model's output names, one per "
+                                      "column of its output tensor (p_<class> or the regression targets)")
     input_branches: list[str] = []
     tree: str | None = None
     identifier: list[str] = []
@@ -145,7 +151,10 @@ class EventsResponse(BaseModel):
     model_name: str
     model_version: str
     id: str | None = None
-    scores: list[float]
+    scores: list[float] | list[list[float]] = Field(description="one score per event (binary), or per event "
+                                                    "the list of a multi-output model's values, named by outputs")
+    outputs: list[str] | None = Field(default=None, description="a multi-class or regression model's output "
+                                      "names (p_<class> or the targets), one per value of an event")
     keep: list[bool] = Field(description="whether each event passes the bundle's cuts (all are scored)")
 
 
@@ -316,9 +325,17 @@ UPLOAD_DOC = {"requestBody": {"required": True, "content": {
 
 
 def model_metadata(name: str, state: dict[str, Any], version: str, platform: str) -> dict[str, Any]:
-    """The OIP model metadata (plus features, raw input branches, tags...) of a stored version."""
+    """The OIP model metadata (plus features, raw input branches, tags...) of a stored version. A
+    multi-class or regression model has one output [-1, W] and says its ``task`` and output ``columns``."""
     info = state["versions"][version]
     features = info.get("features") or []
+    columns = info.get("outputs")
+    output = {"name": "score", "datatype": "FP32", "shape": [-1]}
+    task = {}
+    if columns:  # recorded by the store for multi-output versions only
+        output = {"name": info.get("output_tensor") or "score", "datatype": "FP32",
+                  "shape": [-1, len(columns)], "parameters": {"columns": columns}}
+        task = {"task": info.get("task"), "columns": columns}
     params = {"features": features, "input_branches": info.get("input_branches") or [],
               "tree": info.get("tree"), "identifier": info.get("identifier") or []}
     return {"name": name, "versions": sorted(state["versions"], key=lambda v: (not v.isdigit(), v.zfill(12))),
@@ -327,7 +344,7 @@ def model_metadata(name: str, state: dict[str, Any], version: str, platform: str
             "shared": bool(state.get("shared")),
             "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, len(features)],
                         "parameters": {"features": features}}],
-            "outputs": [{"name": "score", "datatype": "FP32", "shape": [-1]}],
+            "outputs": [output], **task,
             **params, "backend": info.get("backend"), "created": info.get("created"),
             "uploaded": info.get("uploaded"), "labels": info.get("labels"), "metrics": info.get("metrics") or {},
             "parameters": params}
@@ -431,8 +448,9 @@ def infer_matrix(req: InferRequest, model) -> np.ndarray:
     n_features = len(model.features)
     if len(t.shape) != 2 or t.shape[1] != n_features:
         raise BadRequest(f"input shape {t.shape}: model {model.ref!r} takes [N, {n_features}]")
-    if req.outputs and any(o.name != "score" for o in req.outputs):
-        raise BadRequest("the only output is 'score'")
+    tensor = model.runtime.outputs.tensor
+    if req.outputs and any(o.name != tensor for o in req.outputs):
+        raise BadRequest(f"the only output is {tensor!r}")
     try:
         X = np.asarray(t.data, dtype=np.float64)  # FP32 too: out-of-range values are refused, not cast to inf
     except (ValueError, OverflowError):

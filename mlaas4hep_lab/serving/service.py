@@ -131,8 +131,9 @@ class Service:
                        on_batch=on_batch)
 
     async def score(self, model: LoadedModel, X: np.ndarray) -> np.ndarray:
+        """float32[N] scores (binary) or float32[N, W] (a multi-class or regression model)."""
         if len(X) == 0:
-            return np.zeros(0, np.float32)
+            return np.zeros(model.runtime.outputs.shape(0), np.float32)
         try:
             return await model.batcher.submit(X)
         except ServingError as err:
@@ -150,8 +151,11 @@ class Service:
         req = S.parse_body(await request.body(), S.InferRequest, self.depth)
         model = await self.model(user, ref, version)
         scores = await self.score(model, S.infer_matrix(req, model))
+        outputs = model.runtime.outputs
+        # OIP tensors are flat in row-major order, their shape beside them ([N] or [N, W])
         out = {"model_name": ref, "model_version": model.version,
-               "outputs": [{"name": "score", "shape": [len(scores)], "datatype": "FP32", "data": scores}]}
+               "outputs": [{"name": outputs.tensor, "shape": list(scores.shape), "datatype": "FP32",
+                            "data": scores.reshape(-1)}]}
         if req.id is not None:
             out["id"] = req.id
         return json_response(out)
@@ -167,6 +171,8 @@ class Service:
             X, keep = S.events_matrix(events, model)
         scores = await self.score(model, X)
         out = {"model_name": ref, "model_version": model.version, "scores": scores, "keep": keep}
+        if model.runtime.outputs.width is not None:  # the columns of each event's list of values
+            out["outputs"] = list(model.runtime.outputs.names)
         if req.id is not None:
             out["id"] = req.id
         return json_response(out)

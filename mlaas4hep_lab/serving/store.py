@@ -72,6 +72,7 @@ from mlaas4hep_lab.serving.runtime import (
     build_runtime,
     find_exports,
     onnx_bundle,
+    outputs_info,
     probe_runtime,
 )
 from mlaas4hep_lab.untar import TarLimits
@@ -468,7 +469,7 @@ class ModelStore:
                 "runtime": model.runtime.kind, "platform": model.runtime.platform,
                 "exports": sorted(find_exports(final, manifest)),
                 "input_branches": model.bundle.input_branches(), "tree": model.bundle.specs.tree,
-                "identifier": list(model.bundle.specs.identifier or [])}
+                "identifier": list(model.bundle.specs.identifier or []), **outputs_info(model.runtime.outputs)}
             state["tags"]["latest"] = latest_version(state["versions"])
             if version.isdigit():
                 state["next_version"] = max(state.get("next_version", 1), int(version) + 1)

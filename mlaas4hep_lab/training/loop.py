@@ -101,12 +101,17 @@ class Trainer:
         self.stream = ChunkStream(inputs.files, inputs.labels, self.params, specs, inputs.preproc)
         self.n_features = specs.n_features
         self.task = run_task(self.params, inputs.labels, specs)
+        self.layout = objects_layout(self.params, specs)
         self._class_weights = class_weight_table(self.task, self.params, inputs, specs)
         options = dict(user_model.options, seed=self.params.seed, batch_size=self.params.batch_size,
                        n_chunks=self.stream.n_chunks, model_source=user_model.source,
-                       model_path=str(user_model.path), task=self.task)
+                       model_path=str(user_model.path), task=self.task, layout=self.layout)
         self.options = options
         self.backend_cls = get_backend(user_model.backend)
+        if self.layout is not None and not self.backend_cls.objects:
+            raise ConfigError(f"the objects layout feeds each collection as a set of objects to a network (Keras or "
+                              f"PyTorch); the {user_model.backend} backend takes one flat vector per event: use "
+                              '"layout": "flat"', "layout")
         self.backend: Backend = self.backend_cls(user_model.model, self.n_features, options)
         self.backend.stop_event = self.stop
         self._check_input_width()
@@ -128,6 +133,18 @@ class Trainer:
             raise ModelFileError(f"{self.user_model.path}: {said}", str(self.user_model.path)) from None
         except MLaaSError:
             raise
+        except (TypeError, KeyError, IndexError, AttributeError) as err:
+            flat_model = self.layout is not None and "dict" in str(err)   # a flat model given named inputs
+            if not flat_model and (self.layout is not None or not _takes_dict(err)):
+                raise input_width_error(self.user_model, self.n_features, err) from err
+            path = self.user_model.path
+            if flat_model:
+                raise ModelFileError(
+                    f"{path}: {type(err).__name__}: {err}: with \"layout\": \"objects\" the model gets a dict of "
+                    f"named inputs {sorted(self.layout.shapes())} (model(inputs, n_outputs) receives their "
+                    "shapes), not one tensor; write it for that layout or use \"layout\": \"flat\"", str(path)) from err
+            raise ModelFileError(f"{path}: {type(err).__name__}: {err}: this model takes named inputs (the objects "
+                                 'layout); set params "layout": "objects"', str(path)) from err
         except Exception as err:  # whatever the framework raises for a shape mismatch
             raise input_width_error(self.user_model, self.n_features, err) from err
 
@@ -495,3 +512,18 @@ def class_weight_table(task: Task, params, inputs: Inputs, specs: Specs) -> np.n
         raise ConfigError('"balanced" class weights need training events of every class; the training split '
                           f"holds {dict(zip(task.classes, counts.astype(int).tolist()))}", "class_weights")
     return (counts.sum() / (k * counts)).astype(np.float32)
+
+
+def objects_layout(params, specs: Specs):
+    """The objects layout of a run (params ``layout``), or None for the flat layout."""
+    if getattr(params, "layout", "flat") != "objects":
+        return None
+    from mlaas4hep_lab.data.objects import ObjectsLayout
+
+    return ObjectsLayout.from_specs(specs, params.normalization, params.missing_values, params.collections)
+
+
+def _takes_dict(err: BaseException) -> bool:
+    """Whether a model failed because it indexes its input by name (a model written for the objects layout)."""
+    text = str(err)
+    return isinstance(err, (KeyError, IndexError)) and ("'flat'" in text or "only integers" in text)

@@ -38,6 +38,10 @@ TEMPLATES = {
     # per task: <framework>_<task>.py
     **{f"{fw}_{task}": f"{fw}_{task}.py" for fw in ("keras", "torch", "sklearn", "xgboost")
        for task in ("multiclass", "regression")},
+    # the objects layout (any task: model(inputs, n_outputs))
+    "torch_deepsets": "torch_deepsets.py",
+    "keras_deepsets": "keras_deepsets.py",
+    "torch_attention": "torch_attention.py",
 }
 # module names of imported model.py files start with this: how a traceback frame is known as the user's
 _MODULE_PREFIX = "mlaas4hep_user_model_"
@@ -172,13 +176,15 @@ def _import(path: Path):
     return module
 
 
-def load_model_file(path: str | Path, idim: int, seed: int | None = None, task=None) -> UserModel:
+def load_model_file(path: str | Path, idim: int, seed: int | None = None, task=None, inputs=None) -> UserModel:
     """Import ``path``, call its ``model(idim)`` (or ``model()``), detect the backend.
 
     For a task other than binary (``task``, a :class:`~mlaas4hep_lab.task.Task`), ``model`` may take the
     outputs it must give as a second argument or a keyword: ``def model(idim, n_outputs)`` is called with
     K (multiclass) or T (regression); a parameter named ``task`` receives the task's kind
-    (``"binary"``, ``"multiclass"``, ``"regression"``).
+    (``"binary"``, ``"multiclass"``, ``"regression"``). For the objects layout (params ``"layout":
+    "objects"``) ``inputs`` is the shape of each named input (:meth:`ObjectsLayout.shapes`), handed to
+    ``model`` in place of ``idim``: ``def model(inputs, n_outputs)``.
 
     Example::
 
@@ -196,11 +202,19 @@ def load_model_file(path: str | Path, idim: int, seed: int | None = None, task=N
             f"(callables found: {', '.join(defined) or 'none'})", str(path))
     if seed is not None:  # weights are initialised inside model(idim): seed before calling it
         seed_frameworks(seed)
-    args, kwargs, call = model_arguments(factory, idim, task)
+    args, kwargs, call = model_arguments(factory, idim if inputs is None else inputs, task)
     try:
         obj = factory(*args, **kwargs)
     except Exception as err:
-        raise _user_error(err, path, f"in {call}") from err
+        if inputs is not None:
+            hint = ('; with params "layout": "objects" model() receives the shapes of the named inputs (a dict: '
+                    "flat, each collection and its mask), not the number of features")
+        elif "'int'" in str(err):   # a model for the objects layout given the number of features
+            hint = ('; model() received the number of features (the flat layout): a model written for named '
+                    'inputs needs params "layout": "objects"')
+        else:
+            hint = ""
+        raise _user_error(err, path, f"in {call}{hint}") from err
     if obj is None:
         raise ModelFileError(f"{path}: model({idim}) returned None; it must return the model", str(path))
     try:
@@ -212,9 +226,9 @@ def load_model_file(path: str | Path, idim: int, seed: int | None = None, task=N
     return UserModel(path, source, obj, backend, options)
 
 
-def model_arguments(factory, idim: int, task) -> tuple[list, dict, str]:
-    """The arguments ``model`` takes: ``idim`` first (when it takes any), ``n_outputs`` (second positional
-    or by name) and ``task`` (by name) when declared."""
+def model_arguments(factory, idim, task) -> tuple[list, dict, str]:
+    """The arguments ``model`` takes: ``idim`` first (when it takes any; for the objects layout the dict of
+    input shapes), ``n_outputs`` (second positional or by name) and ``task`` (by name) when declared."""
     params = inspect.signature(factory).parameters
     positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     named = {p.name for p in params.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}

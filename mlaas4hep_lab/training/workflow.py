@@ -28,7 +28,7 @@ from mlaas4hep_lab.pipeline import Inputs
 from mlaas4hep_lab.task import Task, run_task
 from mlaas4hep_lab.training import evaluation, report
 from mlaas4hep_lab.training.events import EventBus, JsonlLog, ProgressBar
-from mlaas4hep_lab.training.loop import Trainer, TrainResult
+from mlaas4hep_lab.training.loop import Trainer, TrainResult, objects_layout
 from mlaas4hep_lab.training.model_file import load_model_file
 
 __all__ = ["train", "WorkflowResult", "make_plots"]
@@ -83,7 +83,9 @@ def train(inputs: Inputs, specs: Specs, model: str | Path, fout: str | Path, *, 
     fout = Path(fout)
     fout.mkdir(parents=True, exist_ok=True)
     task = run_task(inputs.params, inputs.labels, specs)
-    user_model = load_model_file(model, specs.n_features, seed=inputs.params.seed, task=task)
+    layout = objects_layout(inputs.params, specs)
+    user_model = load_model_file(model, specs.n_features, seed=inputs.params.seed, task=task,
+                                 inputs=None if layout is None else layout.shapes())
     bus = bus or EventBus()
     unsubscribe = [bus.subscribe(JsonlLog(fout / "metrics.jsonl", append=resume))]
     show = inputs.params.verbose > 0 if progress is None else progress
@@ -111,5 +113,6 @@ def train(inputs: Inputs, specs: Specs, model: str | Path, fout: str | Path, *, 
     bundle = write_bundle(fout / "bundle", name=name or Path(user_model.path).stem, backend=result.backend,
                           backend_name=user_model.backend, specs=specs, params=inputs.params,
                           preproc=inputs.preproc, metrics=result.metrics, history=result.history,
-                          model_source=user_model.source, files=files, plots_dir=fout / "plots", task=task)
+                          model_source=user_model.source, files=files, plots_dir=fout / "plots", task=task,
+                          layout=layout)
     return WorkflowResult(result, bundle, result.metrics, plot_files)

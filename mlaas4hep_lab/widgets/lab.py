@@ -39,10 +39,12 @@ class Lab:
 
     Args:
         files: ROOT files (paths or URLs) or a files.txt path.
-        labels: one label per file, or a labels.txt path.
-        params: None, a Params, a dict or a params.json path.
+        labels: one label per file, or a labels.txt path (None: a regression, params ``"task"``).
+        params: None, a Params, a dict or a params.json path (its ``task``: binary, multiclass or
+            regression, the Training tab's first field).
         preproc: None, a dict or a preproc.json path.
-        model: ``"keras"``, ``"torch"``, ``"sklearn"``, ``"xgboost"`` (templates) or a model.py path.
+        model: ``"keras"``, ``"torch"``, ``"sklearn"``, ``"xgboost"`` (templates; ``"torch_multiclass"``,
+            ``"torch_regression"``... for the other tasks) or a model.py path.
         workdir: folder for specs, training outputs and bundles (default ``$MLAAS4HEP_WORKDIR`` or
             ``./mlaas4hep-lab``).
         service_url, token: the inference service; default from the environment (JupyterHub).

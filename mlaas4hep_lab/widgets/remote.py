@@ -96,15 +96,23 @@ def models_html(models: list[dict[str, Any]]) -> str:
 
 @dataclass
 class ScoreRow:
+    """One scored event: the service's and the notebook's outputs, a float (binary) or one per column
+    (the class probabilities or regression targets of a multi-class or regression model)."""
+
     file: str
     entry: int
-    remote: float
-    notebook: float
+    remote: float | tuple[float, ...]
+    notebook: float | tuple[float, ...]
     passes: bool
 
     @property
     def diff(self) -> float:
-        return abs(self.remote - self.notebook)
+        return float(np.max(np.abs(np.subtract(self.remote, self.notebook))))
+
+
+def _row_values(values) -> float | tuple[float, ...]:
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    return float(values[0]) if values.size == 1 else tuple(float(v) for v in values)
 
 
 def score_events(state: LabState, n: int) -> tuple[ak.Array, list[tuple[str, int]]]:
@@ -137,16 +145,25 @@ def score(state: LabState, url: str, token: str, model: str, n: int = 6, version
     with client(url, token) as c:
         remote = c.predict_events(model, {f: events[f] for f in events.fields}, version=version)
     remote = np.asarray(remote, dtype=np.float64)
-    return [ScoreRow(Path(f).name, e, float(r), float(s), bool(k))
+    width, local_width = int(np.prod(remote.shape[1:])), int(np.prod(np.shape(local)[1:]))
+    if width != local_width:   # e.g. a binary model of that name, scored beside this Lab's multi-class one
+        raise ConfigError(f"the service answered {width} output(s) per event, the notebook's bundle "
+                          f"{local_width}: is {model!r} the model pushed from this Lab?", key="model")
+    return [ScoreRow(Path(f).name, e, _row_values(r), _row_values(s), bool(k))
             for (f, e), r, s, k in zip(where, remote, local, keep)]
 
 
 def scores_html(rows: list[ScoreRow]) -> str:
     head = "<tr><th>file</th><th>entry</th><th>remote</th><th>notebook</th><th>|diff|</th><th>passes cuts</th></tr>"
     body = "".join(
-        f"<tr><td>{_esc(r.file)}</td><td>{r.entry}</td><td>{r.remote:.6f}</td><td>{r.notebook:.6f}</td>"
-        f"<td>{r.diff:.2e}</td><td>{'yes' if r.passes else 'no'}</td></tr>" for r in rows)
+        f"<tr><td>{_esc(r.file)}</td><td>{r.entry}</td><td>{_values_text(r.remote)}</td>"
+        f"<td>{_values_text(r.notebook)}</td><td>{r.diff:.2e}</td><td>{'yes' if r.passes else 'no'}</td></tr>"
+        for r in rows)
     return f"<table class='m4h-scores'>{head}{body}</table>"
+
+
+def _values_text(values: float | tuple[float, ...]) -> str:
+    return f"{values:.6f}" if isinstance(values, float) else ", ".join(f"{v:.6g}" for v in values)
 
 
 def _esc(text: Any) -> str:

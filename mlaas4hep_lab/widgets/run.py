@@ -23,6 +23,7 @@ import numpy as np
 
 from mlaas4hep_lab.training.events import EventBus, MetricEvent
 from mlaas4hep_lab.training.model_file import TEMPLATES
+from mlaas4hep_lab.widgets import tasks
 from mlaas4hep_lab.widgets.state import LabState
 
 __all__ = ["TrainingRun", "Curves", "Throttle", "STATES"]
@@ -108,10 +109,11 @@ class TrainingRun:
         self.events_seen = 0
         self.events_total = 0
         self.events_per_second = 0.0
+        self.task: str = state.params.task       # binary, multiclass or regression (params "task")
         self.result: Any = None                  # WorkflowResult when done
-        self.summary: dict[str, Any] = {}        # test AUC, AMS, bundle path, KS p-values, top ranking
-        self.roc: tuple[np.ndarray, np.ndarray] | None = None
-        self.report: dict[str, Path] = {}        # the training report's PNGs by name, when done
+        self.summary: dict[str, Any] = {}        # the task's test numbers and the bundle (tasks.summary_of)
+        self.roc: tuple[np.ndarray, np.ndarray] | None = None   # binary only
+        self.report: dict[str, Path] = {}        # the training report's (binary) or task's PNGs by name
         self.error = ""
         self.fout: Path | None = None
         self.bus = EventBus()
@@ -206,18 +208,18 @@ class TrainingRun:
             out = train(inputs, specs, model, self.fout, bus=self.bus, stop=self._stop, progress=False,
                         name=_safe_name(f"lab-{state.model if state.model in TEMPLATES else model.stem}"))
             self.result = out
-            metrics = out.metrics
             test = out.result.test
-            if len(test["y"]) and len(np.unique(test["y"])) > 1:
+            if self.task == "binary" and len(test["y"]) and len(np.unique(test["y"])) > 1:
                 fpr, tpr, _ = evaluation.roc_curve(test["y"], test["score"], test.get("weight"),
                                                    drop_intermediate=True)
                 self.roc = (fpr, tpr)
-            self.summary = {"test_auc": metrics.get("auc"), "ams": metrics.get("ams"),
-                            "bundle": str(out.bundle), "stopped": out.result.stopped,
-                            "ks_pvalue_signal": metrics.get("ks_pvalue_signal"),
-                            "ks_pvalue_background": metrics.get("ks_pvalue_background"),
-                            "ranking": metrics.get("ranking", [])[:10], "report_error": metrics.get("report_error")}
-            self.report = report_pngs(self.fout / "plots")
+            self.summary = {**tasks.summary_of(self.task, out.metrics), "bundle": str(out.bundle),
+                            "stopped": out.result.stopped}
+            if self.task == "binary":
+                self.report = report_pngs(self.fout / "plots")
+            else:
+                names = self.summary.get("classes") or self.summary.get("targets") or []
+                self.report = tasks.task_pngs(self.fout / "plots", self.task, [str(n) for n in names])
             state.set_bundle(out.bundle, out)
             self.status = "stopped" if out.result.stopped == "requested" else "done"
             self.message = f"bundle {out.bundle}"

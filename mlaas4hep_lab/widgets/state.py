@@ -72,10 +72,11 @@ class LabState:
 
     Args:
         files: ROOT file paths or URLs, or a files.txt path.
-        labels: one label per file, or a labels.txt path.
+        labels: one label per file, or a labels.txt path (None: a regression).
         params: None, a :class:`~mlaas4hep_lab.params.Params`, a dict or a params.json path.
         preproc: None, a dict, a preproc.json path or JSON text.
-        model: a template name (``keras``, ``torch``, ``sklearn``, ``xgboost``) or a model.py path.
+        model: a template name (``keras``, ``torch``, ``sklearn``, ``xgboost``, ``torch_multiclass``...:
+            ``model_file.TEMPLATES``) or a model.py path.
         workdir: where specs, training outputs and bundles go (default :func:`default_workdir`).
         service_url, token: the inference service (the Deploy panel fills in hub defaults).
         sample_size: events read from the start of each file for the table and the cut preview.
