@@ -43,6 +43,7 @@ from mlaas4hep_lab.backends._onnx import (
     onnx_with_score,
     write_verified_onnx,
 )
+from mlaas4hep_lab.backends._sklearn_tasks import fits_targets, pad_classes, target_tags
 from mlaas4hep_lab.backends.base import Backend
 from mlaas4hep_lab.errors import ConfigError
 
@@ -55,7 +56,6 @@ DEFAULT_MAX_ACCUMULATE_BYTES = 4 * 1024**3
 _DEFAULT_N_CHUNKS = 10          # when the trainer does not say how many chunks to expect
 _LOSS_SAMPLE = 10_000           # the training loss is measured on at most this many events
 _PROBE_ROWS = 512               # training rows kept to verify an ONNX export against the estimator
-_MULTI_OUTPUT_PROBE_ROWS = 64   # rows of the fit that tells whether an estimator takes several targets
 
 
 def _human_bytes(n: float) -> str:
@@ -200,11 +200,11 @@ class SklearnBackend(Backend):
                                   f"class probabilities: choose a classifier that gives them", key="model")
 
     def _check_targets(self, model: Any) -> None:
-        tags = _target_tags(model)
+        tags = target_tags(model)
         if tags is not None:
             self._flat_target = tags[1]
         n = len(self.task.targets)
-        if n > 1 and not (tags is not None and tags[0]) and _fits_targets(model, self.n_features, n) is False:
+        if n > 1 and not (tags is not None and tags[0]) and fits_targets(model, self.n_features, n) is False:
             raise ConfigError(
                 f"{self.estimator_name} predicts one target, but the regression has {n} "
                 f"({', '.join(self.task.targets)}): wrap it, sklearn.multioutput.MultiOutputRegressor("
@@ -340,7 +340,7 @@ class SklearnBackend(Backend):
                               f"takes no sample_weight to stand them in at weight 0) and is skipped",
                               UserWarning, stacklevel=3)
                 return {"skipped": 1.0, "n_estimators": float(self._n_members())}
-            X, y, weight = _pad_classes(X, y, weight, missing)
+            X, y, weight = pad_classes(X, y, weight, missing)
         step = self._per_chunk()
         current = self._n_members() if self.fitted else 0
         self.model.set_params(warm_start=True, n_estimators=current + step)
@@ -570,49 +570,6 @@ class SklearnBackend(Backend):
         random_rows = rng.uniform(-0.5, 1.5, size=(256, self.n_features)).astype(np.float32)
         return random_rows if self._probe is None else np.concatenate([self._probe, random_rows])
 
-
-
-def _target_tags(model: Any) -> tuple[bool, bool] | None:
-    """``(multi_output, single_output)`` from scikit-learn's estimator tags: whether it takes several targets,
-    and whether it takes one as a flat ``[n]``; None when the estimator has no tags."""
-    try:
-        tags = extras.require("sklearn.utils").get_tags(model).target_tags
-    except Exception:  # an estimator of another library without scikit-learn's tags
-        return None
-    return bool(tags.multi_output), bool(tags.single_output)
-
-
-def _fits_targets(model: Any, n_features: int, n_targets: int) -> bool | None:
-    """Whether an unfitted copy of ``model`` fits ``n_targets`` targets on a few random rows (tags are not
-    always right: MLPRegressor says no and can). None when it fits no target at all on them: undecided,
-    the training itself will tell."""
-    clone = extras.require("sklearn.base").clone
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(_MULTI_OUTPUT_PROBE_ROWS, n_features)).astype(np.float32)
-    Y = rng.normal(size=(_MULTI_OUTPUT_PROBE_ROWS, n_targets)).astype(np.float32)
-
-    def fits(y: np.ndarray) -> bool:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                clone(model).fit(X, y)
-        except Exception:
-            return False
-        return True
-
-    if fits(Y):
-        return True
-    return False if fits(Y[:, 0]) else None
-
-
-def _pad_classes(X: np.ndarray, y: np.ndarray, weight: np.ndarray | None, missing: np.ndarray):
-    """The chunk plus one row of weight 0 per missing class (a copy of the heaviest event: a tree cannot split
-    it from its original, so it never makes a leaf of its own). A warm-started ensemble takes its classes from
-    each chunk: so every member keeps the task's class columns, while the rows change nothing it learns."""
-    w = np.ones(len(y), np.float32) if weight is None else np.asarray(weight, dtype=np.float32)
-    source = np.repeat(X[int(np.argmax(w))][None, :], len(missing), axis=0)
-    return (np.concatenate([X, source]), np.concatenate([y, missing.astype(y.dtype)]),
-            np.concatenate([w, np.zeros(len(missing), np.float32)]))
 
 
 def _params_of(method: Any) -> set[str]:

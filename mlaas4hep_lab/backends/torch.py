@@ -41,7 +41,6 @@ weights, finite with the negative weights of NLO generators.
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import importlib.util
 import inspect
@@ -53,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep_lab import extras
+from mlaas4hep_lab.backends._torch_modules import objects_module_class, score_module_class
 from mlaas4hep_lab.backends.base import Backend, quiet
 from mlaas4hep_lab.errors import ConfigError
 
@@ -88,9 +88,9 @@ class TorchBackend(Backend):
         super().__init__(model, n_features, options)
         torch = extras.torch()
         layout = self.options.get("layout")
-        if layout is not None and not isinstance(model, _objects_module_class()):
+        if layout is not None and not isinstance(model, objects_module_class()):
             # the objects layout: the user's module gets a dict of named inputs gathered from X in its graph
-            model = self.model = _objects_module_class()(model, layout)
+            model = self.model = objects_module_class()(model, layout)
         fit_options = self.options.get("fit_options") or {}
         if not isinstance(fit_options, dict):
             raise ConfigError(f"fit_options in model.py must be a dict, not {type(fit_options).__name__}",
@@ -312,7 +312,7 @@ class TorchBackend(Backend):
     def _scorer(self, model):
         """The module that maps features to the task's outputs (shared by predict and the ONNX export)."""
         scale = self.task._scale() if self.task.kind == "regression" and self.task.target_scale else None
-        return _score_module_class()(model, self.width, self.output, self.task.kind, scale)
+        return score_module_class()(model, self.width, self.output, self.task.kind, scale)
 
     def _tensor(self, X: np.ndarray):
         X = np.ascontiguousarray(X, dtype=np.float32)
@@ -500,80 +500,6 @@ def _user_loss(user: Any, nn: Any):
     return loss
 
 
-@functools.cache
-def _objects_module_class():
-    """``nn.Module`` feeding the user's module the named inputs of the objects layout, gathered from the
-    rows of ``X`` (:class:`~mlaas4hep_lab.data.objects.ObjectsLayout`): ``flat`` [B, F], per collection
-    [B, k, C] and its mask [B, k] (slot j < the collection's multiplicity, or its mask features set). Its
-    ``state_dict`` is the user module's under ``model.`` plus the index tensors."""
-    torch = extras.torch()
-
-    class ObjectsInputs(torch.nn.Module):
-        def __init__(self, model, layout):
-            super().__init__()
-            self.model = model
-            self.register_buffer("flat_index", torch.as_tensor(layout.flat_columns, dtype=torch.long))
-            self.collections = []
-            for i, c in enumerate(layout.collections):
-                self.register_buffer(f"values_{i}", torch.as_tensor(c.columns.reshape(-1), dtype=torch.long))
-                if c.mask_columns is not None:
-                    self.register_buffer(f"masks_{i}", torch.as_tensor(c.mask_columns.reshape(-1), dtype=torch.long))
-                self.register_buffer(f"slots_{i}", torch.arange(c.k, dtype=torch.float32))
-                self.collections.append((c.name, c.mask_name, c.k, len(c.branches), c.count))
-
-        def forward(self, x):
-            inputs = {"flat": x.index_select(1, self.flat_index)}
-            for i, (name, mask_name, k, width, count) in enumerate(self.collections):
-                inputs[name] = x.index_select(1, getattr(self, f"values_{i}")).reshape(-1, k, width)
-                if count is not None:
-                    col, scale, offset = count
-                    n = torch.round(x[:, col] / scale + offset)
-                    inputs[mask_name] = getattr(self, f"slots_{i}")[None, :] < n[:, None]
-                else:
-                    flags = x.index_select(1, getattr(self, f"masks_{i}")).reshape(-1, k, width)
-                    inputs[mask_name] = (flags > 0.5).any(dim=2)
-            return self.model(inputs)
-
-    return ObjectsInputs
-
-
-@functools.cache
-def _score_module_class():
-    """``nn.Module`` mapping the user's output to the score ``float32[n]`` (shared by predict and ONNX)."""
-    torch = extras.torch()
-
-    class ScoreModule(torch.nn.Module):
-        def __init__(self, model, width: int, output: str, kind: str = "binary", scale=None):
-            super().__init__()
-            self.model, self.width, self.output, self.kind = model, width, output, kind
-            if scale is not None:   # a regression's standardisation, undone
-                self.register_buffer("mean", torch.as_tensor(scale[0], dtype=torch.float32))
-                self.register_buffer("std", torch.as_tensor(scale[1], dtype=torch.float32))
-            self.scaled = scale is not None
-
-        def forward(self, x):
-            out = self.model(x)
-            if self.kind == "regression":
-                out = out.reshape(-1, self.width)
-                return out * self.std + self.mean if self.scaled else out
-            if self.kind == "multiclass":
-                out = out.reshape(-1, self.width)
-                if self.output == "logit":
-                    return torch.softmax(out, dim=1)
-                return torch.exp(out) if self.output == "log_probability" else out
-            if self.width == 1:
-                out = out.reshape(-1)
-                return torch.sigmoid(out) if self.output == "logit" else out
-            out = out.reshape(-1, 2)
-            if self.output == "logit":
-                return torch.softmax(out, dim=1)[:, 1]
-            if self.output == "log_probability":
-                return torch.exp(out[:, 1])
-            return out[:, 1]
-
-    return ScoreModule
-
-
 def _rebuild(path: Path, n_features: int, task=None, layout=None) -> tuple[Any, dict[str, Any]]:
     """Import a saved model.py and call its ``model(idim)``; also return its ``loss``/``optimizer``/
     ``fit_options``."""
@@ -589,7 +515,7 @@ def _rebuild(path: Path, n_features: int, task=None, layout=None) -> tuple[Any, 
     args, kwargs, _ = model_arguments(module.model, n_features if layout is None else layout.shapes(), task)
     model = module.model(*args, **kwargs)
     if layout is not None:
-        model = _objects_module_class()(model, layout)
+        model = objects_module_class()(model, layout)
     found = {k: getattr(module, k) for k in ("loss", "optimizer", "fit_options") if hasattr(module, k)}
     return model, found
 
