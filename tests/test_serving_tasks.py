@@ -1,7 +1,8 @@
 """The inference service serving multi-class and regression bundles end to end.
 
 A module fixture writes the ``tth_tasks`` example (ttH, tt+bb, tt+light with generator truth), trains a
-three-class PyTorch model and a two-target PyTorch regression on it (one epoch), starts a real
+three-class PyTorch model, a two-target PyTorch regression and a three-class Deep Sets model of the objects
+layout on it (one epoch), starts a real
 ``mlaas4hep serve`` on 127.0.0.1 and uploads both. What every route answers (OIP ``infer``, TFaaS ``/json``,
 the raw-events route, ``predict-remote``) is compared with what the notebook computes from the same bundle
 (``Bundle.predict_arrays``) and with ``mlaas4hep predict``; tritonclient reads the [N, W] output.
@@ -29,11 +30,13 @@ pytestmark = [pytest.mark.serving, pytest.mark.slow]
 TOKEN = "alice-tasks-token-0123"
 RTOL, ATOL = 1e-5, 1e-6
 ROWS = 100  # events per OIP or /json request (the service's body limit is 1 MiB)
-MODELS = {  # served name -> (template, params file, targets)
-    "tth-classes": ("torch_multiclass", "params.json", None),
-    "tth-top": ("torch_regression", "params_regression.json", ["GenTop_pt", "GenTop_mass"]),
+MODELS = {  # served name -> (template, params file, targets, layout)
+    "tth-classes": ("torch_multiclass", "params.json", None, "flat"),
+    "tth-top": ("torch_regression", "params_regression.json", ["GenTop_pt", "GenTop_mass"], "flat"),
+    # the objects layout: each collection a set of objects (Deep Sets), served from the same flat features
+    "tth-sets": ("torch_deepsets", "params.json", None, "objects"),
 }
-TENSORS = {"tth-classes": ("probabilities", 3), "tth-top": ("targets", 2)}
+TENSORS = {"tth-classes": ("probabilities", 3), "tth-top": ("targets", 2), "tth-sets": ("probabilities", 3)}
 
 
 @dataclass
@@ -56,13 +59,13 @@ class Served:
         return Client(self.server.url, token=TOKEN)
 
 
-def _train(data: Path, out: Path, template: str, params_file: str, targets) -> Path:
+def _train(data: Path, out: Path, template: str, params_file: str, targets, layout: str) -> Path:
     from mlaas4hep_lab.pipeline import ensure_specs, load_inputs
     from mlaas4hep_lab.training.model_file import template_path
     from mlaas4hep_lab.training.workflow import train
 
     params = json.loads((data / params_file).read_text())
-    params.update(chunk_size=1000, epochs=1)
+    params.update(chunk_size=1000, epochs=1, layout=layout)
     if targets:
         params["target"] = targets
     inputs = load_inputs(data / "files.txt", None if targets else data / "labels.txt", params,
@@ -90,8 +93,8 @@ def served(tmp_path_factory) -> Served:
     server = ServerProcess(base / "store", tokens, base / "server.log").start()
     try:
         models = {}
-        for name, (template, params_file, targets) in MODELS.items():
-            path = _train(data, base / name, template, params_file, targets)
+        for name, (template, params_file, targets, layout) in MODELS.items():
+            path = _train(data, base / name, template, params_file, targets, layout)
             Client(server.url, token=TOKEN).upload(path, name=name)
             bundle = Bundle.load(path)
             events = _events(bundle, data)
