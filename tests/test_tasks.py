@@ -33,7 +33,7 @@ LABEL = "(f_float32 > 0) + (f_float32 > 1)"   # 0, 1 or 2 per event
 
 def params_of(toy, **extra) -> dict:
     params = json.loads(Path(toy.params_json).read_text())
-    params.update(verbose=0, chunk_size=2500, **extra)
+    params.update({"verbose": 0, "chunk_size": 2500, **extra})
     return params
 
 
@@ -239,3 +239,39 @@ def test_a_multiclass_model_trains_and_its_bundle_predicts_what_the_trainer_scor
     scores, keep = bundle.predict_arrays(arrays)
     mine = test["file_index"] == 0
     np.testing.assert_allclose(scores[test["entry"][mine]], test["score"][mine], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("template", "extra"), [
+    ("torch_regression", {"task": "regression", "target": ["f_float64", "f_int16 / 1000"]}),
+    ("keras_multiclass", {"task": "multiclass", "label": LABEL}),
+    ("torch_deepsets", {"task": "multiclass", "label": LABEL, "layout": "objects"}),
+], ids=["torch-regression", "keras-multiclass", "torch-objects"])
+def test_a_stopped_run_of_every_task_resumes_where_it_stopped(toy_data, tmp_path, template, extra):
+    pytest.importorskip(template.split("_")[0])
+    import threading
+
+    from mlaas4hep_lab.training.events import EventBus
+    from mlaas4hep_lab.training.workflow import train
+
+    inputs = load_inputs(toy_data.files, None if extra["task"] == "regression" else [0, 0],
+                         params_of(toy_data, chunk_size=1500, epochs=1, **extra))
+    specs = ensure_specs(inputs, progress=False)
+    stop, bus = threading.Event(), EventBus()
+    bus.subscribe(lambda e: stop.set() if e.kind == "chunk" and e.chunk == 2 else None)
+    from mlaas4hep_lab.training.model_file import template_path
+
+    first = train(inputs, specs, template_path(template), tmp_path / "out", bus=bus, stop=stop, progress=False,
+                  plots=False)
+    assert first.result.stopped == "requested"
+    done = [h["chunk"] for h in first.result.history if h["kind"] == "chunk"]
+    assert done == [0, 1, 2]
+    resumed = train(inputs, specs, template_path(template), tmp_path / "out", resume=True, progress=False,
+                    plots=False)
+    chunks = [h["chunk"] for h in resumed.result.history if h["kind"] == "chunk"]
+    n_chunks = ChunkStream(inputs.files, inputs.labels, inputs.params, specs).n_chunks
+    assert chunks == list(range(n_chunks))   # none lost, none trained twice
+    task = run_task(inputs.params, inputs.labels, specs)
+    out = resumed.result.test["score"]
+    assert out.shape == (len(resumed.result.test["y"]), task.n_outputs) and np.all(np.isfinite(out))
+    assert resumed.metrics["task"] == extra["task"]
