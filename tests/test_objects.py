@@ -113,6 +113,17 @@ def test_objects_templates_train_and_their_bundles_predict_what_was_scored(tth_s
     scores, _ = bundle.predict_arrays(arrays)
     mine = test["file_index"] == 0
     np.testing.assert_allclose(scores[test["entry"][mine]], test["score"][mine], rtol=1e-4, atol=1e-5)
+    # the export on the named inputs, for programs that build the sets themselves, gives the same scores
+    named = next(e for e in bundle.manifest["inference"]["exports"] if e["format"] == "onnx-named-inputs")
+    assert named["inputs"]["Jet_mask"] == bundle.manifest["layout"]["inputs"]["Jet_mask"]
+    import onnxruntime as ort
+
+    X = bundle.vectorize(arrays)[0]
+    split = bundle.layout.split(X)
+    session = ort.InferenceSession(str(bundle.path / "inference" / "model_named_inputs.onnx"))
+    assert sorted(i.name for i in session.get_inputs()) == sorted(split)
+    got = session.run([named["output"]], {i.name: split[i.name] for i in session.get_inputs()})[0]
+    np.testing.assert_allclose(got.reshape(-1), scores.reshape(-1), rtol=1e-4, atol=1e-5)
 
 
 def test_a_model_for_the_other_layout_is_refused_naming_model_py(tth_small, tmp_path):

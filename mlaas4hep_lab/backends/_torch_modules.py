@@ -7,7 +7,7 @@ import functools
 
 from mlaas4hep_lab import extras
 
-__all__ = ["objects_module_class", "score_module_class"]
+__all__ = ["objects_module_class", "score_module_class", "named_inputs_module_class"]
 
 
 @functools.cache
@@ -82,3 +82,20 @@ def score_module_class():
             return out[:, 1]
 
     return ScoreModule
+
+
+@functools.cache
+def named_inputs_module_class():
+    """``nn.Module`` taking the objects layout's named inputs as positional tensors (what an ONNX graph's
+    inputs are) and handing them to ``scorer`` as the dict the user's module reads."""
+    torch = extras.torch()
+
+    class NamedInputs(torch.nn.Module):
+        def __init__(self, scorer, names):
+            super().__init__()
+            self.scorer, self.names = scorer, list(names)
+
+        def forward(self, *tensors):
+            return self.scorer(dict(zip(self.names, tensors)))
+
+    return NamedInputs

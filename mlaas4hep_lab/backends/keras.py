@@ -207,10 +207,10 @@ class KerasBackend(Backend):
             return e[:, 1] / e.sum(axis=1)
         return out[:, 0] if out.shape[1] == 1 else out[:, 1]
 
-    def _score_model(self):
+    def _score_model(self, layout=None):
         """A functional Keras model wrapping the user's model (for export): ``features`` -> ``score``
         float32[n] (binary), ``probabilities`` [n, K] (multiclass) or ``targets`` [n, T] in the targets'
-        units (regression)."""
+        units (regression). With ``layout`` (the objects layout): the user's own model on its named inputs."""
         keras = extras.keras()
         ops = keras.ops
         width = int(np.prod(np.shape(self.model(np.zeros((1, self.n_features), np.float32), training=False))[1:]))
@@ -231,9 +231,36 @@ class KerasBackend(Backend):
                 t = ops.sigmoid(t) if width == 1 else ops.softmax(t, axis=-1)
             return t[:, 0] if width == 1 else t[:, 1]
 
+        if layout is not None:
+            inner = next(layer for layer in self.model.layers if isinstance(layer, keras.Model))
+            inp = {n: keras.Input(shape, name=n, dtype="bool" if n.endswith("_mask") else "float32")
+                   for n, shape in layout.shapes().items()}
+            out = keras.layers.Lambda(score, name=_OUTPUT_NAMES[kind])(inner(inp, training=False))
+            return keras.Model(inp, out, name="mlaas4hep_named_inputs")
         inp = keras.Input((self.n_features,), name="features", dtype="float32")
         out = keras.layers.Lambda(score, name=_OUTPUT_NAMES[kind])(self.model(inp, training=False))
         return keras.Model(inp, out, name="mlaas4hep_score")
+
+    def _export_named(self, target: Path, layout, probe: np.ndarray, expected: np.ndarray) -> dict[str, Any]:
+        """``model_named_inputs.onnx``: the user's model on the objects layout's named inputs (``flat``, each
+        collection, its ``_mask``), for programs that build the sets themselves; checked against predict."""
+        fmt, name = "onnx-named-inputs", _OUTPUT_NAMES[self.task.kind]
+        try:
+            split = layout.split(probe)
+            named = self._score_model(layout)
+            named({n: v[:2] for n, v in split.items()})   # built, as the exporter wants
+            _write_onnx(named, target)
+            session = extras.onnxruntime().InferenceSession(str(target), providers=["CPUExecutionProvider"])
+            feed = {i.name: split[i.name] for i in session.get_inputs()}
+            got = np.asarray(session.run(None, feed)[0]).reshape(-1)
+            diff = float(np.max(np.abs(got - expected.reshape(-1))))
+            if not diff <= _EXPORT_TOLERANCE * max(1.0, float(np.abs(expected).max(initial=0.0))):
+                raise ValueError(f"its outputs differ from predict() by up to {diff:.3g}")
+        except Exception as err:
+            _remove(target)
+            return {"format": fmt, "reason": f"{type(err).__name__}: {err}"}
+        return {"format": fmt, "path": str(target), "inputs": {n: [None, *shape] for n, shape in layout.shapes().items()},
+                "output": name, "max_abs_diff": diff}
 
     # -- persistence --------------------------------------------------------------------------------
     def save(self, directory: Path) -> dict[str, Any]:
@@ -335,6 +362,10 @@ class KerasBackend(Backend):
         if not exports:
             reasons = "; ".join(f"{f['format']}: {f['reason']}" for f in failed)
             return {"format": None, "reason": f"no working export ({reasons})", "failed": failed}
+        layout = self.options.get("layout")
+        if layout is not None:   # the objects layout: also the user's model on its named inputs
+            named = self._export_named(directory / "model_named_inputs.onnx", layout, probe, expected)
+            (exports if named.get("path") else failed).append(named)
         return {**exports[0], "exports": exports, "failed": failed}
 
 

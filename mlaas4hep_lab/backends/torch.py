@@ -52,7 +52,11 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep_lab import extras
-from mlaas4hep_lab.backends._torch_modules import objects_module_class, score_module_class
+from mlaas4hep_lab.backends._torch_modules import (
+    named_inputs_module_class,
+    objects_module_class,
+    score_module_class,
+)
 from mlaas4hep_lab.backends.base import Backend, quiet
 from mlaas4hep_lab.errors import ConfigError
 
@@ -62,6 +66,7 @@ _STATE_FILE = "model.pt"
 _SOURCE_FILE = "model.py"
 _MODULE_FILE = "module.pt"
 _ONNX_FILE = "model.onnx"
+_NAMED_ONNX_FILE = "model_named_inputs.onnx"
 _FORMAT_VERSION = 1
 _OUTPUTS = ("logit", "probability", "log_probability")
 _FIT_OPTIONS = ("output", "device", "predict_batch_size")
@@ -459,10 +464,41 @@ class TorchBackend(Backend):
         except Exception as err:
             target.unlink(missing_ok=True)
             return {"format": None, "reason": f"the ONNX export could not be verified: {type(err).__name__}: {err}"}
-        return {"format": "onnx", "path": str(target), "input": "features", "output": name,
-                "max_abs_diff": diff, "exports": [{"format": "onnx", "path": str(target), "input": "features",
-                                                   "output": name, "max_abs_diff": diff}],
-                "failed": [{"format": "onnx", "reason": a} for a in attempts if a]}
+        result = {"format": "onnx", "path": str(target), "input": "features", "output": name,
+                  "max_abs_diff": diff, "exports": [{"format": "onnx", "path": str(target), "input": "features",
+                                                     "output": name, "max_abs_diff": diff}],
+                  "failed": [{"format": "onnx", "reason": a} for a in attempts if a]}
+        layout = self.options.get("layout")
+        if layout is not None:   # the objects layout: also the user's module on its named inputs
+            named = self._export_named(directory / _NAMED_ONNX_FILE, layout, probe, expected, name)
+            result["exports" if named.get("path") else "failed"].append(named)
+        return result
+
+    def _export_named(self, target: Path, layout, probe: np.ndarray, expected: np.ndarray, name: str) -> dict:
+        """``model_named_inputs.onnx``: the user's module (with the task's softmax or unstandardisation) on the
+        objects layout's named inputs (``flat``, each collection, its ``_mask``), for programs that build the
+        sets themselves; checked against :meth:`predict`."""
+        torch = extras.torch()
+        fmt = "onnx-named-inputs"
+        names = layout.input_names
+        inner = copy.deepcopy(self.model.model).cpu()   # the user's module inside the objects wrapper
+        module = named_inputs_module_class()(self._scorer(inner), names).eval()
+        split = layout.split(probe)
+        example = tuple(torch.from_numpy(np.ascontiguousarray(split[n][:3])) for n in names)
+        try:
+            with _quiet():
+                torch.onnx.export(module, example, str(target), input_names=names, output_names=[name], dynamo=False,
+                                  opset_version=17, dynamic_axes={n: {0: "batch"} for n in [*names, name]})
+            session = extras.onnxruntime().InferenceSession(str(target), providers=["CPUExecutionProvider"])
+            got = np.asarray(session.run([name], {n: split[n] for n in names})[0]).reshape(-1)
+            diff = float(np.max(np.abs(got - expected.reshape(-1))))
+            if not diff <= _EXPORT_TOLERANCE * max(1.0, float(np.abs(expected).max(initial=0.0))):
+                raise ValueError(f"its outputs differ from predict() by up to {diff:.3g}")
+        except Exception as err:
+            target.unlink(missing_ok=True)
+            return {"format": fmt, "reason": f"{type(err).__name__}: {err}"}
+        return {"format": fmt, "path": str(target), "inputs": {n: [None, *shape] for n, shape in layout.shapes().items()},
+                "output": name, "max_abs_diff": diff}
 
 
 # -- helpers --------------------------------------------------------------------------------------------
