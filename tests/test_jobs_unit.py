@@ -236,6 +236,14 @@ def test_bad_params_preproc_model_and_labels_are_4xx_naming_the_problem(data_roo
                                     labels="1\n0\n"), roots)
     assert sub.labels == [1.0, 0.0] and sub.files[1].endswith("higgs_background.root")
     assert sub.model_kind == "sklearn" and "def model" in sub.model_source
+    # a regression needs no labels, the other tasks do; multi-class labels are class indices
+    sub = check_submission(_request(data_root, labels=None, model="sklearn_regression",
+                                    params={"task": "regression", "target": "PRI_met"}), roots)
+    assert sub.labels == [0.0, 0.0] and sub.params["task"] == "regression"
+    status, text = _status(lambda: check_submission(_request(data_root, labels=None), roots))
+    assert status == 422 and "the binary task needs one label per file" in text
+    sub = check_submission(_request(data_root, labels=[2, 0], params={"task": "multiclass"}), roots)
+    assert sub.labels == [2.0, 0.0]
 
 
 def test_http_refusals_and_ownership_on_the_app(tmp_path, data_root):

@@ -40,8 +40,9 @@ class PushRequest(_Strict):
 class SubmitRequest(_Strict):
     files: list[str] | str = Field(description="ROOT files: paths below the service's data roots, root:// or "
                                                "http(s):// URLs; a list, or files.txt's text (one per line)")
-    labels: list[float] | str = Field(description="one label per file (1 signal, 0 background), or "
-                                                  "labels.txt's text")
+    labels: list[float] | str | None = Field(None, description="one label per file (binary: 1 signal, 0 "
+                                                        "background; multiclass: 0..K-1), or labels.txt's text; "
+                                                        "a regression (params task) needs none")
     model: str = Field(description="a template name (keras, torch, sklearn, xgboost) or the source of a "
                                    "model.py defining model(idim)")
     params: dict[str, Any] = Field(default_factory=dict, description="params.json")

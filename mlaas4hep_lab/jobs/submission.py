@@ -148,11 +148,16 @@ def check_model(model: str) -> tuple[str, str]:
     return "model.py", model
 
 
-def _labels(labels: list[float] | str, n_files: int, task: str = "binary") -> list[float]:
+def _labels(labels: list[float] | str | None, n_files: int, task: str = "binary") -> list[float]:
     """The labels checked by the rule the engine applies (:func:`mlaas4hep_lab.data.validation.check_labels`):
-    binary task, 1 signal and 0 background; an error names the line (or position) and the value."""
+    binary task, 1 signal and 0 background; an error names the line (or position) and the value. A
+    regression needs none (its truth is params ``target``)."""
     from mlaas4hep_lab.data.validation import check_labels
 
+    if labels is None:
+        if task == "regression":
+            return [0.0] * n_files
+        raise Invalid(f"labels: the {task} task needs one label per file (only a regression needs none)")
     values = _lines(labels) if isinstance(labels, str) else list(labels)
     if len(values) != n_files:
         raise Invalid(f"{len(values)} labels for {n_files} files: give one label per file")
