@@ -28,7 +28,7 @@ from mlaas4hep_lab.serving import BadRequest
 from mlaas4hep_lab.task import Task
 
 __all__ = ["Runtime", "OnnxRuntime", "TFRuntime", "Outputs", "BINARY", "model_outputs", "outputs_info",
-           "find_exports", "build_runtime", "probe_runtime", "onnx_bundle", "RUNTIME_ORDER", "PLATFORMS"]
+           "find_exports", "build_runtime", "onnx_session", "probe_runtime", "onnx_bundle", "RUNTIME_ORDER", "PLATFORMS"]
 
 log = logging.getLogger(__name__)
 
@@ -151,16 +151,7 @@ class OnnxRuntime(Runtime):
     def __init__(self, path: Path, n_features: int, input_name: str = "features", output_name: str = "score",
                  threads: int = 1, outputs: Outputs = BINARY):
         super().__init__(n_features, path, outputs)
-        _check_onnx(path)
-        ort = extras.onnxruntime()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as err:  # onnxruntime raises its own exception types for broken graphs
-            raise BadRequest(f"ONNX Runtime cannot load {path.name}: {_short(err)}") from err
+        self.session = onnx_session(path, threads)
         inputs = {i.name: i for i in self.session.get_inputs()}
         if input_name not in inputs:
             if len(inputs) != 1:
@@ -181,6 +172,21 @@ class OnnxRuntime(Runtime):
     def predict(self, X: np.ndarray) -> np.ndarray:
         X = X.astype(self._dtype, copy=False)
         return _scores(self.session.run([self.output_name], {self.input_name: X})[0], len(X), self.outputs)
+
+
+def onnx_session(path: Path, threads: int = 1):
+    """An ONNX Runtime session (CPU, ``threads`` intra-op threads) of an uploaded ONNX file, once it passed
+    :func:`_check_onnx` (no external data, no custom operator domains)."""
+    _check_onnx(path)
+    ort = extras.onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types for broken graphs
+        raise BadRequest(f"ONNX Runtime cannot load {path.name}: {_short(err)}") from err
 
 
 def _pick_probability(session, outputs: list[str]) -> str:

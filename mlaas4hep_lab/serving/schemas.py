@@ -56,11 +56,16 @@ class JsonRequest(_Strict):
 
 
 # -- Open Inference Protocol v2 ----------------------------------------------------------------------
+# OIP data: flat in row-major order, or nested as the shape (an objects-layout collection: [N, k, C]);
+# true/false for BOOL (the masks of named inputs)
+TensorData = (list[float] | list[list[float]] | list[list[list[float]]] | list[bool] | list[list[bool]])
+
+
 class InferInput(_Strict):
     name: str
     shape: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, max_length=8)
     datatype: str
-    data: Rows
+    data: TensorData
     parameters: dict[str, Any] | None = None
 
 
@@ -117,6 +122,9 @@ class ModelMetadata(BaseModel):
     task: str | None = Field(default=None, description="multiclass or regression (absent: binary, one score)")
     columns: list[str] | None = Field(default=None, description="a multi-output model's output names, one per "
                                       "column of its output tensor (p_<class> or the regression targets)")
+    named_inputs: list[TensorMetadata] | None = Field(default=None, description="an objects-layout model's "
+                                                      "named inputs (flat, each collection and its _mask), which "
+                                                      "an infer request may send, all of them, instead of features")
     input_branches: list[str] = []
     tree: str | None = None
     identifier: list[str] = []
@@ -338,6 +346,9 @@ def model_metadata(name: str, state: dict[str, Any], version: str, platform: str
         task = {"task": info.get("task"), "columns": columns}
     params = {"features": features, "input_branches": info.get("input_branches") or [],
               "tree": info.get("tree"), "identifier": info.get("identifier") or []}
+    named = info.get("named_inputs")
+    if named:  # an objects-layout model also takes these inputs, all of them, instead of features
+        task["named_inputs"] = params["named_inputs"] = named
     return {"name": name, "versions": sorted(state["versions"], key=lambda v: (not v.isdigit(), v.zfill(12))),
             "platform": platform, "owner": state["owner"],
             "ref": f"{state['owner']}:{state['name']}", "version": version, "tags": state["tags"],
@@ -445,6 +456,9 @@ def infer_matrix(req: InferRequest, model) -> np.ndarray:
         raise BadRequest(f"unknown input {t.name!r}; model {model.ref!r} takes one input 'features'")
     if t.datatype not in ("FP32", "FP64"):
         raise BadRequest(f"input datatype {t.datatype!r} is not supported; use FP32 or FP64")
+    first = t.data[0] if t.data else None
+    if isinstance(first[0] if isinstance(first, list) and first else first, bool):
+        raise BadRequest(f"input data: {t.datatype} values must be numbers, not true/false")
     n_features = len(model.features)
     if len(t.shape) != 2 or t.shape[1] != n_features:
         raise BadRequest(f"input shape {t.shape}: model {model.ref!r} takes [N, {n_features}]")
@@ -456,7 +470,7 @@ def infer_matrix(req: InferRequest, model) -> np.ndarray:
     except (ValueError, OverflowError):
         raise BadRequest("input data: nested lists must all have the same length") from None
     n = t.shape[0]
-    if X.size != n * n_features or (X.ndim == 2 and X.shape != (n, n_features)):
+    if X.size != n * n_features or (X.ndim > 1 and X.shape != (n, n_features)):
         raise BadRequest(f"input data holds {X.size} values in shape {list(X.shape)}; shape {t.shape} "
                          f"needs {n * n_features}")
     return _finite32(X.reshape(n, n_features), "input data")

@@ -19,6 +19,7 @@ from mlaas4hep_lab.serving import Forbidden, ServingError
 from mlaas4hep_lab.serving import schemas as S
 from mlaas4hep_lab.serving.batching import Batcher, Direct
 from mlaas4hep_lab.serving.metrics import Metrics
+from mlaas4hep_lab.serving.named import NamedRuntime, is_named, named_feeds, named_runtime
 from mlaas4hep_lab.serving.settings import Settings
 from mlaas4hep_lab.serving.store import LoadedModel, ModelStore
 
@@ -141,6 +142,17 @@ class Service:
                 self.metrics.rejected[model.ref] += 1
             raise
 
+    async def _score_named(self, req: S.InferRequest, model: LoadedModel) -> np.ndarray:
+        """The named inputs of an objects-layout model through its named-input export (:mod:`.named`), on
+        the inference threads; the export is loaded on the first such request."""
+        loop = asyncio.get_running_loop()
+        runtime = model.named if isinstance(model.named, NamedRuntime) else await loop.run_in_executor(
+            self.executor, named_runtime, model, self.store.runtime_threads)
+        feeds, n = named_feeds(req, runtime, model.ref)
+        if n == 0:
+            return np.zeros(model.runtime.outputs.shape(0), np.float32)
+        return await loop.run_in_executor(self.executor, runtime.predict, feeds, n)
+
     # -- the hot routes' work, shared by the fast Starlette routes and their documented FastAPI twins
     async def predict_json(self, request: Request, user: User) -> Response:
         req = S.parse_body(await request.body(), S.JsonRequest, self.depth)
@@ -150,7 +162,10 @@ class Service:
     async def infer(self, request: Request, user: User, ref: str, version: str | None) -> Response:
         req = S.parse_body(await request.body(), S.InferRequest, self.depth)
         model = await self.model(user, ref, version)
-        scores = await self.score(model, S.infer_matrix(req, model))
+        if is_named(req, model):  # an objects-layout model's named inputs: one pass, not batched
+            scores = await self._score_named(req, model)
+        else:
+            scores = await self.score(model, S.infer_matrix(req, model))
         outputs = model.runtime.outputs
         # OIP tensors are flat in row-major order, their shape beside them ([N] or [N, W])
         out = {"model_name": ref, "model_version": model.version,

@@ -64,6 +64,7 @@ from mlaas4hep_lab.serving.files import (
     tighten,
     tree_bytes,
 )
+from mlaas4hep_lab.serving.named import named_inputs_info
 from mlaas4hep_lab.serving.quota import Quota, QuotaExceeded
 from mlaas4hep_lab.serving.runtime import (
     PLATFORMS,
@@ -128,6 +129,7 @@ class LoadedModel:
     features: list[str]
     raw_order: np.ndarray | None = None  # columns of Bundle.vectorize output in the model's input order
     batcher: Any = None
+    named: Any = None  # the named-input runtime of an objects-layout model, loaded on first use
     index: dict[str, int] = field(default_factory=dict)
     key_orders: dict[tuple, Any] = field(default_factory=dict)  # /json keys -> column order (cache)
 
@@ -469,7 +471,8 @@ class ModelStore:
                 "runtime": model.runtime.kind, "platform": model.runtime.platform,
                 "exports": sorted(find_exports(final, manifest)),
                 "input_branches": model.bundle.input_branches(), "tree": model.bundle.specs.tree,
-                "identifier": list(model.bundle.specs.identifier or []), **outputs_info(model.runtime.outputs)}
+                "identifier": list(model.bundle.specs.identifier or []), **outputs_info(model.runtime.outputs),
+                **named_inputs_info(model.bundle)}
             state["tags"]["latest"] = latest_version(state["versions"])
             if version.isdigit():
                 state["next_version"] = max(state.get("next_version", 1), int(version) + 1)
