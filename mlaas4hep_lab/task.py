@@ -117,17 +117,18 @@ class Task:
         """Regression truth in standard units (what networks train on); classification truth unchanged."""
         if self.kind != "regression" or not self.target_scale:
             return y
-        mean, std = self._scale()
+        mean, std = self.scale()
         return ((y - mean) / std).astype(np.float32)
 
     def unstandardise(self, out: np.ndarray) -> np.ndarray:
         """Outputs of a network trained on :meth:`standardise`-d targets, in the targets' units."""
         if self.kind != "regression" or not self.target_scale:
             return out
-        mean, std = self._scale()
+        mean, std = self.scale()
         return (out * std + mean).astype(np.float32)
 
-    def _scale(self) -> tuple[np.ndarray, np.ndarray]:
+    def scale(self) -> tuple[np.ndarray, np.ndarray]:
+        """The targets' (mean, std) as float32 arrays (a std of 0 or NaN counts as 1)."""
         mean = np.asarray([m for m, _ in self.target_scale], np.float32)
         std = np.asarray([s if s > 0 and np.isfinite(s) else 1.0 for _, s in self.target_scale], np.float32)
         return mean, std

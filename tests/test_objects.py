@@ -50,6 +50,7 @@ def test_collections_are_sets_of_objects_with_the_files_multiplicities(tth_small
         chunk = stream.build(0)
     named = layout.split(chunk.X)
     assert set(named) == set(shapes)
+    assert all(np.array_equal(v, named[k]) for k, v in chunk.named_inputs().items())   # what the stream gives
     for j, c in ((0, 0), (jets.k - 1, len(jets.branches) - 1)):
         column = specs.features.index(f"{jets.branches[c]}[{j}]")
         np.testing.assert_array_equal(named["Jet"][:, j, c], chunk.X[:, column])

@@ -194,3 +194,19 @@ def test_other_panels_work_on_a_multiclass_and_a_regression_lab(lab, regression_
     assert row.diff == pytest.approx(0.01)
     assert "0.2, 0.5, 0.3" in remote.scores_html([row])
     assert remote.ScoreRow("a.root", 0, 0.5, 0.25, False).diff == 0.25
+
+
+@pytest.mark.slow
+def test_the_objects_layout_offers_the_set_models_and_trains_one(lab):
+    panel = lab.training
+    panel.model.value = "torch_multiclass"
+    panel.layout.value = "objects"   # the set models of any task, the same framework's first
+    assert list(panel.model.options) == [*tasks.OBJECTS_TEMPLATES, "model.py path"]
+    assert panel.model.value == "torch_deepsets" and lab.state.params.layout == "objects"
+    panel.epochs.value, panel.chunk_size.value = 1, 700
+    metrics = finish(panel, panel.start())
+    assert metrics["task"] == "multiclass" and set(metrics["auc_per_class"]) == {"ttH", "ttbb", "ttlf"}
+    manifest = json.loads((panel.run.fout / "bundle" / "manifest.json").read_text())
+    assert manifest["layout"]["layout"] == "objects" and "Jet_mask" in manifest["layout"]["inputs"]
+    panel.layout.value = "flat"
+    assert panel.model.value == "torch_multiclass" and lab.state.params.layout == "flat"

@@ -219,7 +219,7 @@ class KerasBackend(Backend):
             self._check_width(width)
         elif width != self.task.n_outputs:
             self.task.scores(np.zeros((1, width)), 1, "the Keras model")  # raises, saying what is expected
-        mean, std = self.task._scale() if kind == "regression" and self.task.target_scale else (None, None)
+        mean, std = self.task.scale() if kind == "regression" and self.task.target_scale else (None, None)
 
         def score(t):
             t = ops.reshape(t, (-1, width))

@@ -316,7 +316,7 @@ class TorchBackend(Backend):
 
     def _scorer(self, model):
         """The module that maps features to the task's outputs (shared by predict and the ONNX export)."""
-        scale = self.task._scale() if self.task.kind == "regression" and self.task.target_scale else None
+        scale = self.task.scale() if self.task.kind == "regression" and self.task.target_scale else None
         return score_module_class()(model, self.width, self.output, self.task.kind, scale)
 
     def _tensor(self, X: np.ndarray):

@@ -51,14 +51,23 @@ class Chunk:
     ids: dict[str, np.ndarray] = field(default_factory=dict)
     index: int = 0                # chunk number within the pass
     read_events: int = 0          # entries read for this chunk (before cuts)
+    layout: object = None         # the objects layout (params "layout": "objects"), else None
 
     def __len__(self) -> int:
         return len(self.y)
 
+    def named_inputs(self) -> dict[str, np.ndarray]:
+        """The objects layout's named inputs of these events: ``flat`` [n, F], per collection [n, k, C] and
+        its ``_mask`` [n, k] (:class:`~mlaas4hep_lab.data.objects.ObjectsLayout`), gathered from ``X`` on
+        demand (a copy: the chunk itself keeps one matrix)."""
+        if self.layout is None:
+            raise ValueError('the chunk is of the flat layout: set params "layout": "objects" for named inputs')
+        return self.layout.split(self.X)
+
     def take(self, rows: np.ndarray) -> Chunk:
         return Chunk(self.X[rows], self.mask[rows], self.y[rows], self.split[rows], self.file_index[rows],
                      self.entry[rows], None if self.weight is None else self.weight[rows],
-                     {k: v[rows] for k, v in self.ids.items()}, self.index, self.read_events)
+                     {k: v[rows] for k, v in self.ids.items()}, self.index, self.read_events, self.layout)
 
     def subset(self, which: str) -> Chunk:
         """The events of one split: ``"train"``, ``"validation"`` or ``"test"``."""
@@ -130,6 +139,12 @@ class ChunkStream:
         if params.padding != self.vectorizer.padding:
             log.warning("the specs were computed with padding %r, params ask for %r: the specs' layout is "
                         "used; recompute the specs to change it", self.vectorizer.padding, params.padding)
+        self.layout = None   # the objects layout: each chunk gives its named inputs (Chunk.named_inputs)
+        if params.layout == "objects":
+            from mlaas4hep_lab.data.objects import ObjectsLayout
+
+            self.layout = ObjectsLayout.from_specs(specs, params.normalization, params.missing_values,
+                                                   params.collections)
         self.entries = events_to_use([r.num_entries for r in self.readers], params.nevts)
         self.n_chunks = _n_chunks(self.entries, params.chunk_size)
         self._blocks: list[BlockReader | None] = [None] * len(self.readers)
@@ -223,7 +238,7 @@ class ChunkStream:
         columns = self.vectorizer.columns(records, rows, order)
         y = self.labels[file_index] if self.plan.truth is None else self._truth(records, events)
         head = Chunk(np.zeros((0, 0), np.float32), np.zeros((0, 0), bool), y, split,
-                     file_index, entry, weight, ids, k, sum(p.read for p in pieces))
+                     file_index, entry, weight, ids, k, sum(p.read for p in pieces), self.layout)
         return _Prepared(head, columns, time.perf_counter() - t0)
 
     def _truth(self, records: list, events: np.ndarray | None) -> np.ndarray:

@@ -101,7 +101,7 @@ class Trainer:
         self.stream = ChunkStream(inputs.files, inputs.labels, self.params, specs, inputs.preproc)
         self.n_features = specs.n_features
         self.task = run_task(self.params, inputs.labels, specs)
-        self.layout = objects_layout(self.params, specs)
+        self.layout = self.stream.layout   # the objects layout, or None
         self._class_weights = class_weight_table(self.task, self.params, inputs, specs)
         options = dict(user_model.options, seed=self.params.seed, batch_size=self.params.batch_size,
                        n_chunks=self.stream.n_chunks, model_source=user_model.source,

@@ -22,7 +22,7 @@ from mlaas4hep_lab.task import TASK_KINDS
 from mlaas4hep_lab.training.model_file import TEMPLATES
 from mlaas4hep_lab.widgets.state import LabState
 
-__all__ = ["TASK_OPTIONS", "CLASS_WEIGHTS", "templates_for", "template_for", "split_classes", "split_targets",
+__all__ = ["TASK_OPTIONS", "CLASS_WEIGHTS", "LAYOUT_OPTIONS", "OBJECTS_TEMPLATES", "templates_for", "template_for", "split_classes", "split_targets",
            "task_changes", "one_line", "curve_keys", "summary_of", "result_html", "report_html", "task_pngs",
            "plot_title"]
 
@@ -31,19 +31,30 @@ CLASS_WEIGHTS = ("none", "balanced")
 _FRAMEWORKS = tuple(name for name in TEMPLATES if "_" not in name)   # keras, torch, sklearn, xgboost
 
 
-def templates_for(task: str) -> list[str]:
-    """The model templates of ``task``: ``keras`` ... for binary, ``<framework>_<task>`` for the others."""
+LAYOUT_OPTIONS = (("flat vector", "flat"), ("objects (a set per collection)", "objects"))
+OBJECTS_TEMPLATES = ("torch_deepsets", "torch_attention", "keras_deepsets")   # any task: model(inputs, n_outputs)
+
+
+def templates_for(task: str, layout: str = "flat") -> list[str]:
+    """The model templates of ``task``: ``keras`` ... for binary, ``<framework>_<task>`` for the others; for
+    the objects layout the set models, whatever the task."""
+    if layout == "objects":
+        return [name for name in OBJECTS_TEMPLATES if name in TEMPLATES]
     if task == "binary":
         return list(_FRAMEWORKS)
     return [name for name in (f"{fw}_{task}" for fw in _FRAMEWORKS) if name in TEMPLATES]
 
 
-def template_for(task: str, current: str) -> str | None:
-    """The template of ``task`` with the framework of ``current`` (``torch`` -> ``torch_multiclass``);
-    None when ``current`` is no template (a model.py path)."""
+def template_for(task: str, current: str, layout: str = "flat") -> str | None:
+    """The template of ``task`` (and ``layout``) with the framework of ``current`` (``torch`` ->
+    ``torch_multiclass``, or ``torch_deepsets`` for the objects layout); None when ``current`` is no template
+    (a model.py path)."""
     framework = current.split("_", 1)[0]
     if current not in TEMPLATES or framework not in _FRAMEWORKS:
         return None
+    if layout == "objects":
+        return current if current in OBJECTS_TEMPLATES else next(
+            (name for name in OBJECTS_TEMPLATES if name.startswith(framework + "_")), OBJECTS_TEMPLATES[0])
     name = framework if task == "binary" else f"{framework}_{task}"
     return name if name in TEMPLATES else None
 
@@ -65,7 +76,7 @@ def one_line(err: BaseException) -> str:
 
 
 def task_changes(state: LabState, task: str, classes: str = "", label: str = "", target: str = "",
-                 class_weights: str = "none") -> dict[str, Any]:
+                 class_weights: str = "none", layout: str = "flat") -> dict[str, Any]:
     """The params changes of the form's task fields, checked: ``task`` (binary, multiclass,
     regression), ``classes`` (text: one per line or comma-separated), ``label`` (a per-event class
     expression, multi-class only), ``target`` (text: one per line, regression only) and
@@ -75,7 +86,10 @@ def task_changes(state: LabState, task: str, classes: str = "", label: str = "",
         raise ConfigError(f"unknown task {task!r}; tasks: {', '.join(TASK_KINDS)}", "task")
     p = state.params
     weights = {"none": None, "balanced": "balanced"}.get(class_weights, p.class_weights)
-    changes: dict[str, Any] = {"task": task, "label": "", "target": [], "classes": [], "class_weights": weights}
+    if layout not in dict(LAYOUT_OPTIONS).values():
+        raise ConfigError(f"unknown layout {layout!r}; layouts: flat, objects", "layout")
+    changes: dict[str, Any] = {"task": task, "label": "", "target": [], "classes": [], "class_weights": weights,
+                               "layout": layout, "collections": p.collections if layout == "objects" else None}
     if task == "binary":
         changes["classes"] = list(p.classes) if p.task == "binary" and len(p.classes) == 2 else []
     elif task == "multiclass":

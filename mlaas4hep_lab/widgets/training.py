@@ -39,8 +39,9 @@ class TrainingPanel:
         self.state, self.interval = state, interval
         p = state.params
         self.task = w.Dropdown(options=list(tasks.TASK_OPTIONS), value=p.task, description="Task")
-        template = tasks.template_for(p.task, state.model) or MODEL_FILE
-        self.model = w.Dropdown(options=[*tasks.templates_for(p.task), MODEL_FILE], value=template,
+        self.layout = w.Dropdown(options=list(tasks.LAYOUT_OPTIONS), value=p.layout, description="Layout")
+        template = tasks.template_for(p.task, state.model, p.layout) or MODEL_FILE
+        self.model = w.Dropdown(options=[*tasks.templates_for(p.task, p.layout), MODEL_FILE], value=template,
                                 description="Model")
         self.model_path = w.Text(value="" if state.model in TEMPLATES else state.model, description="model.py",
                                  placeholder="/path/to/model.py")
@@ -84,7 +85,8 @@ class TrainingPanel:
         self.report_text.add_class("m4h-train-report-text")
         self._report_of: TrainingRun | None = None
         self._drawn: tuple[TrainingRun | None, int] = (None, 0)   # the run and points the live plots show
-        for widget, cls in ((self.task, "m4h-train-task"), (self.classes, "m4h-train-classes"),
+        for widget, cls in ((self.task, "m4h-train-task"), (self.layout, "m4h-train-layout"),
+                            (self.classes, "m4h-train-classes"),
                             (self.label, "m4h-train-label"), (self.target, "m4h-train-target"),
                             (self.class_weights, "m4h-train-class-weights"),
                             (self.task_message, "m4h-train-task-message"),
@@ -100,6 +102,7 @@ class TrainingPanel:
         self.run: TrainingRun | None = None
         self.model.observe(self._show_path, "value")
         self.task.observe(self._on_task, "value")
+        self.layout.observe(self._on_task, "value")
         for field in (self.classes, self.label, self.target, self.class_weights):
             field.observe(lambda _: self.apply_task(), "value")
         self.start_button.on_click(lambda _: self.start())
@@ -107,7 +110,7 @@ class TrainingPanel:
         self._show_path()
         self._show_task_fields()
         self.widget = w.VBox([
-            w.HBox([self.task, self.class_weights]),
+            w.HBox([self.task, self.layout, self.class_weights]),
             w.HBox([self.classes, self.label]), self.target, self.task_message,
             w.HBox([self.model, self.model_path]),
             w.HBox([self.epochs, self.chunk_size]),
@@ -131,10 +134,10 @@ class TrainingPanel:
             widget.layout.display = "" if shown else "none"
 
     def _on_task(self, change) -> None:
-        """Another task: its templates (same framework), its fields, its live plot; then the params."""
-        task = change["new"]
-        keep = tasks.template_for(task, self.model.value) or MODEL_FILE
-        self.model.options = [*tasks.templates_for(task), MODEL_FILE]
+        """Another task or layout: its templates (same framework), its fields, its live plot; then the params."""
+        task, layout = self.task.value, self.layout.value
+        keep = tasks.template_for(task, self.model.value, layout) or MODEL_FILE
+        self.model.options = [*tasks.templates_for(task, layout), MODEL_FILE]
         self.model.value = keep
         self._show_task_fields()
         if self.run is None or not self.run.running:
@@ -143,7 +146,8 @@ class TrainingPanel:
 
     def _task_form(self) -> dict:
         return {"task": self.task.value, "classes": self.classes.value, "label": self.label.value,
-                "target": self.target.value, "class_weights": self.class_weights.value}
+                "target": self.target.value, "class_weights": self.class_weights.value,
+                "layout": self.layout.value}
 
     # -- actions --------------------------------------------------------------------------------------
     def apply_task(self) -> bool:
