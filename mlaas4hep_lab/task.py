@@ -25,7 +25,7 @@ import numpy as np
 
 from mlaas4hep_lab.errors import ConfigError
 
-__all__ = ["Task", "TASK_KINDS", "task_of", "column_name"]
+__all__ = ["Task", "TASK_KINDS", "task_of", "run_task", "column_name", "softmax"]
 
 TASK_KINDS = ("binary", "multiclass", "regression")
 BINARY_CLASSES = ("background", "signal")
@@ -81,6 +81,11 @@ class Task:
         if self.kind == "multiclass":
             return [f"p_{column_name(c)}" for c in self.classes]
         return [column_name(t) for t in self.targets]
+
+    @property
+    def tensor_name(self) -> str:
+        """The name of the exports' (and the served) output tensor: ``score``, ``probabilities`` or ``targets``."""
+        return {"binary": "score", "multiclass": "probabilities", "regression": "targets"}[self.kind]
 
     def y_shape(self, n: int) -> tuple[int, ...]:
         return (n, len(self.targets)) if self.kind == "regression" else (n,)
@@ -196,3 +201,10 @@ def run_task(params, labels: Sequence[float] | None, specs) -> Task:
         task = task.with_scale([(stats.get(t, {}).get("mean") or 0.0, stats.get(t, {}).get("std") or 1.0)
                                 for t in task.targets])
     return task
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits (in float64, so large logits do not overflow)."""
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)

@@ -33,6 +33,7 @@ from mlaas4hep_lab import extras
 from mlaas4hep_lab.backends._keras_feed import PartFeeder
 from mlaas4hep_lab.backends.base import Backend, TrainPart, quiet
 from mlaas4hep_lab.errors import ConfigError
+from mlaas4hep_lab.task import softmax
 
 __all__ = ["KerasBackend"]
 
@@ -165,7 +166,7 @@ class KerasBackend(Backend):
             return np.clip(self._score_numpy(out), 0.0, 1.0).astype(np.float32, copy=False)
         out = self.task.scores(out.reshape(len(out), -1), len(X), "the Keras model")
         if self.task.kind == "multiclass":
-            return _softmax(out) if self._from_logits() else out
+            return softmax(out).astype(np.float32) if self._from_logits() else out
         return self.task.unstandardise(out)
 
     def _targets(self, y: np.ndarray) -> np.ndarray:
@@ -235,16 +236,16 @@ class KerasBackend(Backend):
             inner = next(layer for layer in self.model.layers if isinstance(layer, keras.Model))
             inp = {n: keras.Input(shape, name=n, dtype="bool" if n.endswith("_mask") else "float32")
                    for n, shape in layout.shapes().items()}
-            out = keras.layers.Lambda(score, name=_OUTPUT_NAMES[kind])(inner(inp, training=False))
+            out = keras.layers.Lambda(score, name=self.task.tensor_name)(inner(inp, training=False))
             return keras.Model(inp, out, name="mlaas4hep_named_inputs")
         inp = keras.Input((self.n_features,), name="features", dtype="float32")
-        out = keras.layers.Lambda(score, name=_OUTPUT_NAMES[kind])(self.model(inp, training=False))
+        out = keras.layers.Lambda(score, name=self.task.tensor_name)(self.model(inp, training=False))
         return keras.Model(inp, out, name="mlaas4hep_score")
 
     def _export_named(self, target: Path, layout, probe: np.ndarray, expected: np.ndarray) -> dict[str, Any]:
         """``model_named_inputs.onnx``: the user's model on the objects layout's named inputs (``flat``, each
         collection, its ``_mask``), for programs that build the sets themselves; checked against predict."""
-        fmt, name = "onnx-named-inputs", _OUTPUT_NAMES[self.task.kind]
+        fmt, name = "onnx-named-inputs", self.task.tensor_name
         try:
             split = layout.split(probe)
             named = self._score_model(layout)
@@ -355,7 +356,7 @@ class KerasBackend(Backend):
                     raise ValueError(f"its scores differ from predict() by up to {diff:.3g} "
                                      f"(tolerance {tolerance:.3g})")
                 exports.append({"format": fmt, "path": str(target), "input": "features",
-                                "output": _OUTPUT_NAMES[self.task.kind], "max_abs_diff": diff})
+                                "output": self.task.tensor_name, "max_abs_diff": diff})
             except Exception as err:
                 _remove(target)
                 failed.append({"format": fmt, "reason": f"{type(err).__name__}: {err}"})
@@ -423,15 +424,6 @@ def _objects_split_class():
 
     _SPLIT_CLASS.append(ObjectsInputs)
     return ObjectsInputs
-
-
-# the exports' output, per task
-_OUTPUT_NAMES = {"binary": "score", "multiclass": "probabilities", "regression": "targets"}
-
-
-def _softmax(out: np.ndarray) -> np.ndarray:
-    e = np.exp((out - out.max(axis=1, keepdims=True)).astype(np.float64))
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _stop_callback(event):

@@ -46,6 +46,7 @@ from mlaas4hep_lab.backends._onnx import (
 from mlaas4hep_lab.backends._sklearn_tasks import fits_targets, pad_classes, target_tags
 from mlaas4hep_lab.backends.base import Backend
 from mlaas4hep_lab.errors import ConfigError
+from mlaas4hep_lab.task import softmax
 
 __all__ = ["SklearnBackend", "STRATEGIES", "DEFAULT_MAX_ACCUMULATE_BYTES", "ONNX_INPUT", "ONNX_OUTPUT",
            "export_scored_onnx", "onnx_with_score", "onnx_with_outputs", "write_verified_onnx", "log_loss",
@@ -90,12 +91,6 @@ def task_loss(task: Any, y: np.ndarray, out: np.ndarray, weight: np.ndarray | No
         diff = np.asarray(out, dtype=np.float64) - np.asarray(y, dtype=np.float64).reshape(len(out), -1)
         per_event = (diff * diff).mean(axis=1)
     return float(np.average(per_event, weights=weight) if weight is not None else per_event.mean())
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _final_step(est: Any) -> Any:
@@ -440,7 +435,7 @@ class SklearnBackend(Backend):
             proba = np.asarray(est.predict_proba(X), dtype=np.float64)
         else:  # a softmax of the decision scores (two classes: one score, that of the second)
             d = np.asarray(est.decision_function(X), dtype=np.float64)
-            proba = _softmax(np.stack([np.zeros(len(d)), d], axis=1) if d.ndim == 1 else d)
+            proba = softmax(np.stack([np.zeros(len(d)), d], axis=1) if d.ndim == 1 else d)
         out = np.zeros((len(X), self.task.n_classes))
         out[:, self._class_columns()] = proba
         return out

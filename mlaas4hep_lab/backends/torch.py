@@ -71,7 +71,6 @@ _FORMAT_VERSION = 1
 _OUTPUTS = ("logit", "probability", "log_probability")
 _FIT_OPTIONS = ("output", "device", "predict_batch_size")
 _PREDICT_BATCH = 65536
-_OUTPUT_NAMES = {"binary": "score", "multiclass": "probabilities", "regression": "targets"}
 _EXPORT_TOLERANCE = 1e-5
 
 
@@ -426,7 +425,7 @@ class TorchBackend(Backend):
         probe = _probe(self.n_features)
         expected = self.predict(probe)
         scorer = self._scorer(copy.deepcopy(self.model).cpu()).eval()
-        name = _OUTPUT_NAMES[self.task.kind]
+        name = self.task.tensor_name
         example = (torch.from_numpy(probe[:3]),)
         attempts = []
         try:

@@ -70,7 +70,6 @@ class Outputs:
 
 
 BINARY = Outputs()
-_TENSORS = {"multiclass": "probabilities", "regression": "targets"}
 
 
 def model_outputs(manifest: dict[str, Any]) -> Outputs:
@@ -96,7 +95,7 @@ def model_outputs(manifest: dict[str, Any]) -> Outputs:
     inference = manifest.get("inference")
     export = inference.get("output") if isinstance(inference, dict) else None
     usable = isinstance(export, str) and 0 < len(export) <= 128 and export != "score"
-    return Outputs(task.kind, tuple(names), export if usable else _TENSORS[task.kind])
+    return Outputs(task.kind, tuple(names), export if usable else task.tensor_name)
 
 
 def outputs_info(outputs: Outputs) -> dict[str, Any]:
