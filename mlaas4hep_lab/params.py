@@ -59,6 +59,7 @@ class Params:
     retries: int = 3                    # retries of transient remote read errors
     prefetch: int = 1                   # chunks prepared ahead in a background thread (0: none)
     read_buffer_mb: int = 256           # decoded data kept between chunks, all files together (MB)
+    chunk_cache: str = "auto"           # passes after the first read its chunks from disk: "auto", "off", a folder
     balance_weights: bool = True        # rescale training weights so each label's mean weight is 1
     early_stopping: int = 0             # stop after this many validations without a better val_loss (0: off)
     padding: str = DEFAULT_PADDING      # padded slots the model can tell from real values; "zeros": as before
@@ -82,6 +83,8 @@ class Params:
             raise ConfigError(f"must be a positive number of events, got {self.chunk_size}", "chunk_size", source)
         if self.read_buffer_mb <= 0:
             raise ConfigError(f"must be a positive number of MB, got {self.read_buffer_mb}", "read_buffer_mb", source)
+        if not self.chunk_cache.strip():
+            raise ConfigError('must be "auto", "off" or a folder, got ""', "chunk_cache", source)
         if self.batch_size <= 0:
             raise ConfigError(f"must be positive, got {self.batch_size}", "batch_size", source)
         if self.epochs < 0:

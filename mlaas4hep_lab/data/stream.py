@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mlaas4hep_lab.data._buffers import Buffers, return_large_frees
+from mlaas4hep_lab.data._chunk_cache import ChunkCache, open_cache, pass_order
 from mlaas4hep_lab.data._gather import flat_rows, piece_rows
 from mlaas4hep_lab.data._pipeline import pipelined
 from mlaas4hep_lab.data.plan import Plan, events_to_use, make_plan
@@ -227,7 +228,7 @@ class ChunkStream:
                                 for p in pieces]) if pieces else np.zeros(0, np.uint8)
         order = None
         if self.params.shuffle and len(entry):
-            order = np.random.default_rng([self.params.seed, epoch, k]).permutation(len(entry))
+            order = pass_order(self.params.seed, epoch, k, len(entry))
             entry, file_index, split = entry[order], file_index[order], split[order]
         records = [p.arrays for p in pieces]
         events = rows if order is None else (order if rows is None else rows[order])
@@ -279,19 +280,45 @@ class ChunkStream:
         order = [(e, k) for e in range(start_epoch, passes)
                  for k in range(start if e == start_epoch else 0, self.n_chunks)]
 
-        def prepare(i: int) -> _Prepared:
+        # a run of several passes keeps the first pass's chunks on disk for the others (params chunk_cache)
+        cache = open_cache(self.params.chunk_cache, self.n_events, self.vectorizer.n_features,
+                           passes - start_epoch) if order else None
+
+        def prepare(i: int) -> _Prepared | None:
             epoch, k = order[i]
+            if cache is not None and cache.has(k):
+                return None  # read back by finish()
             return self.prepare(self.read(k), k, epoch)
 
-        def finish(i: int, prepared: _Prepared) -> tuple[int, Chunk]:
-            return order[i][0], self._finish(prepared)
+        def finish(i: int, prepared: _Prepared | None) -> tuple[int, Chunk]:
+            epoch, k = order[i]
+            if prepared is None:
+                return epoch, self._cached(cache, k, epoch)
+            chunk = self._finish(prepared)
+            if cache is not None and not cache.has(k):
+                cache.put(k, epoch, chunk)
+            return epoch, chunk
 
-        if self.params.prefetch <= 0:
-            yield from (finish(i, prepare(i)) for i in range(len(order)))
-            return
-        # one thread reads, preprocesses and normalises chunk k + 1 (decompression and numpy release the
-        # GIL) while the other fills the matrices of chunk k with compiled loops that hold no GIL at all
-        yield from pipelined(prepare, finish, len(order), self.params.prefetch)
+        try:
+            if self.params.prefetch <= 0:
+                yield from (finish(i, prepare(i)) for i in range(len(order)))
+                return
+            # one thread reads, preprocesses and normalises chunk k + 1 (decompression and numpy release the
+            # GIL) while the other fills the matrices of chunk k with compiled loops that hold no GIL at all
+            yield from pipelined(prepare, finish, len(order), self.params.prefetch)
+        finally:
+            if cache is not None:
+                cache.close()
+
+    def _cached(self, cache: ChunkCache, k: int, epoch: int) -> Chunk:
+        t0 = time.perf_counter()
+        head = Chunk(np.zeros((0, 0), np.float32), np.zeros((0, 0), bool), np.zeros(0, np.float32),
+                     np.zeros(0, np.uint8), np.zeros(0, np.int16), np.zeros(0, np.int64), layout=self.layout)
+        chunk = cache.get(k, epoch, self.params.seed, self.params.shuffle, self._buffers, head)
+        self.stats["read"] += chunk.read_events
+        self.stats["kept"] += len(chunk)
+        self.stats["seconds"] += time.perf_counter() - t0
+        return chunk
 
     def __len__(self) -> int:
         return self.n_chunks
