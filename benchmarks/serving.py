@@ -6,26 +6,29 @@
 
 One run measures, for each runtime (ONNX Runtime, TF SavedModel) and with dynamic batching on and off
 (the server restarted with ``--no-batching``): the echo route (``POST /echo``, the HTTP ceiling), the
-TFaaS ``POST /json`` route and the Open Inference Protocol ``POST /v2/models/M/infer`` route, each with
-single-event JSON requests from ``--clients`` concurrent keep-alive connections for ``--seconds``.
-It prints a table of req/s, p50/p99 latency and errors (non-2xx answers and socket errors).
+TFaaS ``POST /json`` route, the Open Inference Protocol ``POST /v2/models/M/infer`` route with JSON
+(``infer``) and with the binary tensor data extension (``binary``, tritonclient.http's default), and OIP
+gRPC ``ModelInfer`` with ``raw_input_contents`` (``grpc``, tritonclient.grpc's default), each with
+single-event requests from ``--clients`` concurrent keep-alive connections for ``--seconds``. When
+KServe is installed in a venv of its own (see benchmarks/_kserve_peer.py), its Python model server on the
+same ONNX model is the peer row for the infer, binary and grpc routes.
+It prints a table of req/s, p50/p99 latency and errors (non-2xx answers, socket errors, and gRPC calls
+the server did not count as successful), then the issue's targets.
 
 The model is a real bundle: a Keras model.py with that architecture, trained by the package for one
 chunk of the Higgs-like example (cached under benchmarks/_data/serving_mlp). The server
-(``mlaas4hep serve``) and the load generator run as separate processes on 127.0.0.1. The load generator
-is ``wrk`` when installed (Debian package ``wrk``), else an asyncio + aiohttp generator in its own
-process (``--loadgen aiohttp``); both are bounded in time, aiohttp also in request count.
+(``mlaas4hep serve``) and the load generator run as separate processes on 127.0.0.1 on the same cores.
+The HTTP load generator is ``wrk`` when installed (Debian package ``wrk``), else an asyncio + aiohttp
+generator in its own process (``--loadgen aiohttp``); gRPC's is ``h2load`` (Debian package
+``nghttp2-client``), see benchmarks/_loadgen.py.
 The paper (TFaaS in Go, 16 cores) reports ~500 req/s for this model with 200 concurrent clients.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import random
-import re
 import shutil
 import signal
 import socket
@@ -35,6 +38,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from _loadgen import Load, aiohttp_main, grpc_frame, run_load
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "_data"
@@ -95,28 +100,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_ready(proc: subprocess.Popen, url: str, log: Path, stop) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    stop()
+    raise RuntimeError(f"server not ready after 120 s; see {log}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 class Server:
-    """``mlaas4hep serve`` in its own process group on 127.0.0.1."""
+    """``mlaas4hep serve`` in its own process group on 127.0.0.1 (HTTP, and gRPC on a second port)."""
 
     def __init__(self, store: Path, tokens: Path, log: Path, extra: list[str]):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port, self.grpc_port = free_port(), free_port()
+        self.url, self.grpc_url = f"http://127.0.0.1:{self.port}", f"127.0.0.1:{self.grpc_port}"
         cmd = [sys.executable, "-m", "mlaas4hep_lab.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--store", str(store), "--tokens", str(tokens), *extra]
+               "--grpc-port", str(self.grpc_port), "--store", str(store), "--tokens", str(tokens), *extra]
         self.log = log.open("ab")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; see {log}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"server not ready after 120 s; see {log}")
+        _wait_ready(self.proc, f"{self.url}/v2/health/ready", log, self.stop)
 
     def call(self, method: str, path: str, body: bytes | None = None, ctype: str = "application/json"):
         req = urllib.request.Request(self.url + path, data=body, method=method,
@@ -125,148 +144,172 @@ class Server:
             return json.loads(r.read() or b"null")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        _stop(self.proc)
         self.log.close()
 
 
-# ----------------------------------------------------------------------------------------- load generators
+# ----------------------------------------------------------------------------------------- requests
 
-def request_bodies(route: str, features: list[str], rows: list[list[float]]) -> tuple[str, list[str]]:
-    """(path, JSON bodies) of single-event requests for one route."""
+GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def request_load(route: str, features: list[str], rows: list[list[float]]) -> Load:
+    """What a route is sent: single-event requests (one per raw row, cycled; gRPC: the first row)."""
+    import numpy as np
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    n = len(features)
     if route == "infer":
-        path = f"/v2/models/{MODEL_NAME}/infer"
-        bodies = [{"inputs": [{"name": "features", "shape": [1, len(r)], "datatype": "FP32", "data": r}]}
-                  for r in rows]
-    else:
-        path = "/json" if route == "json" else "/echo"
-        bodies = [{"keys": features, "values": r, "model": MODEL_NAME} for r in rows]
-    return path, [json.dumps(b) for b in bodies]
+        bodies = [{"inputs": [{"name": "features", "shape": [1, n], "datatype": "FP32", "data": r}]} for r in rows]
+        return Load(f"/v2/models/{MODEL_NAME}/infer", [json.dumps(b).encode() for b in bodies],
+                    {**auth, "Content-Type": "application/json"})
+    if route == "binary":  # the OIP binary tensor data extension, as tritonclient.http sends it by default
+        header = json.dumps({"inputs": [{"name": "features", "shape": [1, n], "datatype": "FP32",
+                                         "parameters": {"binary_data_size": 4 * n}}],
+                             "outputs": [{"name": "score", "parameters": {"binary_data": True}}]}).encode()
+        return Load(f"/v2/models/{MODEL_NAME}/infer", [header + np.asarray(r, np.float32).tobytes() for r in rows],
+                    {**auth, "Content-Type": "application/octet-stream",
+                     "Inference-Header-Content-Length": str(len(header))})
+    if route == "grpc":  # ModelInfer with raw_input_contents, as tritonclient.grpc sends it by default
+        from tritonclient.grpc import service_pb2
+
+        req = service_pb2.ModelInferRequest(model_name=MODEL_NAME)
+        tensor = req.inputs.add(name="features", datatype="FP32")
+        tensor.shape.extend([1, n])
+        req.raw_input_contents.append(np.asarray(rows[0], np.float32).tobytes())
+        req.outputs.add(name="score")
+        return Load(GRPC_PATH, [grpc_frame(req.SerializeToString())],
+                    {"content-type": "application/grpc", "te": "trailers", "authorization": f"Bearer {TOKEN}"},
+                    protocol="grpc")
+    bodies = [{"keys": features, "values": r, "model": MODEL_NAME} for r in rows]
+    return Load("/json" if route == "json" else "/echo", [json.dumps(b).encode() for b in bodies],
+                {**auth, "Content-Type": "application/json"})
 
 
-async def _aiohttp_load(url: str, bodies: list[str], clients: int, seconds: float, max_requests: int) -> dict:
-    import aiohttp
+def check_route(url: str, grpc_url: str | None, route: str, load: Load, rows: list[list[float]]) -> None:
+    """One request through Triton's own client (or plain HTTP), so a route that fails is not timed."""
+    import numpy as np
 
-    latencies: list[float] = []
-    errors = {"non2xx": 0, "socket": 0}
-    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    deadline = time.perf_counter() + seconds
-    sent = 0
-    payloads = [b.encode() for b in bodies]
-    connector = aiohttp.TCPConnector(limit=clients, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(connector=connector, headers=headers, timeout=timeout) as session:
+    if route == "grpc":
+        import tritonclient.grpc as grpcclient
 
-        async def worker(seed: int) -> None:
-            nonlocal sent
-            rng = random.Random(seed)
-            while time.perf_counter() < deadline and sent < max_requests:
-                sent += 1
-                t0 = time.perf_counter()
-                try:
-                    async with session.post(url, data=rng.choice(payloads)) as resp:
-                        await resp.read()
-                        if resp.status >= 300:
-                            errors["non2xx"] += 1
-                            continue
-                except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-                    errors["socket"] += 1
-                    continue
-                latencies.append(time.perf_counter() - t0)
-
-        t_start = time.perf_counter()
-        await asyncio.gather(*(worker(i) for i in range(clients)))
-        elapsed = time.perf_counter() - t_start
-    latencies.sort()
-
-    def pct(q: float) -> float:
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3 if latencies else float("nan")
-
-    return {"requests": len(latencies), "rps": len(latencies) / elapsed, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
-            "errors": errors["non2xx"] + errors["socket"], "seconds": elapsed}
+        client = grpcclient.InferenceServerClient(grpc_url)
+        x = grpcclient.InferInput("features", [1, len(rows[0])], "FP32")
+        x.set_data_from_numpy(np.asarray(rows[:1], np.float32))
+        client.infer(MODEL_NAME, [x], headers={"authorization": f"Bearer {TOKEN}"}).as_numpy("score")
+        client.close()
+        return
+    req = urllib.request.Request(url + load.path, data=load.bodies[0], method="POST", headers=load.headers)
+    with urllib.request.urlopen(req, timeout=300) as r:
+        r.read()
 
 
-_WRK_LUA = """
-local bodies = {}
-for line in io.lines("%(bodies)s") do bodies[#bodies + 1] = line end
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer %(token)s"
-local i = 0
-request = function()
-  i = i %% #bodies + 1
-  return wrk.format(nil, nil, nil, bodies[i])
-end
-"""
-
-
-def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
-    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
-
-
-def _wrk_load(url: str, bodies: list[str], clients: int, seconds: float, threads: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        body_file = Path(tmp) / "bodies.txt"
-        body_file.write_text("\n".join(bodies) + "\n")
-        script = Path(tmp) / "post.lua"
-        script.write_text(_WRK_LUA % {"bodies": body_file, "token": TOKEN})
-        cmd = ["wrk", f"-t{threads}", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
-               "--latency", "-s", str(script), url]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
-    m = re.search(r"(\d+) requests in ([\d.]+\w+),", out)
-    requests, seconds = int(m.group(1)), _ms(m.group(2)) / 1e3
-    errors = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
-    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
-        errors += sum(int(g) for g in m.groups())
-    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
-    ok = max(0, requests - errors)
-    return {"requests": ok, "rps": ok / seconds, "p50_ms": _ms(lat["50"]), "p99_ms": _ms(lat["99"]),
-            "errors": errors, "seconds": seconds}
-
-
-def run_load(loadgen: str, url: str, bodies: list[str], clients: int, seconds: float, max_requests: int,
-             threads: int) -> dict:
-    """Run the load generator in its own process; return its measurements."""
-    if loadgen == "wrk":
-        return _wrk_load(url, bodies, clients, seconds, threads)
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(bodies, f)
+def successes(url: str) -> int | None:
+    """The server's count of successful inferences of the model (statistics extension), or None."""
+    req = urllib.request.Request(f"{url}/v2/models/{MODEL_NAME}/stats", headers={"Authorization": f"Bearer {TOKEN}"})
     try:
-        cmd = [sys.executable, __file__, "_aiohttp", url, f.name, str(clients), str(seconds), str(max_requests)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 120).stdout
-    finally:
-        os.unlink(f.name)
-    return json.loads(out.strip().splitlines()[-1])
+        with urllib.request.urlopen(req, timeout=30) as r:
+            stats = json.loads(r.read())
+        return sum(int(m["inference_stats"]["success"]["count"]) for m in stats["model_stats"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------- the peer
+
+def kserve_python() -> Path | None:
+    path = Path(os.environ.get("MLAAS4HEP_KSERVE_PYTHON", Path.home() / ".cache/mlaas4hep/kserve-venv/bin/python"))
+    return path if path.exists() else None
+
+
+class KServePeer:
+    """KServe's Python model server (benchmarks/_kserve_peer.py) on the bundle's ONNX model."""
+
+    def __init__(self, python: Path, onnx: Path, log: Path, threads: int):
+        self.port, self.grpc_port = free_port(), free_port()
+        self.url, self.grpc_url = f"http://127.0.0.1:{self.port}", f"127.0.0.1:{self.grpc_port}"
+        cmd = [str(python), str(HERE / "_kserve_peer.py"), MODEL_NAME, str(onnx), str(self.port),
+               str(self.grpc_port), str(threads)]
+        self.log = log.open("ab")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_ready(self.proc, f"{self.url}/v2/models/{MODEL_NAME}/ready", log, self.stop)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.log.close()
 
 
 # ----------------------------------------------------------------------------------------- the run
 
+ROUTES = "echo,json,infer,binary,grpc"
+PEER_ROUTES = ("infer", "binary", "grpc")
+
+
+def measure(target, route: str, features, rows, args, loadgen: str) -> dict:
+    load = request_load(route, features, rows)
+    url = (f"http://{target.grpc_url}" if load.protocol == "grpc" else target.url) + load.path
+    check_route(target.url, target.grpc_url, route, load, rows)  # a warm-up, and a check that it works
+    before = successes(target.url) if load.protocol == "grpc" and isinstance(target, Server) else None
+    r = run_load(loadgen, url, load, args.clients, args.seconds, args.max_requests, args.wrk_threads)
+    if before is not None:  # h2load sees HTTP statuses only: count the gRPC calls the server says succeeded
+        after = successes(target.url)
+        if after is not None:
+            r["errors"] += max(0, r["requests"] - (after - before))
+    r["loadgen"] = "h2load" if load.protocol == "grpc" else loadgen
+    return r
+
+
+def _print(r: dict) -> None:
+    print(f"  {r['server']:9s} {r['runtime']:4s} batching {r['batching']:3s} {r['route']:6s}  {r['rps']:8.0f} req/s  "
+          f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}", flush=True)
+
+
+def targets(results: list[dict]) -> list[str]:
+    """The issue's targets, checked on this run's rows (ONNX Runtime, batching on)."""
+    ours = {r["route"]: r for r in results if r["server"] == "mlaas4hep" and r["runtime"] == "onnx"
+            and r["batching"] == "on"}
+    peer = {r["route"]: r for r in results if r["server"] == "kserve"}
+    lines = []
+    if "echo" in ours and "infer" in ours:
+        ratio = ours["infer"]["rps"] / ours["echo"]["rps"]
+        ok = ratio >= 0.75 and ours["infer"]["p99_ms"] < 50
+        lines.append(f"OIP JSON with batching / echo: {ratio:.2f}x, p99 {ours['infer']['p99_ms']:.1f} ms "
+                     f"(target >= 0.75x, p99 < 50 ms: {'met' if ok else 'NOT met'})")
+    for route in ("binary", "grpc"):
+        if route in ours and "infer" in ours:
+            ratio = ours[route]["rps"] / ours["infer"]["rps"]
+            lines.append(f"{route} / OIP JSON: {ratio:.2f}x (target >= 1: {'met' if ratio >= 1 else 'NOT met'})")
+    for route, r in peer.items():
+        if route in ours:
+            ratio = ours[route]["rps"] / r["rps"]
+            lines.append(f"{route}: mlaas4hep / KServe {ratio:.2f}x (target > 1: {'met' if ratio > 1 else 'NOT met'})")
+    return lines
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_aiohttp":  # the load-generator process
-        url, bodies_file, clients, seconds, max_requests = sys.argv[2:7]
-        bodies = json.loads(Path(bodies_file).read_text())
-        print(json.dumps(asyncio.run(_aiohttp_load(url, bodies, int(clients), float(seconds), int(max_requests)))))
+        aiohttp_main(sys.argv[2:7])
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=30.0, help="per configuration (default: %(default)s)")
     ap.add_argument("--clients", type=int, default=200, help="concurrent connections (default: %(default)s)")
     ap.add_argument("--runtimes", default="onnx,tf", help="comma list of onnx, tf (default: %(default)s)")
     ap.add_argument("--batching", default="on,off", help="comma list of on, off (default: %(default)s)")
-    ap.add_argument("--routes", default="echo,json,infer", help="comma list (default: %(default)s)")
+    ap.add_argument("--routes", default=ROUTES, help="comma list (default: %(default)s)")
+    ap.add_argument("--peer", choices=["auto", "off"], default="auto",
+                    help="auto: KServe's row when its venv exists (MLAAS4HEP_KSERVE_PYTHON)")
     ap.add_argument("--loadgen", choices=["auto", "wrk", "aiohttp"], default="auto",
-                    help="auto: wrk when installed, else aiohttp (default: %(default)s)")
-    ap.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default: %(default)s)")
+                    help="HTTP/1.1 load: wrk when installed, else aiohttp (default: %(default)s); gRPC: h2load")
+    ap.add_argument("--wrk-threads", type=int, default=1, help="wrk and h2load threads (default: %(default)s)")
     ap.add_argument("--max-requests", type=int, default=2_000_000, help="aiohttp: bound per configuration")
     ap.add_argument("--server-args", default="", help="extra arguments for mlaas4hep serve")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     loadgen = args.loadgen if args.loadgen != "auto" else ("wrk" if shutil.which("wrk") else "aiohttp")
+    routes = args.routes.split(",")
+    if "grpc" in routes and not shutil.which("h2load"):
+        print("h2load is not installed (Debian package nghttp2-client): the gRPC route is left out")
+        routes.remove("grpc")
 
     bundle, features, rows = build_bundle()
     results = []
@@ -290,25 +333,38 @@ def main() -> None:
                 extra += args.server_args.split()
                 server = Server(store, tokens, log, extra)
                 try:
-                    for route in args.routes.split(","):
-                        path, bodies = request_bodies(route, features, rows)
-                        server.call("POST", path, bodies[0].encode())  # warm-up (and a check that it works)
-                        r = run_load(loadgen, server.url + path, bodies, args.clients, args.seconds,
-                                     args.max_requests, args.wrk_threads)
-                        r.update(runtime=runtime, batching=batching, route=route)
+                    for route in routes:
+                        r = measure(server, route, features, rows, args, loadgen)
+                        r.update(server="mlaas4hep", runtime=runtime, batching=batching, route=route)
                         results.append(r)
-                        print(f"  {runtime:4s} batching {batching:3s} {route:5s}  {r['rps']:8.0f} req/s  "
-                              f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}",
-                              flush=True)
+                        _print(r)
                 finally:
                     server.stop()
+        python = kserve_python() if args.peer == "auto" else None
+        if python is not None:
+            peer = KServePeer(python, bundle / "inference" / "model.onnx", log, threads=1)
+            try:
+                for route in [r for r in routes if r in PEER_ROUTES]:
+                    r = measure(peer, route, features, rows, args, loadgen)
+                    r.update(server="kserve", runtime="onnx", batching="off", route=route)
+                    results.append(r)
+                    _print(r)
+            finally:
+                peer.stop()
+        elif args.peer == "auto":
+            print("KServe's row: no venv at ~/.cache/mlaas4hep/kserve-venv (python -m venv ...; pip install "
+                  "kserve==0.21.0 onnxruntime==1.32.0), or set MLAAS4HEP_KSERVE_PYTHON")
         server_log_tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
     print(f"\n{MODEL_NAME} ({len(features)} -> 1024 -> 1024 -> 1), {args.clients} clients, {args.seconds:g} s each, "
-          f"load generator {loadgen}, {os.cpu_count()} CPU cores shared by server and load generator")
-    print("| runtime | batching | route | req/s | p50 ms | p99 ms | errors |\n|---|---|---|---:|---:|---:|---:|")
+          f"HTTP/1.1 load from {loadgen}, gRPC load from h2load, {os.cpu_count()} CPU cores shared by server and "
+          "load generator")
+    print("| server | runtime | batching | route | load | req/s | p50 ms | p99 ms | errors |\n"
+          "|---|---|---|---|---|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['runtime']} | {r['batching']} | {r['route']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | "
-              f"{r['p99_ms']:.1f} | {r['errors']} |")
+        print(f"| {r['server']} | {r['runtime']} | {r['batching']} | {r['route']} | {r['loadgen']} | {r['rps']:.0f} | "
+              f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |")
+    for line in targets(results):
+        print(line)
     if any(r["errors"] for r in results) and server_log_tail:
         print("\nserver log (tail):\n" + server_log_tail)
     if args.json:

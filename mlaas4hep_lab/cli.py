@@ -388,6 +388,9 @@ def _add_serve(sub) -> None:
                                     "a flag wins over its variable.")
     sv.add_argument("--host", help="interface to listen on (default: 127.0.0.1) [MLAAS4HEP_HOST]")
     sv.add_argument("--port", type=int, help="port (default: 8083) [MLAAS4HEP_PORT]")
+    sv.add_argument("--grpc-port", type=int, help="also serve the Open Inference Protocol over gRPC (Triton's "
+                    "GRPCInferenceService, for tritonclient.grpc) on this port (default: 0 = no gRPC) "
+                    "[MLAAS4HEP_GRPC_PORT]")
     sv.add_argument("--store", help="model store folder (default: mlaas4hep-store) [MLAAS4HEP_STORE]")
     sv.add_argument("--tokens", help='tokens file {"user": "token", ...} [MLAAS4HEP_TOKENS]')
     sv.add_argument("--runtime", choices=["auto", "onnx", "tf"], help="preferred runtime (default: auto = ONNX "
@@ -404,6 +407,8 @@ def _add_serve(sub) -> None:
                     "idle are scored on the event loop: lower latency for a lone client, less throughput "
                     "under load (default: 0) [MLAAS4HEP_INLINE_ROWS]")
     sv.add_argument("--workers", type=int, help="server processes sharing the store (default: 1)")
+    sv.add_argument("--admin", action="append", dest="admins", metavar="USER", help="a user who may change the "
+                    "service's log settings (repeat for more; hub admins are admins) [MLAAS4HEP_SERVE_ADMINS]")
     sv.add_argument("--max-body", type=int, dest="max_body_bytes", help="JSON body cap in bytes (default: 1 MiB)")
     sv.add_argument("--max-upload", type=int, dest="max_upload_bytes", help="upload cap in bytes (default: 500 MiB)")
     sv.add_argument("--max-tar-members", type=int, help="members of an uploaded tarball (default: 10000) "
@@ -426,8 +431,8 @@ def _serve(args) -> int:
 
     names = ("host", "port", "runtime", "batching", "max_batch", "max_delay_ms", "queue_size", "inference_threads",
              "runtime_threads", "inline_rows", "workers", "max_body_bytes", "max_upload_bytes", "max_tar_members",
-             "max_tar_member_bytes", "max_tar_bytes", "max_tar_ratio", "quota_bytes", "quota_versions",
-             *_SERVICE_OPTIONS)
+             "max_tar_member_bytes", "max_tar_bytes", "max_tar_ratio", "quota_bytes", "quota_versions", "grpc_port",
+             "admins", *_SERVICE_OPTIONS)
     settings = Settings.from_env(store_dir=args.store, tokens_file=args.tokens,
                                  **{n: getattr(args, n) for n in names})
     if not settings.auth_configured():
@@ -440,7 +445,8 @@ def _serve(args) -> int:
     methods = Authenticator.from_settings(settings).methods  # a broken tokens file fails here, before binding
     print(f"mlaas4hep inference service on http://{settings.host}:{settings.port}{settings.prefix} "
           f"(store {settings.store_dir}, runtime {settings.runtime}, "
-          f"batching {'on' if settings.batching else 'off'}, auth: {', '.join(methods)})", flush=True)
+          f"batching {'on' if settings.batching else 'off'}, auth: {', '.join(methods)})"
+          + (f"; gRPC on {settings.host}:{settings.grpc_port}" if settings.grpc_port else ""), flush=True)
     serve(settings)
     return 0
 

@@ -102,17 +102,24 @@ class ServiceProcess:
 
 
 class ServerProcess(ServiceProcess):
-    """``mlaas4hep serve`` (the inference service) over ``store`` with a tokens file."""
+    """``mlaas4hep serve`` (the inference service) over ``store`` with a tokens file; with ``grpc_port``
+    (a port, or True for a free one) the gRPC service too, at ``grpc_url`` (``host:port``)."""
 
     health_path = "/v2/health/ready"
 
-    def __init__(self, store: Path, tokens: Path, log: Path, *extra: str, port: int | None = None):
+    def __init__(self, store: Path, tokens: Path, log: Path, *extra: str, port: int | None = None,
+                 grpc_port: int | bool | None = None):
         super().__init__(log, port)
         self.store, self.tokens, self.extra = store, tokens, extra
+        self.grpc_port = grpc_port or None
+        while self.grpc_port is True or self.grpc_port == self.port:
+            self.grpc_port = free_port()
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}" if self.grpc_port else None
 
     def command(self) -> list[str]:
+        grpc = ["--grpc-port", str(self.grpc_port)] if self.grpc_port else []
         return ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--store", str(self.store),
-                "--tokens", str(self.tokens), *self.extra]
+                "--tokens", str(self.tokens), *grpc, *self.extra]
 
 
 class JobsProcess(ServiceProcess):

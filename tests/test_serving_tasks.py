@@ -201,7 +201,7 @@ def test_predict_remote_writes_the_columns_of_mlaas4hep_predict(served, tmp_path
 
 
 def test_tritonclient_reads_the_output_tensor(served):
-    httpclient = pytest.importorskip("tritonclient.http")  # an optional client: Triton's own
+    import tritonclient.http as httpclient  # Triton's own client, with its defaults: binary in and out
 
     m = served.models["tth-classes"]
     headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -211,9 +211,9 @@ def test_tritonclient_reads_the_output_tensor(served):
         assert meta["outputs"][0]["name"] == "probabilities" and meta["outputs"][0]["shape"] == [-1, 3]
         X = np.ascontiguousarray(m.X[:50], dtype=np.float32)
         features = httpclient.InferInput("features", list(X.shape), "FP32")
-        features.set_data_from_numpy(X, binary_data=False)
+        features.set_data_from_numpy(X)
         result = triton.infer("tth-classes", [features], headers=headers,
-                              outputs=[httpclient.InferRequestedOutput("probabilities", binary_data=False)])
+                              outputs=[httpclient.InferRequestedOutput("probabilities")])
         probabilities = result.as_numpy("probabilities")
     finally:
         triton.close()

@@ -56,9 +56,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.to_thread(svc.store.preload)
         if getattr(app.state, "owns_process", False):  # set by serve(): not when embedded (tests, hub)
             svc.own_process_gc()
+        grpc_server = None
+        if settings.grpc_port:  # the gRPC service on this event loop, over the same Service (store, batching)
+            from mlaas4hep_lab.serving.grpc import server as grpc_service
+
+            grpc_server = await grpc_service.start(svc)
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grpc_service.GRACE_SECONDS)
             svc.close()
             await svc.auth.aclose()
 

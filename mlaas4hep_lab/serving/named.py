@@ -23,13 +23,12 @@ import numpy as np
 
 from mlaas4hep_lab.serving import BadRequest
 from mlaas4hep_lab.serving.runtime import Outputs, _inside, _scores, _short, onnx_session
+from mlaas4hep_lab.serving.tensors import NUMERIC, as_float32
 
 __all__ = ["NAMED_FORMAT", "NamedRuntime", "named_export", "named_inputs_info", "named_runtime", "is_named",
            "named_feeds"]
 
 NAMED_FORMAT = "onnx-named-inputs"
-_VALUE_TYPES = {"FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
-_MASK_TYPES = {"BOOL", "INT8", "UINT8", "INT32", "INT64", "FP32"}
 _LOAD_LOCK = threading.Lock()
 
 
@@ -125,25 +124,20 @@ def named_runtime(model, threads: int) -> NamedRuntime:
     return cached
 
 
-def is_named(req, model) -> bool:
-    """Whether an OIP request is not the one ``features`` input (and the model may take named inputs)."""
-    if len(req.inputs) == 1 and req.inputs[0].name in ("features", getattr(model.runtime, "input_name", "")):
+def is_named(call, model) -> bool:
+    """Whether an inference call is not the one ``features`` input (and the model may take named inputs)."""
+    if len(call.inputs) == 1 and call.inputs[0].name in ("features", getattr(model.runtime, "input_name", "")):
         return False
     return model.bundle.layout is not None
 
 
-def _leaf(data) -> Any:
-    while isinstance(data, list) and data:
-        data = data[0]
-    return data
-
-
-def named_feeds(req, runtime: NamedRuntime, ref: str) -> tuple[dict[str, np.ndarray], int]:
-    """The named inputs of an OIP request as arrays of the layout's shapes, and their number of rows N.
-    Values (FP32, FP64 or integers) must be finite; masks are BOOL, or 0/1 in INT8/UINT8/INT32/INT64/FP32."""
+def named_feeds(call, runtime: NamedRuntime, ref: str) -> tuple[dict[str, np.ndarray], int]:
+    """The named inputs of an inference call (:class:`~.tensors.Tensor` s) as arrays of the layout's
+    shapes, and their number of rows N. Values (any numeric datatype) must be finite within float32; masks
+    are BOOL, or 0/1 in a numeric datatype."""
     shapes = runtime.shapes
     expected = ", ".join(f"{n} {[-1, *s]}" for n, s in shapes.items())
-    names = [t.name for t in req.inputs]
+    names = [t.name for t in call.inputs]
     if "features" in names:
         raise BadRequest(f"input 'features' cannot be sent with named inputs; send either 'features' alone or "
                          f"all of: {expected}")
@@ -155,46 +149,26 @@ def named_feeds(req, runtime: NamedRuntime, ref: str) -> tuple[dict[str, np.ndar
     missing = [n for n in shapes if n not in names]
     if missing:
         raise BadRequest(f"missing input {missing[0]!r}: with named inputs model {ref!r} takes all of: {expected}")
-    tensor = runtime.outputs.tensor
-    if req.outputs and any(o.name != tensor for o in req.outputs):
-        raise BadRequest(f"the only output is {tensor!r}")
     feeds, n = {}, None
-    for t in req.inputs:
+    for t in call.inputs:
         shape = shapes[t.name]
         if tuple(t.shape[1:]) != shape or len(t.shape) != len(shape) + 1:
             raise BadRequest(f"input {t.name!r} has shape {t.shape}; the layout gives {[-1, *shape]}")
         if n is None:
             n = t.shape[0]
         elif t.shape[0] != n:
-            raise BadRequest(f"input {t.name!r} has {t.shape[0]} rows, input {req.inputs[0].name!r} {n}")
-        feeds[t.name] = _array(t, t.name.endswith("_mask") and t.name[:-5] in shapes)
+            raise BadRequest(f"input {t.name!r} has {t.shape[0]} rows, input {call.inputs[0].name!r} {n}")
+        feeds[t.name] = _mask(t) if t.name.endswith("_mask") and t.name[:-5] in shapes else as_float32(t)
     return feeds, n
 
 
-def _array(t, mask: bool) -> np.ndarray:
-    allowed = _MASK_TYPES if mask else _VALUE_TYPES
-    if t.datatype not in allowed:
-        raise BadRequest(f"input {t.name!r}: datatype {t.datatype!r} is not supported; use "
-                         f"{'BOOL (or 0/1 in INT8, UINT8, INT32, INT64, FP32)' if mask else 'FP32 (or FP64, INTn)'}")
-    leaf = _leaf(t.data)
-    if isinstance(leaf, bool) != (t.datatype == "BOOL") and t.data:
-        raise BadRequest(f"input {t.name!r}: {t.datatype} data must be "
-                         f"{'true/false' if t.datatype == 'BOOL' else 'numbers'}")
-    try:
-        X = np.asarray(t.data, dtype=np.bool_ if t.datatype == "BOOL" else np.float64)
-    except (ValueError, OverflowError, TypeError):
-        raise BadRequest(f"input {t.name!r}: nested lists must all have the same length") from None
-    size = int(np.prod(t.shape))
-    if X.size != size or (X.ndim > 1 and list(X.shape) != list(t.shape)):
-        raise BadRequest(f"input {t.name!r}: data holds {X.size} values in shape {list(X.shape)}; shape "
-                         f"{t.shape} needs {size}")
-    X = X.reshape(t.shape)
-    if X.dtype == np.bool_:
+def _mask(t) -> np.ndarray:
+    X = t.array
+    if t.datatype == "BOOL":
         return X
-    if mask:
-        if X.size and not np.all((X == 0) | (X == 1)):
-            raise BadRequest(f"input {t.name!r}: a mask holds 0 or 1 (or true/false)")
-        return X.astype(np.bool_)
-    if X.size and not np.all(np.abs(X) <= float(np.finfo(np.float32).max)):
-        raise BadRequest(f"input {t.name!r}: values must be finite numbers within the float32 range")
-    return X.astype(np.float32)
+    if t.datatype not in NUMERIC:
+        raise BadRequest(f"input {t.name!r}: datatype {t.datatype!r} is not supported; a mask is BOOL (or 0/1 "
+                         f"in a numeric datatype)")
+    if X.size and not ((X == 0) | (X == 1)).all():
+        raise BadRequest(f"input {t.name!r}: a mask holds 0 or 1 (or true/false)")
+    return X.astype(np.bool_)

@@ -13,10 +13,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.routing import Match, Route
 
-from mlaas4hep_lab import __version__
 from mlaas4hep_lab.auth import User
-from mlaas4hep_lab.serving import ServingError
+from mlaas4hep_lab.serving import BadRequest
 from mlaas4hep_lab.serving import schemas as S
+from mlaas4hep_lab.serving import schemas_triton as ST
+from mlaas4hep_lab.serving import triton as T
 from mlaas4hep_lab.serving.service import Service
 from mlaas4hep_lab.serving.service import error_response as _error
 from mlaas4hep_lab.serving.service import json_response as _json
@@ -120,8 +121,29 @@ def _tfaas_router(svc: Service) -> APIRouter:
     @router.delete("/delete/{model:path}", response_model=S.DeleteResponse)
     async def delete(model: str, user: User = user_dep):
         """Delete one of your models with all its versions."""
+        return _json(await _delete(svc, user, model))
+
+    @router.delete("/delete", response_model=S.DeleteResponse)
+    async def delete_named(request: Request, model: str | None = None, user: User = user_dep):
+        """Delete one of your models with all its versions, named as the original TFaaS took it: in the
+        query (``?model=X``) or in a form field ``model`` (multipart or urlencoded body)."""
+        if model is None and request.headers.get("content-type", "").startswith(
+                ("multipart/form-data", "application/x-www-form-urlencoded")):
+            form = await request.form(max_files=0, max_fields=8)
+            value = form.get("model")
+            model = value if isinstance(value, str) else None
+            await form.close()
+        if not model or not model.strip():
+            raise BadRequest("no model named: give ?model=NAME or a form field 'model'")
+        return _json(await _delete(svc, user, model.strip()))
+
+    @router.get("/params", response_model=list[dict[str, Any]])
+    async def params_all(user: User = user_dep):
+        """The manifest, params, preproc and specs of the latest version of every model you can use (yours
+        and those shared), as ``GET /params/{model}`` gives them one by one."""
         svc.store.refresh()
-        return _json(await asyncio.to_thread(svc.store.delete, user.name, model))
+        states = [svc.store.find(user.name, m["ref"]) for m in svc.store.visible(user.name)]
+        return _json(await asyncio.to_thread(lambda: [_bundle_files(svc, st, v) for st, v in states]))
 
     @router.get("/params/{model:path}")
     async def params(model: str, version: str | None = None, user: User = user_dep):
@@ -138,6 +160,15 @@ def _tfaas_router(svc: Service) -> APIRouter:
         return await svc.events(request, user, model, None)
 
     return router
+
+
+async def _delete(svc: Service, user: User, model: str, version: str | None = None) -> dict[str, Any]:
+    """Delete a model (or one version) and forget the statistics of what went."""
+    svc.store.refresh()
+    answer = await asyncio.to_thread(svc.store.delete, user.name, model, version)
+    owner, _, name = answer["deleted"].partition(":")
+    svc.stats.drop(owner, name, answer["versions"])
+    return answer
 
 
 def _bundle_files(svc: Service, state: dict[str, Any], version: str) -> dict[str, Any]:
@@ -158,11 +189,11 @@ async def _upload(svc: Service, request: Request, user: User, name, version, sha
     upload = await S.read_upload(request, svc.store.root / ".staging", name, version, shared,
                                  svc.settings.max_json_depth)
     try:
-        if upload.bare:  # the original TFaaS form with a bare model file (ONNX here)
+        if upload.bare:  # the original TFaaS form with a bare model file (ONNX, or a frozen TensorFlow graph)
             return await asyncio.to_thread(svc.store.ingest_onnx, user.name, upload.path, upload.name,
                                            upload.version, upload.shared, upload.params, upload.labels)
         return await asyncio.to_thread(svc.store.ingest, user.name, upload.path, upload.name, upload.version,
-                                       upload.shared)
+                                       upload.shared, upload.params, upload.labels)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(upload.path)
@@ -175,16 +206,26 @@ def _v2_router(svc: Service) -> APIRouter:
 
     @router.get("/v2", response_model=S.ServerMetadata)
     async def server(user: User = user_dep):
-        return _json({"name": "mlaas4hep-lab", "version": __version__,
-                      "extensions": ["tfaas", "raw_events", "model_tags", "model_sharing", "dynamic_batching"]})
+        return _json(T.server_metadata())
 
     # versioned routes first: {model:path} is greedy
     @router.post("/v2/models/{model:path}/versions/{version}/infer", response_model=S.InferResponse,
                  openapi_extra=S.body_doc(S.InferRequest))
     async def infer_version(model: str, version: str, request: Request, user: User = user_dep):
-        """OIP inference: one input ``features`` (FP32/FP64, shape [N, F]); output ``score`` [N], or for a
-        multi-class or regression model ``probabilities``/``targets`` (as the metadata names it) [N, W]
-        with ``data`` in row-major order."""
+        """OIP inference: one input ``features`` (shape [N, F], any numeric datatype: FP32, FP16, FP64,
+        INTn, UINTn), or all the named inputs of an objects-layout model (the metadata's
+        ``named_inputs``); output ``score`` [N], or for a multi-class or regression model
+        ``probabilities``/``targets`` (as the metadata names it) [N, W], with ``data`` in row-major order.
+        A multi-output model also answers each of its ``columns`` as one [N] tensor when asked by name in
+        ``outputs``.
+
+        Binary tensor data (Triton's extension, what ``tritonclient.http`` sends): the header
+        ``Inference-Header-Content-Length: L`` says the body's first L bytes are this JSON request, whose
+        inputs carry ``parameters.binary_data_size`` instead of ``data``; their raw little-endian bytes
+        follow, in order. ``parameters.binary_data_output: true`` (or ``binary_data: true`` on a requested
+        output) answers in binary the same way (``application/octet-stream``, each output with
+        ``parameters.binary_data_size``). Bodies may be sent with ``Content-Encoding: gzip`` or ``deflate``
+        (the body limit holds for the inflated size); ``Accept-Encoding`` compresses large answers."""
         return await svc.infer(request, user, model, version)
 
     @router.post("/v2/models/{model:path}/infer", response_model=S.InferResponse,
@@ -207,13 +248,10 @@ def _v2_router(svc: Service) -> APIRouter:
             return await svc.events(request, user, model, None)
 
     async def ready(model: str, version: str | None, user: User) -> Response:
-        svc.store.refresh()
-        state, v = svc.store.find(user.name, model, version)
-        try:
-            await svc.model(user, model, v)
-        except ServingError as err:
-            return _error(503, f"model {model!r} version {v} cannot be loaded: {err}")
-        return _json({"name": model, "version": v, "ready": True})
+        ready, v, why = await T.model_ready(svc, user, model, version)
+        return _json({"name": model, "version": v, "ready": True}) if ready else _error(why.status, str(why))
+
+    _triton_routes(router, svc, user_dep)
 
     @router.get("/v2/models/{model:path}/versions/{version}/ready", response_model=S.Ready)
     async def ready_version(model: str, version: str, user: User = user_dep):
@@ -254,15 +292,82 @@ def _v2_router(svc: Service) -> APIRouter:
 
     @router.delete("/v2/models/{model:path}/versions/{version}", response_model=S.DeleteResponse)
     async def delete_version(model: str, version: str, user: User = user_dep):
-        svc.store.refresh()
-        return _json(await asyncio.to_thread(svc.store.delete, user.name, model, version))
+        return _json(await _delete(svc, user, model, version))
 
     @router.delete("/v2/models/{model:path}", response_model=S.DeleteResponse)
     async def delete_model(model: str, user: User = user_dep):
-        svc.store.refresh()
-        return _json(await asyncio.to_thread(svc.store.delete, user.name, model))
+        return _json(await _delete(svc, user, model))
 
     return router
+
+
+def _triton_routes(router: APIRouter, svc: Service, user_dep) -> None:
+    """Triton's model configuration, statistics, repository and logging routes (:mod:`.triton`), added
+    before the metadata routes: ``{model:path}`` is greedy, and ``GET /v2/models/{model}`` would take
+    ``m/config`` or ``stats`` for a model's name."""
+    depth = svc.settings.max_json_depth
+
+    @router.get("/v2/models/stats", response_model=ST.ModelStatsResponse)
+    async def stats_all(user: User = user_dep):
+        """Inference statistics of every model version you can use that this server process loaded or used."""
+        return _json(T.model_stats(svc, user))
+
+    @router.get("/v2/models/{model:path}/versions/{version}/config", response_model=ST.ModelConfig)
+    async def config_version(model: str, version: str, user: User = user_dep):
+        """Triton's model configuration of a version."""
+        return _json(T.model_config(svc, user, model, version))
+
+    @router.get("/v2/models/{model:path}/config", response_model=ST.ModelConfig)
+    async def config_latest(model: str, user: User = user_dep):
+        """Triton's model configuration (``max_batch_size``, ``input``/``output`` with ``dims`` without the
+        batch axis, ``dynamic_batching``...) of the latest version."""
+        return _json(T.model_config(svc, user, model))
+
+    @router.get("/v2/models/{model:path}/versions/{version}/stats", response_model=ST.ModelStatsResponse)
+    async def stats_version(model: str, version: str, user: User = user_dep):
+        """Inference statistics of one version (Triton's statistics extension)."""
+        return _json(T.model_stats(svc, user, model, version))
+
+    @router.get("/v2/models/{model:path}/stats", response_model=ST.ModelStatsResponse)
+    async def stats_model(model: str, user: User = user_dep):
+        """Inference statistics of every version of a model: requests (success, fail), queue and compute
+        times in nanoseconds, rows (``inference_count``), forward passes and their sizes (``batch_stats``)."""
+        return _json(T.model_stats(svc, user, model))
+
+    @router.post("/v2/repository/index", response_model=list[ST.RepositoryEntry],
+                 openapi_extra=ST.inline_body_doc(ST.RepositoryIndexRequest))
+    async def repository_index(request: Request, user: User = user_dep):
+        """Every version of the models you can use: READY when loaded in this server process, else
+        UNAVAILABLE with the reason; ``{"ready": true}`` keeps the ready ones (the body may be empty)."""
+        body = ST.parse_optional_body(await request.body(), ST.RepositoryIndexRequest, depth)
+        return _json(T.repository_index(svc, user, bool(body.get("ready", False))))
+
+    @router.post("/v2/repository/models/{model:path}/load", response_model=ST.LoadResponse,
+                 openapi_extra=ST.inline_body_doc(ST.LoadRequest))
+    async def load(model: str, request: Request, user: User = user_dep):
+        """Load a model's tagged versions into memory (any user who may use it); the body may be empty."""
+        body = ST.parse_optional_body(await request.body(), ST.LoadRequest, depth)
+        return _json(await T.load_model(svc, user, model, body.get("parameters")))
+
+    @router.post("/v2/repository/models/{model:path}/unload", response_model=ST.LoadResponse,
+                 openapi_extra=ST.inline_body_doc(ST.UnloadRequest))
+    async def unload(model: str, request: Request, user: User = user_dep):
+        """Drop a model's versions from memory (owner only); the files stay, and the next request or a load
+        request loads a version again. Until then it is not ready."""
+        body = ST.parse_optional_body(await request.body(), ST.UnloadRequest, depth)
+        return _json(T.unload_model(svc, user, model, body.get("parameters")))
+
+    @router.get("/v2/logging", response_model=ST.LogSettings)
+    async def get_logging(user: User = user_dep):
+        """The service's log settings, in Triton's form."""
+        return _json(T.log_settings(svc, user))
+
+    @router.post("/v2/logging", response_model=ST.LogSettings,
+                 openapi_extra=ST.inline_body_doc(ST.LogSettingsUpdate, required=True))
+    async def set_logging(request: Request, user: User = user_dep):
+        """Change the settings given (admins of the service only: 403 otherwise); returns them all."""
+        body = ST.parse_optional_body(await request.body(), ST.LogSettingsUpdate, depth)
+        return _json(T.log_settings(svc, user, {k: v for k, v in body.items() if v is not None}))
 
 
 def _admin_router(svc: Service) -> APIRouter:

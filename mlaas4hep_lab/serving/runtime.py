@@ -363,6 +363,25 @@ def probe_runtime(runtime: Runtime) -> None:
     runtime.row_seconds = sorted(timings)[2]
 
 
+def generated_features(width: int) -> list[str]:
+    """The names of a bare model's ``width`` inputs when params name none: ``f0..f9``, ``f00..f29``..."""
+    return [f"f{i:0{len(str(width - 1))}d}" for i in range(width)]
+
+
+def bare_features(params: dict[str, Any], width: int | None, what: str) -> list[str]:
+    """The feature names of a bare model (TFaaS form): params ``features`` (or TFaaS's ``keys``), checked
+    against the input width, else generated; 400 when neither can be."""
+    features = params.get("features") or params.get("keys")
+    if features is not None:
+        if (not isinstance(features, list) or not all(isinstance(f, str) and f for f in features)
+                or len(set(features)) != len(features) or (width and len(features) != width)):
+            raise BadRequest(f"params 'features' must name the {width or 'N'} inputs, each once")
+        return features
+    if width:
+        return generated_features(width)
+    raise BadRequest(f"{what} has no fixed width: list the feature names in params 'features'")
+
+
 def onnx_bundle(folder: Path, onnx_path: Path, name: str, params: dict[str, Any] | None = None,
                 labels: list[str] | None = None) -> Path:
     """A minimal bundle around a bare ONNX model (the original TFaaS form: model file, params.json,
@@ -389,15 +408,7 @@ def onnx_bundle(folder: Path, onnx_path: Path, name: str, params: dict[str, Any]
         raise BadRequest(f"name the ONNX input with params 'inputNode' (inputs: {sorted(inputs)})")
     dims = inputs[input_name].type.tensor_type.shape.dim
     width = dims[1].dim_value if len(dims) == 2 and dims[1].HasField("dim_value") else None
-    features = params.get("features") or params.get("keys")
-    if features is not None:
-        if (not isinstance(features, list) or not all(isinstance(f, str) and f for f in features)
-                or len(set(features)) != len(features) or (width and len(features) != width)):
-            raise BadRequest(f"params 'features' must name the {width or 'N'} inputs, each once")
-    elif width:
-        features = [f"f{i:0{len(str(width - 1))}d}" for i in range(width)]
-    else:
-        raise BadRequest("the ONNX input has no fixed width: list the feature names in params 'features'")
+    features = bare_features(params, width, "the ONNX input")
     outputs = [o.name for o in model.graph.output]
     output_name = params.get("outputNode") or ("score" if "score" in outputs else outputs[0])
     (folder / "inference").mkdir(parents=True)

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mlaas4hep_lab.errors import MLaaSError, close_matches
 from mlaas4hep_lab.serving import BadRequest, ServingError
 from mlaas4hep_lab.serving.bodies import load_json
+from mlaas4hep_lab.serving.tensors import as_float32
 
 __all__ = ["parse_body", "load_json", "JsonRequest", "InferInput", "InferRequest", "RequestedOutput",
            "InferOutput", "InferResponse", "EventsRequest", "EventsResponse", "TagRequest", "ShareRequest",
@@ -57,24 +58,32 @@ class JsonRequest(_Strict):
 
 # -- Open Inference Protocol v2 ----------------------------------------------------------------------
 # OIP data: flat in row-major order, or nested as the shape (an objects-layout collection: [N, k, C]);
-# true/false for BOOL (the masks of named inputs)
-TensorData = (list[float] | list[list[float]] | list[list[list[float]]] | list[bool] | list[list[bool]])
+# true/false for BOOL (the masks of named inputs), strings for BYTES
+TensorData = (list[float] | list[list[float]] | list[list[list[float]]] | list[bool] | list[list[bool]]
+              | list[str])
 
 
 class InferInput(_Strict):
+    """One input tensor: ``data`` in JSON, or (binary tensor data extension) no ``data`` and
+    ``parameters.binary_data_size``, its bytes after the JSON header."""
+
     name: str
     shape: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, max_length=8)
     datatype: str
-    data: TensorData
+    data: TensorData | None = None
     parameters: dict[str, Any] | None = None
 
 
 class RequestedOutput(_Strict):
+    """An output asked for by name; ``parameters.binary_data: true`` answers it in binary."""
+
     name: str
     parameters: dict[str, Any] | None = None
 
 
 class InferRequest(_Strict):
+    """``parameters.binary_data_output: true`` answers every output not asked otherwise in binary."""
+
     id: str | None = None
     inputs: list[InferInput] = Field(min_length=1)
     outputs: list[RequestedOutput] | None = None
@@ -83,12 +92,14 @@ class InferRequest(_Strict):
 
 class InferOutput(BaseModel):
     """One output tensor: ``score`` [N] of a binary model; ``probabilities`` or ``targets`` (the export's
-    output name) [N, W] of a multi-class or regression model, ``data`` flat in row-major order."""
+    output name) [N, W] of a multi-class or regression model, ``data`` flat in row-major order; a column
+    of a multi-output model [N] when asked for by name. In binary: no ``data``, ``parameters.binary_data_size``."""
 
     name: str
     shape: list[int]
     datatype: str
-    data: list[float]
+    data: list[float] | None = None
+    parameters: dict[str, Any] | None = None
 
 
 class InferResponse(BaseModel):
@@ -239,10 +250,11 @@ class Upload:
 
 async def read_upload(request, staging: Path, name: str | None, version: str | None,
                       shared: bool | None, max_depth: int = 32) -> Upload:
-    """Stream ``POST /upload`` to a file under ``staging``: the body itself (a bundle tarball), or the
-    file field of a multipart form (``bundle``, ``file``, ``model``...) with its text fields ``name``,
-    ``version``, ``shared`` and, as the original TFaaS form has them, ``params`` and ``labels`` files
-    (``params`` JSON nested at most ``max_depth`` levels). Whatever fails (a bad field, the client gone
+    """Stream ``POST /upload`` to a file under ``staging``: the body itself (a bundle tarball, or a
+    SavedModel's), or the file field of a multipart form (``bundle``, ``file``, ``model``...) with its text
+    fields ``name``, ``version``, ``shared`` and, as the original TFaaS form has them, ``params`` and
+    ``labels`` files (``params`` JSON nested at most ``max_depth`` levels; with a tarball they serve a
+    SavedModel's). Whatever fails (a bad field, the client gone
     mid-upload, a cancelled request), the file is removed before the error goes on."""
     # named after this process: a restarted server removes what a killed one left, not its siblings' files
     fd, path = tempfile.mkstemp(prefix=f"upload-{os.getpid()}-", suffix=".bin", dir=staging)
@@ -265,8 +277,8 @@ async def read_upload(request, staging: Path, name: str | None, version: str | N
                     out.write(chunk)
         if os.path.getsize(path) == 0:
             raise BadRequest("empty upload: send a bundle .tar.gz as the body or in a form field 'bundle'")
-        if form is not None and not await asyncio.to_thread(tarfile.is_tarfile, path):
-            upload.bare = True
+        if form is not None:  # params and labels serve a bare model, and a SavedModel tarball too
+            upload.bare = not await asyncio.to_thread(tarfile.is_tarfile, path)
             upload.params, upload.labels = await _form_extras(form, max_depth)
         return upload
     except BaseException:
@@ -325,8 +337,10 @@ UPLOAD_DOC = {"requestBody": {"required": True, "content": {
     "application/gzip": {"schema": dict(_BINARY, description="the bundle .tar.gz (query: name, version, shared)")},
     "multipart/form-data": {"schema": {"type": "object", "properties": {
         "bundle": dict(_BINARY, description="the bundle .tar.gz (also accepted in a field file, tarball, archive)"),
-        "model": dict(_BINARY, description="the original TFaaS form: a bare ONNX file, with params and labels"),
-        "params": dict(_BINARY, description="TFaaS form: params JSON with features"),
+        "model": dict(_BINARY, description="the original TFaaS form: a bare ONNX file or a TensorFlow frozen "
+                      "graph (.pb), with params and labels"),
+        "params": dict(_BINARY, description="TFaaS form: params JSON with features (or keys), inputNode and "
+                       "outputNode (a frozen graph's nodes)"),
         "labels": dict(_BINARY, description="TFaaS form: one label per line"),
         "name": {"type": "string"}, "version": {"type": "string"},
         "shared": {"type": "string", "description": "1, true, yes or on to share it"}}}}}}}
@@ -447,33 +461,18 @@ def _key_order(keys: list[str], model) -> np.ndarray | None:
     return None if np.array_equal(order, np.arange(len(order))) else order
 
 
-def infer_matrix(req: InferRequest, model) -> np.ndarray:
-    """The one OIP input ``features`` (FP32/FP64, shape [N, F], data flat or nested) as float32[N, F]."""
-    if len(req.inputs) != 1:
-        raise BadRequest(f"expected one input 'features', got {len(req.inputs)}")
-    t = req.inputs[0]
+def infer_matrix(call, model) -> np.ndarray:
+    """The one input ``features`` of an inference call (:class:`~.tensors.InferCall`; any numeric
+    datatype, shape [N, F]) as float32[N, F]."""
+    if len(call.inputs) != 1:
+        raise BadRequest(f"expected one input 'features', got {len(call.inputs)}")
+    t = call.inputs[0]
     if t.name not in ("features", getattr(model.runtime, "input_name", "features")):
         raise BadRequest(f"unknown input {t.name!r}; model {model.ref!r} takes one input 'features'")
-    if t.datatype not in ("FP32", "FP64"):
-        raise BadRequest(f"input datatype {t.datatype!r} is not supported; use FP32 or FP64")
-    first = t.data[0] if t.data else None
-    if isinstance(first[0] if isinstance(first, list) and first else first, bool):
-        raise BadRequest(f"input data: {t.datatype} values must be numbers, not true/false")
     n_features = len(model.features)
     if len(t.shape) != 2 or t.shape[1] != n_features:
         raise BadRequest(f"input shape {t.shape}: model {model.ref!r} takes [N, {n_features}]")
-    tensor = model.runtime.outputs.tensor
-    if req.outputs and any(o.name != tensor for o in req.outputs):
-        raise BadRequest(f"the only output is {tensor!r}")
-    try:
-        X = np.asarray(t.data, dtype=np.float64)  # FP32 too: out-of-range values are refused, not cast to inf
-    except (ValueError, OverflowError):
-        raise BadRequest("input data: nested lists must all have the same length") from None
-    n = t.shape[0]
-    if X.size != n * n_features or (X.ndim > 1 and X.shape != (n, n_features)):
-        raise BadRequest(f"input data holds {X.size} values in shape {list(X.shape)}; shape {t.shape} "
-                         f"needs {n * n_features}")
-    return _finite32(X.reshape(n, n_features), "input data")
+    return as_float32(t)
 
 
 def events_matrix(events, model) -> tuple[np.ndarray, np.ndarray]:

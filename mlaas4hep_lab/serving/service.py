@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,15 +16,17 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from mlaas4hep_lab.auth import Authenticator, AuthError, User
-from mlaas4hep_lab.serving import Forbidden, ServingError
+from mlaas4hep_lab.serving import BadRequest, Forbidden, ServingError, oip
 from mlaas4hep_lab.serving import schemas as S
-from mlaas4hep_lab.serving.batching import Batcher, Direct
+from mlaas4hep_lab.serving.batching import Batcher, Direct, timed
 from mlaas4hep_lab.serving.metrics import Metrics
 from mlaas4hep_lab.serving.named import NamedRuntime, is_named, named_feeds, named_runtime
 from mlaas4hep_lab.serving.settings import Settings
+from mlaas4hep_lab.serving.stats import Statistics
 from mlaas4hep_lab.serving.store import LoadedModel, ModelStore
+from mlaas4hep_lab.serving.tensors import InferAnswer, InferCall, Tensor
 
-__all__ = ["Service", "json_response", "error_response"]
+__all__ = ["Service", "json_response", "error_response", "requested_outputs", "answer_outputs"]
 
 log = logging.getLogger("mlaas4hep_lab.serving")
 _JSON = "application/json"
@@ -60,6 +63,32 @@ def error_response(status: int, message: str) -> Response:
     return json_response({"error": message}, status, headers)
 
 
+def requested_outputs(call: InferCall, outputs) -> list[str]:
+    """The output names a call asks for, checked before any work: the model's output tensor (the default),
+    and for a multi-class or regression model its columns (``p_<class>`` or the targets), one [N] tensor
+    each. An unknown or repeated name is a 400 naming the outputs there are."""
+    if not call.outputs:  # none named (or an empty list): the output tensor
+        return [outputs.tensor]
+    names = [o.name for o in call.outputs]
+    valid = [outputs.tensor, *(outputs.names if outputs.width is not None else ())]
+    for name in names:
+        if name not in valid:
+            raise BadRequest(f"unknown output {str(name)[:100]!r}; this model answers "
+                             + ", ".join(repr(v) for v in valid))
+        if names.count(name) > 1:
+            raise BadRequest(f"output {name!r} is asked for more than once")
+    return names
+
+
+def answer_outputs(scores: np.ndarray, outputs, names: list[str]) -> list[Tensor]:
+    """The FP32 tensors ``names`` of a model's scores: the output tensor ([N] or [N, W]) or one column [N]."""
+    answer = []
+    for name in names:
+        array = scores if name == outputs.tensor else np.ascontiguousarray(scores[:, outputs.names.index(name)])
+        answer.append(Tensor(name, "FP32", list(array.shape), array))
+    return answer
+
+
 class Service:
     """What the routes share: settings, store, authenticator, metrics, inference threads."""
 
@@ -68,6 +97,7 @@ class Service:
         self.auth = Authenticator.from_settings(settings)
         self.store = ModelStore.from_settings(settings)
         self.metrics = Metrics()
+        self.stats = Statistics()  # Triton's per-model inference statistics, counted in score/_score_named
         self.executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="mlaas4hep-infer")
         self.depth = settings.max_json_depth
         self.tune_gc = False  # set by own_process_gc(): this process is the server, nothing else
@@ -121,9 +151,11 @@ class Service:
         label = model.ref
         # only a tiny model may run on the event loop: a one-row pass must cost less than a thread hop
         inline = s.inline_rows if model.runtime.row_seconds < 1e-4 else 0
+        stats = model.stats = self.stats.model(model.owner, model.name, model.version)
 
-        def on_batch(rows: int, requests: int) -> None:
+        def on_batch(rows: int, requests: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
             self.metrics.observe_batch(label, rows, requests)
+            stats.batch(rows, requests, queue_ns, input_ns, infer_ns, output_ns)
 
         if not s.batching:
             return Direct(model.runtime.predict, self.executor, inline, on_batch)
@@ -133,25 +165,40 @@ class Service:
 
     async def score(self, model: LoadedModel, X: np.ndarray) -> np.ndarray:
         """float32[N] scores (binary) or float32[N, W] (a multi-class or regression model)."""
+        start = time.perf_counter_ns()
+        stats = model.stats  # counted here, whatever the route or wire format
         if len(X) == 0:
+            stats.request(0, time.perf_counter_ns() - start, True)
             return np.zeros(model.runtime.outputs.shape(0), np.float32)
         try:
-            return await model.batcher.submit(X)
-        except ServingError as err:
-            if err.status == 503:
+            scores = await model.batcher.submit(X)
+        except BaseException as err:
+            stats.request(len(X), time.perf_counter_ns() - start, False)
+            if isinstance(err, ServingError) and err.status == 503:
                 self.metrics.rejected[model.ref] += 1
             raise
+        stats.request(len(X), time.perf_counter_ns() - start, True)
+        return scores
 
-    async def _score_named(self, req: S.InferRequest, model: LoadedModel) -> np.ndarray:
+    async def _score_named(self, req: InferCall, model: LoadedModel) -> np.ndarray:
         """The named inputs of an objects-layout model through its named-input export (:mod:`.named`), on
         the inference threads; the export is loaded on the first such request."""
         loop = asyncio.get_running_loop()
         runtime = model.named if isinstance(model.named, NamedRuntime) else await loop.run_in_executor(
             self.executor, named_runtime, model, self.store.runtime_threads)
-        feeds, n = named_feeds(req, runtime, model.ref)
-        if n == 0:
-            return np.zeros(model.runtime.outputs.shape(0), np.float32)
-        return await loop.run_in_executor(self.executor, runtime.predict, feeds, n)
+        start, stats = time.perf_counter_ns(), model.stats
+        try:
+            feeds, n = named_feeds(req, runtime, model.ref)
+            if n == 0:
+                scores = np.zeros(model.runtime.outputs.shape(0), np.float32)
+            else:
+                scores, t0, t1 = await loop.run_in_executor(self.executor, timed, runtime.predict, feeds, n)
+                stats.batch(n, 1, 0, t0 - start, t1 - t0, time.perf_counter_ns() - t1)
+        except BaseException:
+            stats.request(0, time.perf_counter_ns() - start, False)
+            raise
+        stats.request(n, time.perf_counter_ns() - start, True)
+        return scores
 
     # -- the hot routes' work, shared by the fast Starlette routes and their documented FastAPI twins
     async def predict_json(self, request: Request, user: User) -> Response:
@@ -160,20 +207,25 @@ class Service:
         return json_response(await self.score(model, S.json_matrix(req, model)))
 
     async def infer(self, request: Request, user: User, ref: str, version: str | None) -> Response:
-        req = S.parse_body(await request.body(), S.InferRequest, self.depth)
+        """OIP ``infer`` over HTTP: JSON or the binary tensor data extension, compressed or not (:mod:`.oip`)."""
+        headers = oip.wire_headers(request.scope["headers"])
+        call = oip.read_request(await oip.read_body(request, headers, self.settings.max_body_bytes), headers,
+                                self.depth)
+        answer = await self.infer_call(user, ref, version, call)
+        return oip.answer_response(answer, call, headers)
+
+    async def infer_call(self, user: User, ref: str, version: str | int | None, call: InferCall) -> InferAnswer:
+        """One inference, whatever the wire (HTTP JSON or binary, gRPC): the model ``user`` means by ``ref``
+        scores the call's inputs (``features``, through the batcher; or an objects-layout model's named
+        inputs) and answers the requested outputs (:func:`answer_outputs`). Errors are ServingErrors."""
         model = await self.model(user, ref, version)
-        if is_named(req, model):  # an objects-layout model's named inputs: one pass, not batched
-            scores = await self._score_named(req, model)
-        else:
-            scores = await self.score(model, S.infer_matrix(req, model))
         outputs = model.runtime.outputs
-        # OIP tensors are flat in row-major order, their shape beside them ([N] or [N, W])
-        out = {"model_name": ref, "model_version": model.version,
-               "outputs": [{"name": outputs.tensor, "shape": list(scores.shape), "datatype": "FP32",
-                            "data": scores.reshape(-1)}]}
-        if req.id is not None:
-            out["id"] = req.id
-        return json_response(out)
+        requested = requested_outputs(call, outputs)
+        if is_named(call, model):  # an objects-layout model's named inputs: one pass, not batched
+            scores = await self._score_named(call, model)
+        else:
+            scores = await self.score(model, S.infer_matrix(call, model))
+        return InferAnswer(ref, model.version, answer_outputs(scores, outputs, requested), call.id)
 
     async def events(self, request: Request, user: User, ref: str, version: str | None) -> Response:
         req = S.parse_body(await request.body(), S.EventsRequest, self.depth)

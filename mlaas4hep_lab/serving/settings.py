@@ -100,6 +100,9 @@ class Settings(AuthSettings):
     store_dir: Path = field(default_factory=lambda: Path(env_setting("MLAAS4HEP_STORE", "mlaas4hep-store")))
     host: str = field(default_factory=lambda: env_setting("MLAAS4HEP_HOST", "127.0.0.1"))
     port: int = field(default_factory=lambda: env_setting("MLAAS4HEP_PORT", 8083, int))
+    # port of the Open Inference Protocol's gRPC service (tritonclient.grpc) beside HTTP; 0: none
+    # [MLAAS4HEP_GRPC_PORT]
+    grpc_port: int = field(default_factory=lambda: env_setting("MLAAS4HEP_GRPC_PORT", 0, int))
     # uvicorn worker processes; each has its own batching queue, all share the store on disk [MLAAS4HEP_WORKERS]
     workers: int = field(default_factory=lambda: env_setting("MLAAS4HEP_WORKERS", 1, int))
     # URL prefix of every route; JupyterHub sets it for hub-managed services [JUPYTERHUB_SERVICE_PREFIX]
@@ -109,6 +112,10 @@ class Settings(AuthSettings):
     # scope a hub user's token must carry to upload models (custom:tfaas:push under the hub); "": none.
     # Users of static or OIDC tokens are not asked for it [MLAAS4HEP_PUSH_SCOPE]
     push_scope: str = field(default_factory=lambda: env_setting("MLAAS4HEP_PUSH_SCOPE", ""))
+    # users who may change the service's log settings (comma-separated); hub admins are admins too
+    # [MLAAS4HEP_SERVE_ADMINS]
+    admins: tuple[str, ...] = field(default_factory=lambda: tuple(
+        s.strip() for s in env_setting("MLAAS4HEP_SERVE_ADMINS", "").split(",") if s.strip()))
 
     # -- models
     runtime: str = field(default_factory=lambda: env_setting("MLAAS4HEP_RUNTIME", "auto"))  # auto | onnx | tf
@@ -152,17 +159,20 @@ class Settings(AuthSettings):
         self.check_auth()
         self.store_dir = Path(self.store_dir)
         self.prefix = url_prefix(self.prefix)
+        self.admins = tuple(str(a) for a in self.admins)
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"unknown runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}",
                               key="runtime")
-        for name in ("port", "workers", "runtime_threads", "max_batch", "queue_size", "inference_threads",
-                     "max_body_bytes", "max_upload_bytes", "max_json_depth", "max_tar_members",
+        for name in ("port", "grpc_port", "workers", "runtime_threads", "max_batch", "queue_size",
+                     "inference_threads", "max_body_bytes", "max_upload_bytes", "max_json_depth", "max_tar_members",
                      "max_tar_member_bytes", "max_tar_bytes", "quota_bytes", "quota_versions"):
             value = getattr(self, name)
-            least = 0 if name in ("port", "quota_bytes", "quota_versions") else 1
+            least = 0 if name in ("port", "grpc_port", "quota_bytes", "quota_versions") else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ConfigError(f"must be {'a non-negative' if least == 0 else 'a positive'} integer, not "
                                   f"{value!r}", key=name)
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ConfigError(f"must differ from the HTTP port {self.port}", key="grpc_port")
         if self.max_delay_ms < 0 or self.inline_rows < 0 or self.max_tar_ratio < 0:
             raise ConfigError("max_delay_ms, inline_rows and max_tar_ratio must not be negative")
 

@@ -35,12 +35,10 @@ Only the owner may delete, tag or share it.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 import threading
 import uuid
@@ -52,68 +50,38 @@ import numpy as np
 
 from mlaas4hep_lab.bundle import Bundle
 from mlaas4hep_lab.errors import MLaaSError
-from mlaas4hep_lab.serving import BadRequest, Forbidden, NotFound, TooLarge
-from mlaas4hep_lab.serving.archive import check_bundle_sizes, extract_upload, file_sha256
+from mlaas4hep_lab.serving import BadRequest, Forbidden, NotFound
+from mlaas4hep_lab.serving.archive import check_bundle_sizes
 from mlaas4hep_lab.serving.files import (
     atomic_write,
     clear_scratch,
-    human_size,
     private_dir,
     private_dirs,
     scratch_dir,
     tighten,
     tree_bytes,
 )
-from mlaas4hep_lab.serving.named import named_inputs_info
 from mlaas4hep_lab.serving.quota import Quota, QuotaExceeded
 from mlaas4hep_lab.serving.runtime import (
     PLATFORMS,
     RUNTIME_ORDER,
     Runtime,
     build_runtime,
-    find_exports,
-    onnx_bundle,
-    outputs_info,
     probe_runtime,
 )
-from mlaas4hep_lab.untar import TarLimits
+from mlaas4hep_lab.serving.store_ingest import StoreIngest
+from mlaas4hep_lab.serving.tfaas import (
+    PositionalKeys,
+    positional_features,
+)
+from mlaas4hep_lab.serving.versions import NAME, NAME_PATTERN, latest_version, split_ref, version_key
 
 __all__ = ["ModelStore", "LoadedModel", "QuotaExceeded", "latest_version", "split_ref", "NAME_PATTERN"]
 
 log = logging.getLogger(__name__)
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$"
-_NAME = re.compile(NAME_PATTERN)
 _STATE = "model.json"
 _GENERATION = ".generation"
 _MANAGED_TAGS = ("latest",)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _version_key(v: str) -> tuple:
-    return (0, int(v), v) if v.isdigit() else (1, 0, v)
-
-
-def latest_version(versions: dict[str, dict[str, Any]]) -> str | None:
-    """What ``latest`` means: the highest numbered version; with none numbered, the most recently
-    uploaded one (``seq`` counts a model's uploads); None for no versions."""
-    numbered = [v for v in versions if v.isdigit()]
-    if numbered:
-        return max(numbered, key=_version_key)
-    if not versions:
-        return None
-    return max(versions, key=lambda v: (versions[v].get("seq", 0), versions[v].get("uploaded") or "", v))
-
-
-def split_ref(ref: str, default_owner: str) -> tuple[str, str]:
-    """``name`` -> (default_owner, name); ``owner:name`` or ``owner/name`` -> (owner, name)."""
-    for sep in (":", "/"):
-        if sep in ref:
-            owner, _, name = ref.partition(sep)
-            return owner, name
-    return default_owner, ref
 
 
 @dataclass
@@ -130,6 +98,7 @@ class LoadedModel:
     raw_order: np.ndarray | None = None  # columns of Bundle.vectorize output in the model's input order
     batcher: Any = None
     named: Any = None  # the named-input runtime of an objects-layout model, loaded on first use
+    stats: Any = None  # its inference statistics (.stats.ModelStats), set with the batcher
     index: dict[str, int] = field(default_factory=dict)
     key_orders: dict[tuple, Any] = field(default_factory=dict)  # /json keys -> column order (cache)
 
@@ -145,7 +114,7 @@ class LoadedModel:
             self.batcher.close()
 
 
-class ModelStore:
+class ModelStore(StoreIngest):
     """Versions, tags and sharing of models on disk, and the loaded runtimes of those being served.
 
     Args:
@@ -173,6 +142,7 @@ class ModelStore:
         self._load_locks: dict[tuple[str, str, str], threading.Lock] = {}
         self._index: dict[tuple[str, str], dict[str, Any]] = {}
         self._loaded: dict[tuple[str, str, str], LoadedModel] = {}
+        self._unloaded: set[tuple[str, str, str]] = set()  # dropped from memory by their owner (not ready)
         self._generation: tuple | None = None
         self._generation_file = str(self.root / _GENERATION)
         self._sizes: dict[tuple, int] = {}  # (owner, name, version, stamp) -> bytes, for states without them
@@ -266,7 +236,7 @@ class ModelStore:
         resolved = state["tags"].get(want, want)
         if resolved not in state["versions"]:
             raise NotFound(f"model {ref!r} has no version or tag {want!r}; versions "
-                           f"{sorted(state['versions'], key=_version_key)}, tags {state['tags']}")
+                           f"{sorted(state['versions'], key=version_key)}, tags {state['tags']}")
         return state, resolved
 
     def owned(self, user: str, ref: str) -> dict[str, Any]:
@@ -291,12 +261,29 @@ class ModelStore:
         info = self._index.get((owner, name), {}).get("versions", {}).get(version)
         return model if info is not None and info.get("stamp") == model.stamp else None
 
+    def is_unloaded(self, owner: str, name: str, version: str) -> bool:
+        """Whether the owner unloaded this version (and nothing loaded it since)."""
+        return (owner, name, version) in self._unloaded
+
+    def unload(self, owner: str, name: str) -> list[str]:
+        """Drop every loaded version of a model from memory (the files stay; the next request or
+        :meth:`load` loads a version again; until then it counts as unloaded). Returns those dropped."""
+        with self._lock:
+            state = self._index.get((owner, name), {})
+            self._unloaded.update((owner, name, v) for v in state.get("versions", {}))
+            keys = [k for k in self._loaded if k[:2] == (owner, name)]
+            models = [self._loaded.pop(k) for k in keys]
+        for model in models:
+            model.retire()
+        return sorted((k[2] for k in keys), key=version_key)
+
     def load(self, owner: str, name: str, version: str) -> LoadedModel:
         """Load a stored version (blocking: run it in a thread)."""
         key = (owner, name, version)
         with self._lock:
             lock = self._load_locks.setdefault(key, threading.Lock())
         with lock:
+            self._unloaded.discard(key)
             model = self.loaded(*key)
             if model is not None:
                 return model
@@ -339,7 +326,10 @@ class ModelStore:
         order = None if names == features else np.array([names.index(f) for f in features])
         runtime = build_runtime(path, bundle.manifest, len(features), self.runtime, self.runtime_threads)
         probe_runtime(runtime)
-        return LoadedModel(owner, name, version, stamp, bundle, runtime, list(features), order)
+        model = LoadedModel(owner, name, version, stamp, bundle, runtime, list(features), order)
+        if positional_features(bundle.manifest, model.features):
+            model.key_orders = PositionalKeys(model.features)
+        return model
 
     # -- listing ----------------------------------------------------------------------------------
     def visible(self, user: str, name: str | None = None, tag: str | None = None,
@@ -368,7 +358,7 @@ class ModelStore:
         return kind, PLATFORMS.get(kind, "")
 
     def summary(self, state: dict[str, Any]) -> dict[str, Any]:
-        versions = sorted(state["versions"], key=_version_key)
+        versions = sorted(state["versions"], key=version_key)
         latest = state["tags"].get("latest")
         info = state["versions"].get(latest, {})
         return {"name": state["name"], "owner": state["owner"], "ref": f"{state['owner']}:{state['name']}",
@@ -378,116 +368,11 @@ class ModelStore:
                 "n_features": len(info.get("features") or []), "created": info.get("created"),
                 "uploaded": info.get("uploaded")}
 
-    # -- changes ----------------------------------------------------------------------------------
-    def ingest(self, user: str, archive: str | Path, name: str | None = None, version: str | None = None,
-               shared: bool | None = None) -> dict[str, Any]:
-        """Extract (one bounded pass), load and test an uploaded bundle tarball, then activate it
-        (blocking). ``version`` None takes the next integer; an existing version is replaced."""
-        archive = Path(archive)
-        self.refresh()
-        cap = self.quota.room(self._index, user, name, version, self.max_bytes)  # the quota caps it too
-        limits = TarLimits(members=self.max_members, member_bytes=min(self.max_member_bytes, cap),
-                           total_bytes=cap, ratio=self.max_ratio)
-        staging = self.scratch()
-        try:
-            try:
-                bundle_dir = extract_upload(archive, staging / "x", limits)
-            except TooLarge as err:
-                what = getattr(err, "what", "")
-                if (what == "total" and cap < self.max_bytes) or (what == "member" and cap < self.max_member_bytes):
-                    # the quota's room was reached, not one of the service's caps
-                    raise self.quota.error(self.quota.usage(self._index, user), user,
-                                           f"more than {human_size(cap)}") from None
-                raise
-            return self.activate(user, bundle_dir, name, version, shared, archive=archive)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
+    # -- changes (uploads: store_ingest.StoreIngest) ---------------------------------------------
     def usage(self, owner: str) -> dict[str, int]:
         """What ``owner`` stores (bytes of unpacked bundles, versions) and their quota (0: none)."""
         self.refresh()
         return self.quota.usage(self._index, owner)
-
-    def ingest_onnx(self, user: str, model_file: str | Path, name: str | None, version: str | None = None,
-                    shared: bool | None = None, params: dict[str, Any] | None = None,
-                    labels: list[str] | None = None) -> dict[str, Any]:
-        """A bare ONNX model of the original TFaaS form, wrapped in a minimal bundle, then activated."""
-        name = name or (params or {}).get("name")
-        if not isinstance(name, str) or not name:
-            raise BadRequest("give the model a 'name' (form field or params.json)")
-        self.refresh()
-        self.quota.room(self._index, user, name, version, self.max_bytes)
-        staging = self.scratch()
-        try:
-            folder = onnx_bundle(staging / "bundle", Path(model_file), name, params, labels)
-            return self.activate(user, folder, name, version, shared, archive=Path(model_file))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    def activate(self, user: str, bundle_dir: Path, name: str | None = None, version: str | None = None,
-                 shared: bool | None = None, archive: Path | None = None) -> dict[str, Any]:
-        """Load and test the bundle in ``bundle_dir`` (moved into the store) and make it the latest."""
-        try:
-            manifest = json.loads((bundle_dir / "manifest.json").read_text())
-        except (OSError, ValueError) as err:
-            raise BadRequest(f"manifest.json is not readable JSON: {err}") from err
-        if not isinstance(manifest, dict):
-            raise BadRequest("manifest.json must hold an object")
-        name = name or manifest.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise BadRequest(f"model name {name!r} is not usable: 1-128 letters, digits, '_', '.', '+', '-', "
-                             "starting with a letter or digit (give 'name' with the upload)")
-        if version is not None and (not _NAME.match(str(version)) or str(version) in self._tag_names()):
-            raise BadRequest(f"version {version!r} is not usable (letters, digits, _ . + -; not a tag name)")
-        model = self._build(bundle_dir, user, name, "", "")  # the test before anything changes
-        digest = file_sha256(archive) if archive is not None else None
-        tighten(bundle_dir)  # private before it enters the store (a wrapped ONNX model was written 0644)
-        size = tree_bytes(bundle_dir)
-        with self._commit():
-            old_state = self._index.get((user, name))
-            state = json.loads(json.dumps(old_state)) if old_state else {
-                "owner": user, "name": name, "shared": False, "tags": {}, "versions": {}, "next_version": 1}
-            version = str(version) if version is not None else str(max(
-                [state.get("next_version", 1)] + [int(v) + 1 for v in state["versions"] if v.isdigit()]))
-            if version in state["tags"]:
-                raise BadRequest(f"version {version!r} would be hidden by the tag of the same name")
-            self.quota.check(self._index, user, size, state["versions"].get(version))
-            final = self.root / user / name / version
-            private_dirs(self.root, final.parent)
-            trash = None
-            if final.exists():
-                trash = self.scratch(".trash")
-                os.replace(final, trash / "old")
-            os.replace(bundle_dir, final)
-            model.bundle.path, model.version, model.stamp = final, version, uuid.uuid4().hex
-            state["upload_seq"] = state.get("upload_seq", 0) + 1
-            state["versions"][version] = {
-                "stamp": model.stamp, "uploaded": _now(), "uploader": user, "sha256": digest,
-                "bytes": size, "seq": state["upload_seq"],
-                "bundle_name": manifest.get("name"), "bundle_version": manifest.get("version"),
-                "backend": manifest.get("backend"), "created": manifest.get("created"),
-                "features": model.features, "labels": manifest.get("labels"),
-                "metrics": manifest.get("metrics") if isinstance(manifest.get("metrics"), dict) else {},
-                "runtime": model.runtime.kind, "platform": model.runtime.platform,
-                "exports": sorted(find_exports(final, manifest)),
-                "input_branches": model.bundle.input_branches(), "tree": model.bundle.specs.tree,
-                "identifier": list(model.bundle.specs.identifier or []), **outputs_info(model.runtime.outputs),
-                **named_inputs_info(model.bundle)}
-            state["tags"]["latest"] = latest_version(state["versions"])
-            if version.isdigit():
-                state["next_version"] = max(state.get("next_version", 1), int(version) + 1)
-            if shared is not None:
-                state["shared"] = bool(shared)
-            self._write_state(state)
-            self._index = {**self._index, (user, name): state}
-            old = self._loaded.pop((user, name, version), None)
-            self._loaded[(user, name, version)] = model
-        if old is not None:
-            old.retire()
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
-        log.info("activated %s:%s version %s (%s)", user, name, version, model.runtime.kind)
-        return {**self.summary(state), "version": version, "features": model.features}
 
     def _tag_names(self) -> set[str]:
         return {"latest", "prod"}
@@ -515,7 +400,7 @@ class ModelStore:
                 del state["versions"][version]
             trash = self.scratch(".trash")  # after the lookups that may refuse: nothing left behind then
             if version is None or not state["versions"]:  # the whole model goes
-                removed = [version] if version is not None else sorted(state["versions"], key=_version_key)
+                removed = [version] if version is not None else sorted(state["versions"], key=version_key)
                 self._index = {k: v for k, v in self._index.items() if k != key}
                 if folder.exists():
                     os.replace(folder, trash / "model")
@@ -540,7 +425,7 @@ class ModelStore:
 
     def set_tag(self, user: str, ref: str, tag: str, version: str | None) -> dict[str, Any]:
         """Point ``tag`` at ``version`` (a version or another tag); None removes the tag."""
-        if not isinstance(tag, str) or not _NAME.match(tag) or tag in _MANAGED_TAGS:
+        if not isinstance(tag, str) or not NAME.match(tag) or tag in _MANAGED_TAGS:
             raise BadRequest(f"tag {tag!r} cannot be set: 'latest' moves by itself; names are letters, digits, "
                              "_ . + -")
         with self._commit():
