@@ -149,9 +149,10 @@ def _wrk(url: str, load: Load, clients: int, seconds: float, threads: int) -> di
     errors = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
     if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
         errors += sum(int(g) for g in m.groups())
-    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
     ok = max(0, requests - errors)
-    return {"requests": ok, "rps": ok / seconds, "p50_ms": _ms(lat["50"]), "p99_ms": _ms(lat["99"]),
+    p50, p99 = (_ms(lat[q]) if q in lat else float("nan") for q in ("50", "99"))
+    return {"requests": ok, "rps": ok / seconds, "p50_ms": p50, "p99_ms": p99,
             "errors": errors, "seconds": seconds}
 
 

@@ -248,7 +248,9 @@ PEER_ROUTES = ("infer", "binary", "grpc")
 def measure(target, route: str, features, rows, args, loadgen: str) -> dict:
     load = request_load(route, features, rows)
     url = (f"http://{target.grpc_url}" if load.protocol == "grpc" else target.url) + load.path
-    check_route(target.url, target.grpc_url, route, load, rows)  # a warm-up, and a check that it works
+    check_route(target.url, target.grpc_url, route, load, rows)  # a check that it works
+    # a short untimed run first: connections set up, first-call costs paid, as for every row alike
+    run_load(loadgen, url, load, args.clients, min(2.0, args.seconds), args.max_requests, args.wrk_threads)
     before = successes(target.url) if load.protocol == "grpc" and isinstance(target, Server) else None
     r = run_load(loadgen, url, load, args.clients, args.seconds, args.max_requests, args.wrk_threads)
     if before is not None:  # h2load sees HTTP statuses only: count the gRPC calls the server says succeeded

@@ -199,6 +199,48 @@ def test_json_data_is_checked_against_its_datatype():
         as_float32(Tensor("x", "BYTES", [1], np.array([b"1"], dtype=object)))
 
 
+_PLAIN_CASES = [
+    {"inputs": [{"name": "features", "shape": [2, 3], "datatype": "FP32", "data": [1, 2.5, 3, 4, 5, 6]}]},
+    {"id": "r1", "inputs": [{"name": "features", "shape": [2, 3], "datatype": "FP64",
+                             "data": [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]}]},
+    {"inputs": [{"name": "features", "shape": [0, 3], "datatype": "FP16", "data": []}]},
+    # not plain: the request model decides (same answers as before the plain path existed)
+    {"inputs": [{"name": "features", "shape": [1, 3], "datatype": "FP32", "data": [1.0, True, 3.0]}]},
+    {"inputs": [{"name": "features", "shape": [1, 3], "datatype": "FP32", "data": [1.0, None, 3.0]}]},
+    {"inputs": [{"name": "features", "shape": [1, 3], "datatype": {}, "data": [1.0, 2.0, 3.0]}]},
+    {"inputs": [{"name": "", "shape": [0], "datatype": {}, "data": None, "parameters": None}], "outputs": None},
+    {"inputs": [{"name": "features", "shape": [1, -3], "datatype": "FP32", "data": [1.0]}]},
+    {"inputs": [{"name": "features", "shape": [1, 3], "datatype": "INT32", "data": [1, 2, 3]}]},
+    {"inputs": [{"name": "features", "shape": [1, 3], "datatype": "FP32", "data": [[1.0, 2.0], "x"]}]},
+    {"inputs": [{"name": "features", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}], "id": 7},
+    {"inputs": [], "id": "x"},
+    {"inputs": [{"name": 3, "shape": [1], "datatype": "FP32", "data": [1.0]}]},
+]
+
+
+@pytest.mark.parametrize("case", _PLAIN_CASES)
+def test_plain_json_requests_read_as_the_request_model_reads_them(case):
+    """The plain path (no request-model validation for the common request) gives the same call, or the same
+    refusal, as validating with the request model."""
+    from mlaas4hep_lab.serving import ServingError
+    from mlaas4hep_lab.serving import schemas as S
+    from mlaas4hep_lab.serving.oip import _call, _plain_call, read_request
+
+    def outcome(read):
+        try:
+            call = read()
+        except ServingError as err:
+            return ("error", err.status, str(err))
+        return ("call", call.id, call.outputs, call.parameters,
+                [(t.name, t.datatype, t.shape, t.array.dtype.str, t.array.tolist()) for t in call.inputs])
+
+    by_model = outcome(lambda: _call(S.validate(case, S.InferRequest), None))
+    assert outcome(lambda: read_request(json.dumps(case).encode(), {}, 64)) == by_model
+    plain = _plain_call(case)
+    if plain is not None:  # the plain path only takes what the model accepts
+        assert by_model[0] == "call"
+
+
 def test_inflate_stops_at_the_cap():
     body = b"x" * 5000
     assert inflate(gzip.compress(body), "gzip", 5000) == body

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -32,6 +33,7 @@ from starlette.responses import Response
 
 from mlaas4hep_lab.serving import BadRequest, ServingError, TooLarge
 from mlaas4hep_lab.serving import schemas as S
+from mlaas4hep_lab.serving.bodies import load_json
 from mlaas4hep_lab.serving.tensors import (
     InferAnswer,
     InferCall,
@@ -76,9 +78,46 @@ def read_request(body: bytes, headers: dict[str, str], max_depth: int) -> InferC
     :func:`wire_headers`; 400 or 422 naming what is wrong."""
     length = headers.get(HEADER_LENGTH)
     if length is None:
-        return _call(S.parse_body(body, S.InferRequest, max_depth), None)
+        obj = load_json(body, max_depth)
+        return _plain_call(obj) or _call(S.validate(obj, S.InferRequest), None)
     size = _header_length(length, len(body))
     return _call(S.parse_body(body[:size], S.InferRequest, max_depth), memoryview(body)[size:])
+
+
+_REQUEST_KEYS = frozenset({"id", "inputs", "outputs", "parameters"})
+_INPUT_KEYS = frozenset({"name", "shape", "datatype", "data", "parameters"})
+_NUMBERS = frozenset({float, int})
+_FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
+
+
+def _plain_call(obj: Any) -> InferCall | None:
+    """The call of the most common JSON request without the request model's validation: inputs of
+    FP16/FP32/FP64 numbers (flat, or one list per row), no parameters, no requested outputs. None for
+    anything else, which the request model then validates (so every refusal says the same as before)."""
+    if type(obj) is not dict or not obj.keys() <= _REQUEST_KEYS or obj.get("parameters") is not None \
+            or obj.get("outputs") is not None:
+        return None
+    rid, inputs = obj.get("id"), obj.get("inputs")
+    if (rid is not None and type(rid) is not str) or type(inputs) is not list or not inputs:
+        return None
+    tensors = []
+    for t in inputs:  # the request's few input tensors
+        if type(t) is not dict or not t.keys() <= _INPUT_KEYS or t.get("parameters") is not None:
+            return None
+        name, shape, datatype, data = t.get("name"), t.get("shape"), t.get("datatype"), t.get("data")
+        if type(name) is not str or type(datatype) is not str or datatype not in _FLOAT_TYPES \
+                or type(data) is not list or type(shape) is not list \
+                or not 1 <= len(shape) <= 8 or not set(map(type, shape)) <= {int} or min(shape) < 0:
+            return None
+        leaves = data
+        if data and type(data[0]) is list:  # one list per row: all rows lists of numbers
+            if set(map(type, data)) != {list}:
+                return None
+            leaves = chain.from_iterable(data)
+        if not set(map(type, leaves)) <= _NUMBERS:  # C-level passes; true/false, null, strings: not here
+            return None
+        tensors.append(Tensor(name, datatype, shape, array_from_json(name, datatype, shape, data), {}))
+    return InferCall(tensors, None, rid, {})
 
 
 def _header_length(value: str, body: int) -> int:

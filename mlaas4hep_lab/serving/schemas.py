@@ -377,7 +377,11 @@ def model_metadata(name: str, state: dict[str, Any], version: str, platform: str
 
 def parse_body(body: bytes, model: type[M], max_depth: int) -> M:
     """Validate a JSON body against ``model``; 400 for bad JSON, 422 naming the wrong fields."""
-    obj = load_json(body, max_depth)
+    return validate(load_json(body, max_depth), model)
+
+
+def validate(obj: Any, model: type[M]) -> M:
+    """Validate a parsed JSON body against ``model``; 422 naming the wrong fields."""
     if not isinstance(obj, dict):
         raise ServingError(f"body must be a JSON object ({model.__name__})", 422)
     try:

@@ -32,6 +32,7 @@ log = logging.getLogger("mlaas4hep_lab.serving")
 _JSON = "application/json"
 
 
+_LOOKUPS = 4096  # model lookups kept (user, ref, version); past it they start again
 _M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc malloc.h)
 _MMAP_THRESHOLD = 256 * 1024
 
@@ -101,6 +102,7 @@ class Service:
         self.executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="mlaas4hep-infer")
         self.depth = settings.max_json_depth
         self.tune_gc = False  # set by own_process_gc(): this process is the server, nothing else
+        self._lookups: dict[tuple, tuple[object, LoadedModel]] = {}  # (user, ref, version) -> (store token, model)
 
     def own_process_gc(self) -> None:
         """Keep what is loaded out of the garbage collector's passes, and collect less often.
@@ -132,9 +134,15 @@ class Service:
                         "hub's admins for a role that grants it")
 
     async def model(self, user: User, ref: str, version: str | int | None = None) -> LoadedModel:
-        """The loaded model ``user`` means by ``ref`` (loading it in a thread the first time)."""
+        """The loaded model ``user`` means by ``ref`` (loading it in a thread the first time). The answer is
+        kept for the next request of the same (user, ref, version) while the store is unchanged."""
         store = self.store
         store.refresh()
+        key = (user.name, ref, version)
+        hit = self._lookups.get(key)
+        if hit is not None and store.still_current(hit[1], hit[0]):
+            return hit[1]
+        token = store.index_token
         state, v = store.find(user.name, ref, None if version is None else str(version))
         model = store.loaded(state["owner"], state["name"], v)
         if model is None:
@@ -144,6 +152,9 @@ class Service:
                 gc.freeze()
         if model.batcher is None:
             model.batcher = self._batcher(model)
+        if len(self._lookups) >= _LOOKUPS:
+            self._lookups.clear()
+        self._lookups[key] = (token, model)
         return model
 
     def _batcher(self, model: LoadedModel):

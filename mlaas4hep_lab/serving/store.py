@@ -261,6 +261,16 @@ class ModelStore(StoreIngest):
         info = self._index.get((owner, name), {}).get("versions", {}).get(version)
         return model if info is not None and info.get("stamp") == model.stamp else None
 
+    @property
+    def index_token(self) -> object:
+        """An object that stays the same exactly as long as the store's state does (every change, here or
+        seen by :meth:`refresh` from another process, replaces it): lookups may be cached against it."""
+        return self._index
+
+    def still_current(self, model: LoadedModel, token: object) -> bool:
+        """Whether ``model``, looked up while :attr:`index_token` was ``token``, is what a lookup gives now."""
+        return self._index is token and self._loaded.get((model.owner, model.name, model.version)) is model
+
     def is_unloaded(self, owner: str, name: str, version: str) -> bool:
         """Whether the owner unloaded this version (and nothing loaded it since)."""
         return (owner, name, version) in self._unloaded
