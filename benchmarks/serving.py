@@ -288,6 +288,14 @@ def targets(results: list[dict]) -> list[str]:
     return lines
 
 
+def medians(results: list[dict]) -> list[dict]:
+    """One row per configuration and route: the run with the median req/s of its rounds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["server"], r["runtime"], r["batching"], r["route"]), []).append(r)
+    return [sorted(runs, key=lambda r: r["rps"])[(len(runs) - 1) // 2] for runs in groups.values()]
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_aiohttp":  # the load-generator process
         aiohttp_main(sys.argv[2:7])
@@ -305,6 +313,7 @@ def main() -> None:
     ap.add_argument("--wrk-threads", type=int, default=1, help="wrk and h2load threads (default: %(default)s)")
     ap.add_argument("--max-requests", type=int, default=2_000_000, help="aiohttp: bound per configuration")
     ap.add_argument("--server-args", default="", help="extra arguments for mlaas4hep serve")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds over the routes; the median is printed")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     loadgen = args.loadgen if args.loadgen != "auto" else ("wrk" if shutil.which("wrk") else "aiohttp")
@@ -335,31 +344,34 @@ def main() -> None:
                 extra += args.server_args.split()
                 server = Server(store, tokens, log, extra)
                 try:
-                    for route in routes:
-                        r = measure(server, route, features, rows, args, loadgen)
-                        r.update(server="mlaas4hep", runtime=runtime, batching=batching, route=route)
-                        results.append(r)
-                        _print(r)
+                    for _ in range(args.repeat):  # rounds over the routes: the VM's speed drifts
+                        for route in routes:
+                            r = measure(server, route, features, rows, args, loadgen)
+                            r.update(server="mlaas4hep", runtime=runtime, batching=batching, route=route)
+                            results.append(r)
+                            _print(r)
                 finally:
                     server.stop()
         python = kserve_python() if args.peer == "auto" else None
         if python is not None:
             peer = KServePeer(python, bundle / "inference" / "model.onnx", log, threads=1)
             try:
-                for route in [r for r in routes if r in PEER_ROUTES]:
-                    r = measure(peer, route, features, rows, args, loadgen)
-                    r.update(server="kserve", runtime="onnx", batching="off", route=route)
-                    results.append(r)
-                    _print(r)
+                for _ in range(args.repeat):
+                    for route in [r for r in routes if r in PEER_ROUTES]:
+                        r = measure(peer, route, features, rows, args, loadgen)
+                        r.update(server="kserve", runtime="onnx", batching="off", route=route)
+                        results.append(r)
+                        _print(r)
             finally:
                 peer.stop()
         elif args.peer == "auto":
             print("KServe's row: no venv at ~/.cache/mlaas4hep/kserve-venv (python -m venv ...; pip install "
                   "kserve==0.21.0 onnxruntime==1.32.0), or set MLAAS4HEP_KSERVE_PYTHON")
         server_log_tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+    results = medians(results)
     print(f"\n{MODEL_NAME} ({len(features)} -> 1024 -> 1024 -> 1), {args.clients} clients, {args.seconds:g} s each, "
           f"HTTP/1.1 load from {loadgen}, gRPC load from h2load, {os.cpu_count()} CPU cores shared by server and "
-          "load generator")
+          f"load generator; the median of {args.repeat} round(s) by req/s")
     print("| server | runtime | batching | route | load | req/s | p50 ms | p99 ms | errors |\n"
           "|---|---|---|---|---|---:|---:|---:|---:|")
     for r in results:

@@ -214,8 +214,23 @@ _PLAIN_CASES = [
     {"inputs": [{"name": "features", "shape": [1, 3], "datatype": "FP32", "data": [[1.0, 2.0], "x"]}]},
     {"inputs": [{"name": "features", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}], "id": 7},
     {"inputs": [], "id": "x"},
+    {"inputs": [{"name": "features", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}],
+     "outputs": [{"name": "score", "parameters": {"binary_data": True}}], "parameters": {"binary_data_output": False}},
+    {"inputs": [{"name": "features", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}],
+     "outputs": [{"name": "score", "parameters": {"binary_data": "yes"}}]},
+    {"inputs": [{"name": "features", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}], "outputs": [{}]},
+    {"inputs": [{"name": "features", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0],
+                 "parameters": {"shared_memory_region": "r"}}]},
     {"inputs": [{"name": 3, "shape": [1], "datatype": "FP32", "data": [1.0]}]},
 ]
+
+
+def _numbers(t) -> bool:
+    """Whether an input of a case holds FP32 numbers only (it then has a binary form too)."""
+    if not isinstance(t, dict) or t.get("datatype") != "FP32" or not isinstance(t.get("data"), list):
+        return False
+    leaves = [y for x in t["data"] for y in (x if isinstance(x, list) else [x])]
+    return all(type(x) in (int, float) for x in leaves)
 
 
 @pytest.mark.parametrize("case", _PLAIN_CASES)
@@ -224,7 +239,7 @@ def test_plain_json_requests_read_as_the_request_model_reads_them(case):
     refusal, as validating with the request model."""
     from mlaas4hep_lab.serving import ServingError
     from mlaas4hep_lab.serving import schemas as S
-    from mlaas4hep_lab.serving.oip import _call, _plain_call, read_request
+    from mlaas4hep_lab.serving.oip import _call, _plain, read_request
 
     def outcome(read):
         try:
@@ -236,9 +251,19 @@ def test_plain_json_requests_read_as_the_request_model_reads_them(case):
 
     by_model = outcome(lambda: _call(S.validate(case, S.InferRequest), None))
     assert outcome(lambda: read_request(json.dumps(case).encode(), {}, 64)) == by_model
-    plain = _plain_call(case)
-    if plain is not None:  # the plain path only takes what the model accepts
-        assert by_model[0] == "call"
+    if _plain(case) is not None:  # the plain path only takes what the request model accepts
+        S.InferRequest.model_validate(case)
+    # the same header in the binary form: inputs' data after it
+    header = {k: v for k, v in case.items()}
+    if isinstance(header.get("inputs"), list) and header["inputs"] and all(_numbers(t) for t in header["inputs"]):
+        raw = [np.asarray(t["data"], np.float32).tobytes() for t in header["inputs"]]
+        header["inputs"] = [{**{k: v for k, v in t.items() if k != "data"}, "parameters": {"binary_data_size": len(r)}}
+                            for t, r in zip(header["inputs"], raw)]
+        body = json.dumps(header).encode()
+        head = {"inference-header-content-length": str(len(body))}
+        binary = outcome(lambda: read_request(body + b"".join(raw), head, 64))
+        by_model_binary = outcome(lambda: _call(S.validate(header, S.InferRequest), memoryview(b"".join(raw))))
+        assert binary == by_model_binary
 
 
 def test_inflate_stops_at_the_cap():

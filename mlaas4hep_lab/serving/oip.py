@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 from itertools import chain
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -79,45 +80,61 @@ def read_request(body: bytes, headers: dict[str, str], max_depth: int) -> InferC
     length = headers.get(HEADER_LENGTH)
     if length is None:
         obj = load_json(body, max_depth)
-        return _plain_call(obj) or _call(S.validate(obj, S.InferRequest), None)
+        return _call(_plain(obj) or S.validate(obj, S.InferRequest), None)
     size = _header_length(length, len(body))
-    return _call(S.parse_body(body[:size], S.InferRequest, max_depth), memoryview(body)[size:])
+    obj = load_json(body[:size], max_depth)
+    return _call(_plain(obj) or S.validate(obj, S.InferRequest), memoryview(body)[size:])
 
 
 _REQUEST_KEYS = frozenset({"id", "inputs", "outputs", "parameters"})
 _INPUT_KEYS = frozenset({"name", "shape", "datatype", "data", "parameters"})
+_OUTPUT_KEYS = frozenset({"name", "parameters"})
 _NUMBERS = frozenset({float, int})
 _FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
 
 
-def _plain_call(obj: Any) -> InferCall | None:
-    """The call of the most common JSON request without the request model's validation: inputs of
-    FP16/FP32/FP64 numbers (flat, or one list per row), no parameters, no requested outputs. None for
-    anything else, which the request model then validates (so every refusal says the same as before)."""
-    if type(obj) is not dict or not obj.keys() <= _REQUEST_KEYS or obj.get("parameters") is not None \
-            or obj.get("outputs") is not None:
+def _plain(obj: Any) -> SimpleNamespace | None:
+    """The request as :func:`_call` reads it, without the request model's validation, when it is of the
+    common kind that the model would take unchanged: typed fields, parameters as objects, and in JSON
+    ``data`` of FP16/FP32/FP64 inputs numbers only (flat, or one list per row). None for anything else, which
+    the request model then validates, so every refusal says what it said before (tested case by case)."""
+    if type(obj) is not dict or not obj.keys() <= _REQUEST_KEYS:
         return None
-    rid, inputs = obj.get("id"), obj.get("inputs")
-    if (rid is not None and type(rid) is not str) or type(inputs) is not list or not inputs:
+    rid, inputs, outputs, params = obj.get("id"), obj.get("inputs"), obj.get("outputs"), obj.get("parameters")
+    if (rid is not None and type(rid) is not str) or (params is not None and type(params) is not dict) \
+            or type(inputs) is not list or not inputs:
         return None
-    tensors = []
-    for t in inputs:  # the request's few input tensors
-        if type(t) is not dict or not t.keys() <= _INPUT_KEYS or t.get("parameters") is not None:
+    plain_inputs = []
+    for t in inputs:  # the request's few tensors
+        if type(t) is not dict or not t.keys() <= _INPUT_KEYS:
             return None
-        name, shape, datatype, data = t.get("name"), t.get("shape"), t.get("datatype"), t.get("data")
-        if type(name) is not str or type(datatype) is not str or datatype not in _FLOAT_TYPES \
-                or type(data) is not list or type(shape) is not list \
-                or not 1 <= len(shape) <= 8 or not set(map(type, shape)) <= {int} or min(shape) < 0:
+        name, shape, datatype, data, tparams = (t.get(k) for k in ("name", "shape", "datatype", "data", "parameters"))
+        if type(name) is not str or type(datatype) is not str or type(shape) is not list \
+                or not 1 <= len(shape) <= 8 or not set(map(type, shape)) <= {int} or min(shape) < 0 \
+                or (tparams is not None and type(tparams) is not dict):
             return None
-        leaves = data
-        if data and type(data[0]) is list:  # one list per row: all rows lists of numbers
-            if set(map(type, data)) != {list}:
+        if data is not None:
+            if datatype not in _FLOAT_TYPES or type(data) is not list:
                 return None
-            leaves = chain.from_iterable(data)
-        if not set(map(type, leaves)) <= _NUMBERS:  # C-level passes; true/false, null, strings: not here
+            leaves = data
+            if data and type(data[0]) is list:  # one list per row: all rows lists of numbers
+                if set(map(type, data)) != {list}:
+                    return None
+                leaves = chain.from_iterable(data)
+            if not set(map(type, leaves)) <= _NUMBERS:  # C-level passes; true/false, null, strings: not here
+                return None
+        plain_inputs.append(SimpleNamespace(name=name, shape=shape, datatype=datatype, data=data, parameters=tparams))
+    plain_outputs = None
+    if outputs is not None:
+        if type(outputs) is not list:
             return None
-        tensors.append(Tensor(name, datatype, shape, array_from_json(name, datatype, shape, data), {}))
-    return InferCall(tensors, None, rid, {})
+        plain_outputs = []
+        for o in outputs:
+            if type(o) is not dict or not o.keys() <= _OUTPUT_KEYS or type(o.get("name")) is not str \
+                    or (o.get("parameters") is not None and type(o["parameters"]) is not dict):
+                return None
+            plain_outputs.append(SimpleNamespace(name=o["name"], parameters=o.get("parameters")))
+    return SimpleNamespace(id=rid, inputs=plain_inputs, outputs=plain_outputs, parameters=params)
 
 
 def _header_length(value: str, body: int) -> int:
@@ -157,8 +174,9 @@ def inflate(body: bytes, encoding: str, cap: int) -> bytes:
     return out
 
 
-def _call(req: S.InferRequest, raw: memoryview | None) -> InferCall:
-    """An :class:`InferCall` of a validated request; ``raw``: the bytes after its JSON header (binary)."""
+def _call(req: S.InferRequest | SimpleNamespace, raw: memoryview | None) -> InferCall:
+    """An :class:`InferCall` of a validated (or :func:`_plain`) request; ``raw``: the bytes after its JSON
+    header (binary)."""
     inputs, offset = [], 0
     for t in req.inputs:
         params = t.parameters
