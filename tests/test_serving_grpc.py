@@ -30,6 +30,7 @@ pytest.importorskip("fastapi")
 grpcclient = pytest.importorskip("tritonclient.grpc")  # the test extra: Triton's own client
 import grpc  # noqa: E402
 from google.protobuf import descriptor_pb2, json_format  # noqa: E402
+from servers import run_coroutine  # noqa: E402
 from serving_support import ServerProcess, http_call  # noqa: E402
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -357,7 +358,7 @@ def test_aio_client(served):
         finally:
             await client.close()
 
-    for scores in asyncio.run(run()):
+    for scores in run_coroutine(run()):
         np.testing.assert_allclose(scores, m.expected, rtol=RTOL, atol=ATOL)
 
 

@@ -24,6 +24,7 @@ import uproot
 pytest.importorskip("fastapi")
 import tritonclient.http as httpclient  # noqa: E402
 import tritonclient.http.aio as aioclient  # noqa: E402
+from servers import run_coroutine  # noqa: E402
 from serving_support import ServerProcess, build_bundles, http_call  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
@@ -385,7 +386,6 @@ def test_bytes_and_bf16_to_a_numeric_model_are_refused(served, binary):
 
 
 def test_model_versions_and_the_async_client(served):
-    import asyncio
 
     m = served.models[HIGGS]
 
@@ -403,7 +403,7 @@ def test_model_versions_and_the_async_client(served):
         finally:
             await triton.close()
 
-    answers, missing = asyncio.run(run())
+    answers, missing = run_coroutine(run())
     for version, (said, scores) in answers.items():
         assert said == version
         np.testing.assert_allclose(scores, m.expected[:20], rtol=RTOL, atol=ATOL)
