@@ -143,10 +143,9 @@ def _contents_array(tensor) -> np.ndarray:
     values = getattr(tensor.contents, expected)
     shape = list(tensor.shape)
     if datatype in ("FP32", "FP64"):  # already of their width: one copy, no range check needed
-        X = np.asarray(values, DATATYPES[datatype])
-        if X.size != check_shape(name, shape):
-            raise BadRequest(f"input {name!r}: contents hold {X.size} values; shape {shape} needs "
-                             f"{check_shape(name, shape)}")
+        X, size = np.asarray(values, DATATYPES[datatype]), check_shape(name, shape)
+        if X.size != size:
+            raise BadRequest(f"input {name!r}: contents hold {X.size} values; shape {shape} needs {size}")
         return X.reshape(shape)
     return array_from_json(name, datatype, shape, list(values))
 

@@ -47,7 +47,6 @@ CODES = {400: StatusCode.INVALID_ARGUMENT, 401: StatusCode.UNAUTHENTICATED, 403:
          404: StatusCode.NOT_FOUND, 409: StatusCode.FAILED_PRECONDITION, 413: StatusCode.RESOURCE_EXHAUSTED,
          422: StatusCode.INVALID_ARGUMENT, 429: StatusCode.RESOURCE_EXHAUSTED, 501: StatusCode.UNIMPLEMENTED,
          503: StatusCode.UNAVAILABLE, 504: StatusCode.DEADLINE_EXCEEDED, 507: StatusCode.RESOURCE_EXHAUSTED}
-# what GET /v2 lists (routes.py; a test compares the two)
 STREAM_WINDOW = 64  # requests of one ModelStreamInfer stream scored at once (answered in order)
 GRACE_SECONDS = 3.0  # how long stop() lets calls in flight finish
 
