@@ -8,7 +8,9 @@ from npm):
 
 Then open http://127.0.0.1:8000, paste an access token (`oidc-token cms`), and you are in JupyterLab with the
 example notebooks; the Voila dashboard is at /user/NAME/voila/render/notebooks/dashboard.ipynb. The inference
-service is at /services/tfaas/, the jobs service at /services/jobs/. Scripts trade their access token for a
+service is at /services/tfaas/, the jobs service at /services/jobs/, Dask Gateway at /services/dask-gateway/
+(users' kernels get its address and auth in DASK_GATEWAY__*: `connect("gateway")` and the Lab's "Run on: Dask
+Gateway" need no configuration; each cluster's dashboard opens through the hub's proxy). Scripts trade their access token for a
 hub token: `curl -X POST -H "Authorization: Bearer $JWT" http://127.0.0.1:8000/hub/api/oidc/token`.
 
 Every knob is an environment variable (defaults in brackets; the code is mlaas4hep_lab/hub/settings.py):
@@ -35,6 +37,20 @@ Every knob is an environment variable (defaults in brackets; the code is mlaas4h
     MLAAS4HEP_TFAAS_PORT         inference service ("tfaas") [8083]
     MLAAS4HEP_JOBS_PORT          jobs service ("jobs") [8084]
     MLAAS4HEP_HUB_JOBS           run the jobs service [1]
+  Dask Gateway (mlaas4hep_lab/hub/gateway.py: a hub service authenticated by the users' hub tokens)
+    MLAAS4HEP_HUB_GATEWAY        run it [1]
+    MLAAS4HEP_GATEWAY_PORT       its HTTP proxy, on MLAAS4HEP_SERVICE_IP, behind /services/dask-gateway/ [8085]
+    MLAAS4HEP_GATEWAY_SCHEDULER_PORT  its TLS scheduler proxy, which clients reach directly [8086]
+    MLAAS4HEP_GATEWAY_SCHEDULER_IP, _HOST  where that port listens, the host clients use for it
+                                 [SERVICE_IP; for containers 0.0.0.0 and the host of MLAAS4HEP_HUB_URL]
+    MLAAS4HEP_GATEWAY_BACKEND    unsafe: clusters run as the hub's user | local: as the system account named like
+                                 the hub user (root, accounts must exist) [auto: unsafe with local servers or
+                                 without root, else local]
+    MLAAS4HEP_GATEWAY_CLUSTERS   the clusters' working folders [STATE/dask-gateway]
+    every cluster a user starts: MLAAS4HEP_GATEWAY_WORKER_CORES [1], _WORKER_MEMORY [2G], _SCHEDULER_MEMORY [1G],
+      and its limits _MAX_WORKERS [4], _MAX_CORES [8], _MAX_MEMORY [16G] (the scheduler's share counted),
+      _IDLE_TIMEOUT [1800 s without a client or a task; 0: never]
+    A dask_gateway_config.py in STATE is loaded after these and wins (dask-gateway-server's own options).
   login
     MLAAS4HEP_HUB_AUTH           token: paste an OIDC access token | oauth: GenericOAuthenticator redirect [token]
     MLAAS4HEP_OIDC_ISSUER        the IAM (`iss` of its tokens), e.g. https://cms-auth.web.cern.ch/ [required]

@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 
 from mlaas4hep_lab.cli_errors import EXIT_INTERRUPTED, describe_error, stdout_closed, traceback_requested
+from mlaas4hep_lab.cluster.connect import using_dask
 from mlaas4hep_lab.errors import ConfigError, TreeNotFoundError
 
 __all__ = ["main", "build_parser"]
@@ -27,6 +28,14 @@ def _add_inputs(p: argparse.ArgumentParser, model: bool) -> None:
     p.add_argument("--preproc", help="preproc.json: new branches and cuts")
     if model:
         p.add_argument("--model", help="model.py defining model(idim)")
+    _add_dask(p)
+
+
+def _add_dask(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dask", metavar="ADDRESS",
+                   help="run on a Dask cluster: local or local:N (N worker processes here), tcp://HOST:PORT "
+                   "(a running scheduler), gateway or gateway:N (Dask Gateway, as on the hub); "
+                   "default: this process")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--submission", help="also write the Higgs challenge submission CSV (EventId,RankOrder,Class)")
     pr.add_argument("--threshold", type=float, help="score threshold for the submission (default: the bundle's best-AMS one)")
     pr.add_argument("--chunk-size", type=int, default=100_000)
+    _add_dask(pr)
 
     rep = sub.add_parser("report", help="rebuild the training report (variable ranking, overtraining check, "
                          "input correlations, learning curve) of a finished run")
@@ -121,28 +131,37 @@ def _print_summary(summary: dict) -> None:
 
 
 def _workflow(args) -> int:
-    from mlaas4hep_lab.pipeline import dry_run, ensure_specs, load_inputs
+    from mlaas4hep_lab.pipeline import load_inputs
 
     if args.model and not args.dry_run:
         from mlaas4hep_lab.training.model_file import check_model_file
 
         check_model_file(args.model)  # a missing model.py or a syntax error: before the (long) specs pass
     inputs = load_inputs(args.files, args.labels, args.params, args.preproc)
+    with using_dask(args.dask) as cluster:
+        return _workflow_on(args, inputs, cluster)
+
+
+def _workflow_on(args, inputs, cluster) -> int:
+    from mlaas4hep_lab.pipeline import dry_run, ensure_specs
+
+    if cluster is not None:
+        print(f"dask: {cluster.n_workers} workers ({cluster.address}); dashboard {cluster.dashboard_link}")
     fout = Path(args.fout)
     specs_path = Path(args.specs) if args.specs else fout / "specs.json"
-    specs = ensure_specs(inputs, specs_path, recompute=getattr(args, "recompute_specs", False))
+    specs = ensure_specs(inputs, specs_path, recompute=getattr(args, "recompute_specs", False), dask=cluster)
     print(f"specs: {specs.n_features} features ({len(specs.fkeys)} flat, {len(specs.jkeys)} jagged branches), "
           f"{_events(specs)} events after cuts -> {specs_path}")
     if args.dry_run or not args.model:
         if not args.dry_run:
             print("no --model given: building every chunk as --dry-run does", file=sys.stderr)
-        summary = dry_run(inputs, specs)
+        summary = dry_run(inputs, specs, dask=cluster)
         print("chunks that training would use:")
         _print_summary(summary)
         return 0
     from mlaas4hep_lab.training.workflow import train
 
-    out = train(inputs, specs, args.model, fout, resume=args.resume, name=args.name)
+    out = train(inputs, specs, args.model, fout, resume=args.resume, name=args.name, dask=cluster)
     m = out.metrics
     print(f"trained {m.get('backend')} model on {m.get('events_seen', 0):,} events"
           + (f" (stopped: {out.result.stopped})" if out.result.stopped else ""))
@@ -170,7 +189,8 @@ def _specs(args) -> int:
     from mlaas4hep_lab.pipeline import ensure_specs, load_inputs
 
     inputs = load_inputs(args.files, args.labels, args.params, args.preproc)
-    specs = ensure_specs(inputs, args.fout, recompute=True)
+    with using_dask(args.dask) as cluster:
+        specs = ensure_specs(inputs, args.fout, recompute=True, dask=cluster)
     print(f"wrote {args.fout}: {specs.n_features} features, {len(specs.fkeys)} flat and {len(specs.jkeys)} "
           f"jagged branches, {_events(specs)} events after cuts")
     return 0
@@ -202,8 +222,9 @@ def _example(args) -> int:
 def _predict(args) -> int:
     from mlaas4hep_lab.training.predict import score_files
 
-    summary = score_files(args.bundle, args.files, args.out, submission=args.submission,
-                          threshold=args.threshold, chunk_size=args.chunk_size, tree=args.tree)
+    with using_dask(args.dask) as cluster:
+        summary = score_files(args.bundle, args.files, args.out, submission=args.submission,
+                              threshold=args.threshold, chunk_size=args.chunk_size, tree=args.tree, dask=cluster)
     print(f"scored {summary['events']:,} events from {summary['files']} files -> {args.out}"
           + (f"; submission -> {args.submission}" if args.submission else ""))
     return 0
@@ -269,7 +290,7 @@ def _demo(args) -> int:
                             preproc=str(ds.preproc_json) if ds.preproc_json else None, model=str(model),
                             specs=None, fout=str(out / "output"), dry_run=False, recompute_specs=True,
                             resume=False, name=f"{kind}-{args.task}-{args.backend}" if args.task != "binary"
-                            else f"{kind}-{args.backend}")
+                            else f"{kind}-{args.backend}", dask=None)
     return _workflow(ns)
 
 

@@ -24,6 +24,10 @@ HINTS = {
     "fastapi": ("serve", "fastapi"),
     "uvicorn": ("serve", "uvicorn"),
     "jwt": ("serve", "PyJWT"),
+    "dask": ("dask", "dask[distributed]"),
+    "distributed": ("dask", "distributed"),
+    "dask_gateway": ("dask", "dask-gateway"),
+    "dask_gateway_server": ("hub", "dask-gateway-server[local]"),
 }
 
 

@@ -77,10 +77,13 @@ def load_inputs(files: str | os.PathLike | Sequence[str], labels: str | os.PathL
 
 
 def ensure_specs(inputs: Inputs, path: str | os.PathLike | None = None, recompute: bool = False,
-                 progress: bool | None = None) -> Specs:
+                 progress: bool | None = None, dask=None) -> Specs:
     """Reuse the specs at ``path`` when they match the inputs (StaleSpecsError when they do not),
     or compute them (and save them to ``path`` when given). DataError when no event passes the cuts or
-    a feature is NaN/inf everywhere (the specs are saved first: their counts say why)."""
+    a feature is NaN/inf everywhere (the specs are saved first: their counts say why).
+
+    ``dask``: compute them on a Dask cluster (an address, a ``distributed.Client`` or a
+    :class:`~mlaas4hep_lab.cluster.connect.Cluster`; see :func:`~mlaas4hep_lab.cluster.connect.connect`)."""
     fingerprint = specs_fingerprint(inputs.params, inputs.preproc)
     if path is not None and Path(path).is_file() and not recompute:
         specs = load_specs(path)
@@ -88,25 +91,41 @@ def ensure_specs(inputs: Inputs, path: str | os.PathLike | None = None, recomput
         log.info("reusing specs %s", path)
         validation.log_warnings(specs, inputs.preproc)   # a fresh pass logs them as it ends
     else:
-        specs = compute_specs(inputs.files, inputs.params, inputs.preproc, progress=progress)
+        specs = compute_specs(inputs.files, inputs.params, inputs.preproc, progress=progress, dask=dask)
         if path is not None:
             specs.save(path)   # before the checks: its counts (cutflow, nonfinite) explain a refusal
     validation.check_specs(inputs, specs)
     return specs
 
 
-def dry_run(inputs: Inputs, specs: Specs, progress: bool | None = None) -> dict[str, Any]:
+def dry_run(inputs: Inputs, specs: Specs, progress: bool | None = None, dask=None) -> dict[str, Any]:
     """Build every chunk of one pass without training; return what a model would see.
 
     The checks a training makes first (:func:`~mlaas4hep_lab.data.validation.check_training_data`) run
-    first here too: a dry run fails where the training would."""
+    first here too: a dry run fails where the training would. ``dask``: build the chunks on a Dask cluster
+    (an address, a ``distributed.Client`` or a ``Cluster``), as ``train(..., dask=...)`` does."""
     validation.check_training_data(inputs, specs)
+    if dask is None:
+        return _dry_run(inputs, specs, progress, None)
+    from mlaas4hep_lab.cluster.connect import using_dask
+
+    with using_dask(dask) as cluster:
+        return _dry_run(inputs, specs, progress, cluster)
+
+
+def _dry_run(inputs: Inputs, specs: Specs, progress: bool | None, cluster) -> dict[str, Any]:
     params = inputs.params
     counts = np.zeros((3, 1), np.int64)   # events per split
     by_label: dict[float, int] = {}
     masked = 0.0
     t0 = time.perf_counter()
-    with ChunkStream(inputs.files, inputs.labels, params, specs, inputs.preproc) as stream:
+    if cluster is None:
+        opened = ChunkStream(inputs.files, inputs.labels, params, specs, inputs.preproc)
+    else:
+        from mlaas4hep_lab.cluster.stream import open_stream
+
+        opened = open_stream(inputs, specs, cluster)
+    with opened as stream:
         show = params.verbose > 0 if progress is None else progress
         from mlaas4hep_lab.data.specs import _progress
 

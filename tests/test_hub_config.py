@@ -76,7 +76,8 @@ def test_default_config_local_hub(hub_env, monkeypatch):
         "https://iam.example.org/", "mlaas4hep", {"cms", "atlas"}, True)
     # the services: command lists, never shell strings, run by this Python
     services = {s["name"]: s for s in c.JupyterHub.services}
-    assert set(services) == {"tfaas", "jobs"}
+    assert set(services) == {"tfaas", "jobs", "dask-gateway"}
+    services.pop("dask-gateway")  # its own module (python -m mlaas4hep_lab.hub.gateway): tests/test_hub_gateway.py
     for svc in services.values():
         assert isinstance(svc["command"], list) and all(isinstance(a, str) for a in svc["command"])
         assert svc["command"][:3] == [sys.executable, "-m", "mlaas4hep_lab.cli"]
@@ -95,7 +96,9 @@ def test_default_config_local_hub(hub_env, monkeypatch):
         "xrootd.site.internal:1094", "10.1.0.0/16"]
     assert services["tfaas"]["environment"]["MLAAS4HEP_PUSH_SCOPE"] == "custom:tfaas:push"
     # single-user servers find the services and get a token with the scopes for them
-    assert c.Spawner.environment["MLAAS4HEP_SERVICE_URL"] == "http://127.0.0.1:9183/services/tfaas/"
+    # the services' public URLs, through the hub's proxy (what the Deploy tab shows), not their loopback ports
+    assert c.Spawner.environment["MLAAS4HEP_SERVICE_URL"] == "http://127.0.0.1:8000/services/tfaas/"
+    assert c.Spawner.environment["MLAAS4HEP_JOBS_URL"] == "http://127.0.0.1:8000/services/jobs/"
     assert {"custom:tfaas:push", "custom:jobs:submit", "access:services!service=tfaas"} <= set(
         c.Spawner.server_token_scopes)
 
@@ -116,6 +119,7 @@ def test_scopes_and_roles(hub_env, monkeypatch):
     assert set(c.JupyterHub.custom_scopes) == {"custom:tfaas:push", "custom:jobs:submit"}
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert set(roles["user"]["scopes"]) == {"self", "access:services!service=tfaas", "access:services!service=jobs",
+                                            "access:services!service=dask-gateway",
                                             "custom:tfaas:push", "custom:jobs:submit"}
     assert roles["mlaas4hep-services"]["services"] == ["tfaas", "jobs"]
     assert c.Authenticator.allow_all is True  # nothing listed: anyone the IAM vouches for
@@ -127,7 +131,7 @@ def test_scopes_and_roles(hub_env, monkeypatch):
     assert "custom:tfaas:push" not in roles["user"]["scopes"]
     assert roles["mlaas4hep-pusher"] == {"name": "mlaas4hep-pusher", "description": "push models and submit training jobs",
                                          "scopes": ["custom:tfaas:push", "custom:jobs:submit"], "groups": ["cms/ml"]}
-    assert [s["name"] for s in c.JupyterHub.services] == ["tfaas"]
+    assert [s["name"] for s in c.JupyterHub.services] == ["tfaas", "dask-gateway"]
     assert roles["mlaas4hep-services"]["services"] == ["tfaas"]
 
 

@@ -110,6 +110,8 @@ class Hub:
             "MLAAS4HEP_HUB_NOTEBOOKS": str(REPO / "notebooks"),
             "MLAAS4HEP_JOBS_DATA_ROOTS": str(data_root),
             "MLAAS4HEP_HUB_START_TIMEOUT": "300",
+            # Dask Gateway has its own end-to-end test (test_hub_gateway.py, on free ports)
+            "MLAAS4HEP_HUB_GATEWAY": "0",
             # auth state kept: a session ends when its access token expires (checked every 2 s here)
             "JUPYTERHUB_CRYPT_KEY": secrets.token_hex(32),
             "MLAAS4HEP_HUB_AUTH_REFRESH_AGE": "2",
@@ -342,7 +344,8 @@ def test_dashboard_train_push_then_predict_from_outside(hub, issuer, alice, bob,
     assert status.inner_text().strip().startswith("done"), status.inner_text()
     page.locator(".lm-TabBar-tab", has_text="Deploy").first.click()
     # no copy-paste: the service URL and her server's token came from the environment
-    assert "/services/tfaas" in page.locator(".m4h-deploy-url input").input_value()
+    # the service's public URL, through the hub's proxy: what works from anywhere, not its loopback port
+    assert page.locator(".m4h-deploy-url input").input_value() == hub.url + "/services/tfaas/"
     page.locator(".m4h-deploy-name input").fill("higgs-lab")
     page.locator(".m4h-deploy-name input").press("Enter")
     page.locator(".m4h-deploy-push").click()

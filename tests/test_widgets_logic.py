@@ -5,21 +5,25 @@ ending training within one batch (Keras and torch) on real ROOT files."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from dask_support import local_cluster  # noqa: F401  (fixture)
 
 from mlaas4hep_lab.data import datasets
 from mlaas4hep_lab.data.preprocess import Preproc
 from mlaas4hep_lab.data.specs import compute_specs
+from mlaas4hep_lab.errors import ConfigError
 from mlaas4hep_lab.training.events import MetricEvent
 from mlaas4hep_lab.widgets import preview as cuts
 from mlaas4hep_lab.widgets import remote
 from mlaas4hep_lab.widgets.run import Curves, Throttle, TrainingRun
-from mlaas4hep_lab.widgets.state import LabState
+from mlaas4hep_lab.widgets.state import LabState, run_on_choices
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +118,8 @@ def test_invalid_expression_gives_the_compiler_message(state):
 
 
 def test_jagged_cuts_and_new_branches_on_tth(tth, tmp_path):
-    state = LabState(tth.files_txt, tth.labels_txt, tth.params_json, workdir=tmp_path)
+    # preproc={}: without cuts (None would take the example's preproc.json beside files.txt)
+    state = LabState(tth.files_txt, tth.labels_txt, tth.params_json, preproc={}, workdir=tmp_path)
     jagged = [n for n, k in state.kinds.items() if k == "jagged"]
     pt = next(n for n in jagged if n.endswith("_pt") and n.startswith("Jet"))
     # a per-event cut on a list is refused with the engine's hint
@@ -216,11 +221,12 @@ def test_training_run_collects_curves_from_the_trainer_events(state):
               MetricEvent("chunk", chunk=0, events_seen=100, events_total=300, metrics={"loss": 0.7, "auc": 0.6}),
               MetricEvent("chunk", chunk=1, events_seen=200, events_total=300,
                           metrics={"loss": 0.6, "val_loss": 0.65, "auc": 0.7, "val_auc": 0.68}),
-              MetricEvent("epoch", events_seen=200, metrics={"loss": 0.6}),   # repeats the last chunk
-              MetricEvent("end", events_seen=200, metrics={"auc": 0.7})]
+              MetricEvent("epoch", events_seen=200, metrics={"loss": 0.6})]   # repeats the last chunk
     for e in events:
         run.bus.publish(e)
     assert len(run.curves) == 2 and run.events_seen == 200 and run.events_total == 300
+    run.bus.publish(MetricEvent("end", events_seen=200, metrics={"auc": 0.7}, message="done"))
+    assert run.events_total == 200   # at the end the bar is full: the cuts kept fewer events than expected
     assert run.curves.values["loss"] == [0.7, 0.6]
     assert np.isnan(run.curves.values["val_loss"][0]) and run.curves.values["val_auc"][1] == 0.68
     assert seen and seen[-1] == 2   # the end event always reaches the views
@@ -325,3 +331,80 @@ def test_a_short_training_gives_curves_roc_ams_and_a_bundle(state):
     assert state.bundle == Path(run.summary["bundle"]) and (state.bundle / "manifest.json").is_file()
     assert json.loads((state.workdir / "specs.json").read_text())["features"]
     assert updates[0][0] == "running" and updates[-1][0] == "done"
+
+
+# ------------------------------------------------------------------------------------ where training runs
+def test_run_on_offers_dask_gateway_only_where_the_hub_set_it(state, monkeypatch):
+    assert run_on_choices({}, cpus=2) == {"this kernel": None, "local cluster (2 workers)": "local:2"}
+    assert run_on_choices({"DASK_GATEWAY__ADDRESS": " "}, cpus=1) == {"this kernel": None,
+                                                                      "local cluster (1 worker)": "local:1"}
+    hub = run_on_choices({"DASK_GATEWAY__ADDRESS": "http://127.0.0.1:8085/services/dask-gateway"}, cpus=2)
+    assert list(hub)[-1] == "Dask Gateway" and hub["Dask Gateway"] == "gateway"
+    monkeypatch.delenv("DASK_GATEWAY__ADDRESS", raising=False)
+    changes = []
+    state.on("dask", lambda: changes.append(state.dask))
+    assert state.dask is None and state.run_on() == "this kernel"
+    local = [label for label in state.run_on_options() if label.startswith("local cluster")]
+    assert len(local) == 1 and "Dask Gateway" not in state.run_on_options()
+    state.set_run_on(local[0])
+    assert state.dask == f"local:{os.cpu_count()}" and state.run_on() == local[0] and changes == [state.dask]
+    with pytest.raises(ConfigError, match="choose one of this kernel, local cluster"):
+        state.set_run_on("Dask Gateway")     # not on the hub
+    with pytest.raises(ConfigError, match="not understood"):
+        state.set_dask("gatway")
+    assert state.dask == f"local:{os.cpu_count()}"   # a refused value changes nothing
+    monkeypatch.setenv("DASK_GATEWAY__ADDRESS", "http://127.0.0.1:8085/services/dask-gateway")
+    state.set_run_on("Dask Gateway")
+    assert state.dask == "gateway"
+    state.set_dask("tcp://127.0.0.1:8786")   # an address given in code is offered as it is
+    assert state.run_on() == "tcp://127.0.0.1:8786" and "tcp://127.0.0.1:8786" in state.run_on_options()
+    state.set_dask(None)
+    assert state.run_on() == "this kernel"
+
+
+@pytest.mark.slow
+def test_a_run_on_a_local_cluster_links_its_dashboard_and_closes_it_at_the_end(state):
+    state.model = "sklearn"
+    state.params = state.params.replace(chunk_size=1000, epochs=1)
+    state.set_dask("local:1")
+    run = TrainingRun(state, interval=0.1)
+    seen = []
+    run.on_update(lambda: seen.append((run.cluster_state, run.cluster)))
+    run.start()
+    assert run.join(300)
+    assert run.status == "done", run.error
+    states = [s for s, _ in seen]
+    assert "starting" in states and "open" in states and states.index("starting") < states.index("open")
+    assert run.cluster_state == "closed" and run.cluster is None and run.workers == 1
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/status", run.dashboard_link), run.dashboard_link
+    opened = next(c for _, c in seen if c is not None)
+    assert opened.owned is False and opened.client.status == "closed"   # closed with the run
+    assert opened.cluster.status.name == "closed"                        # and its LocalCluster with it
+
+
+@pytest.mark.slow
+def test_a_run_on_a_given_cluster_leaves_it_open_and_stop_ends_it(state, local_cluster):  # noqa: F811
+    state.model = "sklearn"
+    state.params = state.params.replace(chunk_size=1000, epochs=1)
+    run = TrainingRun(state, interval=0.1, dask=local_cluster)
+    run.start()
+    assert run.join(300) and run.status == "done", run.error
+    assert run.cluster_state == "closed" and run.dashboard_link == local_cluster.dashboard_link
+    assert local_cluster.client.status == "running" and local_cluster.n_workers == 2   # not ours to close
+    stopped = TrainingRun(state, interval=0.1, dask=local_cluster)
+    stopped.start()
+    stopped.stop()
+    assert stopped.join(120) and stopped.status == "stopped", stopped.error
+    assert stopped.cluster_state == "closed" and stopped.result is None
+    assert local_cluster.client.status == "running"
+
+
+def test_a_cluster_that_cannot_start_fails_the_run_with_the_reason(state):
+    import dask
+
+    assert dask.config.get("gateway.address", None) is None   # not on a hub: no gateway to ask
+    state.set_dask("gateway")
+    run = TrainingRun(state, interval=0.1)
+    run.start()
+    assert run.join(120) and run.status == "failed"
+    assert "DASK_GATEWAY__ADDRESS" in run.error and run.cluster_state == "" and run.result is None

@@ -51,8 +51,9 @@ def sent_values(widget, name: str) -> list:
 
 
 def test_lab_is_four_tabs_on_one_state(lab):
-    assert isinstance(lab.widget, ipywidgets.Tab)
-    assert tuple(lab.widget.titles) == ("Branches", "Cuts", "Training", "Deploy")
+    # the tabs sit under the notes (what was loaded beside files.txt) and the leakage warning
+    assert isinstance(lab.tabs, ipywidgets.Tab) and lab.widget.children[-1] is lab.tabs
+    assert tuple(lab.tabs.titles) == ("Branches", "Cuts", "Training", "Deploy")
     assert lab.branches.state is lab.cuts.state is lab.training.state is lab.deploy.state is lab.state
     assert "application/vnd.jupyter.widget-view+json" in lab._repr_mimebundle_()
     # every DOM hook of the contract is on a widget

@@ -130,7 +130,9 @@ def test_live_plots_draw_each_tasks_curves(regression_lab, monkeypatch):
         run.status = "running"
         run.bus.publish(MetricEvent("chunk", events_seen=500, events_total=2000, metrics=metrics))
         assert panel.loss_points.value == "1"
-        assert drawn == [(["loss", "val_loss"], "loss"), (keys, tasks.curve_keys(task)[1])]
+        # legends say train / validation (and "(weighted)" when a weight branch is set: none here)
+        assert drawn == [(["train loss", "validation loss"], "loss"),
+                         (list(tasks.curve_labels(dict.fromkeys(keys), False)), tasks.curve_keys(task)[1])]
     assert "macro" in tasks.curve_keys("multiclass")[1] and "RMSE" in tasks.curve_keys("regression")[1]
 
 

@@ -16,9 +16,9 @@ an XGBRegressor (or params) with a ``reg:*`` objective on the raw targets, sever
 XGBoost's multi-target trees (labels ``[n, T]``), metric rmse.
 
 Training continues a saved model (``fit_stream(..., previous_rounds=...)`` after :meth:`XGBoostBackend.load`):
-the matrices are rebuilt from the stream, boosting goes on from the loaded booster (xgboost's ``xgb_model``
-continuation) for the rounds still missing, and early stopping starts from the rounds already done. The
-booster is available (``backend.booster``) after every round, so that the trainer can checkpoint it.
+boosting goes on from the loaded booster for the rounds still missing, early stopping from the rounds done;
+``backend.booster`` is there after every round, for the trainer's checkpoints. On a Dask cluster
+:meth:`XGBoostBackend.fit_cluster` boosts through ``xgboost.dask`` instead (:mod:`mlaas4hep_lab.cluster.xgb`).
 """
 
 from __future__ import annotations
@@ -36,12 +36,7 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep_lab import extras
-from mlaas4hep_lab.backends._onnx import (
-    ONNX_INPUT,
-    export_scored_onnx,
-    onnx_with_outputs,
-    write_verified_onnx,
-)
+from mlaas4hep_lab.backends import _onnx
 from mlaas4hep_lab.backends.base import Backend, ChunkSource
 from mlaas4hep_lab.errors import ConfigError
 from mlaas4hep_lab.task import Task
@@ -389,6 +384,11 @@ class XGBoostBackend(Backend):
             result["best_iteration"] = float(self.best_iteration)
         return result
 
+    def fit_cluster(self, stream: Any, validation: bool = True, **kwargs: Any) -> dict[str, float]:
+        """:meth:`fit_stream` on ``stream``'s Dask cluster (xgboost.dask: :mod:`mlaas4hep_lab.cluster.xgb`)."""
+        from mlaas4hep_lab.cluster.xgb import train_on_cluster
+        return train_on_cluster(self, stream, validation, **kwargs)
+
     def _train(self, train: ChunkSource, validation: ChunkSource | None,
                on_round: Callable[[dict[str, float]], bool | None] | None, cache_root: str | None,
                previous_rounds: list[dict[str, float]] | None = None) -> int:
@@ -550,7 +550,7 @@ class XGBoostBackend(Backend):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 onx = convert.convert_xgboost(
-                    booster, initial_types=[(ONNX_INPUT, data_types.FloatTensorType([None, self.n_features]))])
+                    booster, initial_types=[(_onnx.ONNX_INPUT, data_types.FloatTensorType([None, self.n_features]))])
         except Exception as err:  # any converter failure means: no export for this model
             return {"format": None, "reason": f"onnxmltools cannot convert this XGBoost model: "
                                               f"{type(err).__name__}: {str(err)[:300]}"}
@@ -559,7 +559,7 @@ class XGBoostBackend(Backend):
             source, variants = "probabilities", ((1, False), (1, True))
         else:  # regression-style output: one column, the margin or the probability
             source, variants = outputs[0], ((None, False), (None, True))
-        return export_scored_onnx(onx, source, variants=variants, predict=self.predict, X=self._probe_rows(),
+        return _onnx.export_scored_onnx(onx, source, variants=variants, predict=self.predict, X=self._probe_rows(),
                                   directory=directory, what="the XGBoost model")
 
     def _export_task(self, convert: Any, data_types: Any, directory: Path) -> dict[str, Any]:
@@ -576,13 +576,13 @@ class XGBoostBackend(Backend):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 features = data_types.FloatTensorType([None, self.n_features])
-                onx = convert.convert_xgboost(self.booster, initial_types=[(ONNX_INPUT, features)])
+                onx = convert.convert_xgboost(self.booster, initial_types=[(_onnx.ONNX_INPUT, features)])
         except Exception as err:  # any converter failure means: no export for this model
             return {"format": None, "reason": f"onnxmltools cannot convert this XGBoost model: "
                                               f"{type(err).__name__}: {str(err)[:300]}"}
         source = "probabilities" if self.task.kind == "multiclass" else onx.graph.output[0].name
-        model = onnx_with_outputs(onx, source, width=self.task.n_outputs)
-        result = write_verified_onnx(model, self.predict, self._probe_rows(), directory, "the XGBoost model")
+        model = _onnx.onnx_with_outputs(onx, source, width=self.task.n_outputs)
+        result = _onnx.write_verified_onnx(model, self.predict, self._probe_rows(), directory, "the XGBoost model")
         if result["format"] is not None:
             result["columns"] = self.task.output_names
         return result

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -53,6 +54,18 @@ class BranchInfo:
     path: str = ""  # where uproot finds it, when not at ``name``: "Muon/Muon.PT", RNTuple "Jet.pt"
 
 
+def _default_decompression_workers() -> int:
+    """2, or on a Dask worker the threads it was given beyond the first one (0 for a one-thread worker)."""
+    distributed = sys.modules.get("distributed")   # never imported here: a worker process has it loaded
+    if distributed is not None:
+        try:
+            threads = distributed.get_worker().state.nthreads
+        except (ValueError, AttributeError):   # not on a worker
+            return 2
+        return threads if threads > 1 else 0
+    return 2
+
+
 def _is_rntuple(tree) -> bool:
     return type(tree).__name__.endswith("RNTuple")
 
@@ -65,7 +78,9 @@ class TreeReader:
         tree: path of the TTree or RNTuple in the file (``events``, ``dir/events``).
         retries, backoff: retry policy for transient remote errors.
         decompression_workers: threads that decompress baskets (0: the calling thread); zlib, lz4 and
-            zstd release the GIL, so two threads nearly double the read rate on two cores.
+            zstd release the GIL, so two threads nearly double the read rate on two cores. Default: 2, or on a
+            Dask worker its own thread count beyond the first (a one-thread worker is given one core: more
+            threads would compete with the other workers for theirs).
 
     Example::
 
@@ -74,7 +89,7 @@ class TreeReader:
     """
 
     def __init__(self, path: str, tree: str = "events", retries: int = 3, backoff: float = 0.5,
-                 decompression_workers: int = 2):
+                 decompression_workers: int | None = None):
         self.path, self.tree_name = str(path), tree
         self.retries, self.backoff = retries, backoff
         self._file = sources.open_file(self.path, retries, backoff)
@@ -82,6 +97,8 @@ class TreeReader:
         self.is_rntuple = _is_rntuple(self._tree)
         self.num_entries = int(self._tree.num_entries)
         self._executor = None
+        if decompression_workers is None:
+            decompression_workers = _default_decompression_workers()
         if decompression_workers:
             from concurrent.futures import ThreadPoolExecutor
 

@@ -1,16 +1,20 @@
 """Where the events come from: files.txt / labels.txt, redirectors, local and remote opening with retries.
 
-Local paths are memory-mapped; ``root://`` goes through fsspec-xrootd and ``http(s)://`` through fsspec's
-HTTP filesystem (range requests). Transient remote errors are retried with exponential backoff and then
-reported with the file's URL; a missing or corrupt file is reported at once.
+Local paths are read into buffers; ``root://`` goes through fsspec-xrootd (XRootD finds the grid
+credentials itself) and ``http(s)://`` through uproot's HTTP source (range requests), which sends the
+WLCG bearer token (``BEARER_TOKEN``, ``BEARER_TOKEN_FILE``, ...) to ``https://`` servers. Transient
+remote errors are retried with exponential backoff and then reported with the file's URL; a missing or
+corrupt file is reported at once.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import re
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +33,7 @@ __all__ = [
     "open_file",
     "get_tree",
     "with_retries",
+    "bearer_headers",
     "FileInfo",
 ]
 
@@ -119,7 +124,8 @@ def file_info(path: str) -> FileInfo:
     try:
         import fsspec
 
-        fs, fpath = fsspec.core.url_to_fs(path)
+        headers = bearer_headers(path)
+        fs, fpath = fsspec.core.url_to_fs(path, **({"headers": headers} if headers else {}))
         info = fs.info(fpath)
         mtime = info.get("mtime") or info.get("LastModified")
         return FileInfo(info.get("size"), float(mtime) if isinstance(mtime, (int, float)) else None)
@@ -214,7 +220,7 @@ def open_file(path: str, retries: int = 3, backoff: float = 0.5, timeout: float 
     def _open():
         # http(s): uproot's own HTTP source raises on server errors (fsspec's hands back the exception
         # object in place of the bytes during reads, which then fails far from its cause)
-        handler = uproot.source.http.HTTPSource if path.startswith(("http://", "https://")) else None
+        handler = _AuthHTTPSource if path.startswith(("http://", "https://")) else None
         return uproot.open(path, timeout=timeout, handler=handler)
 
     try:
@@ -224,11 +230,106 @@ def open_file(path: str, retries: int = 3, backoff: float = 0.5, timeout: float 
     except Exception as err:
         if _error_kind(err) == "missing":
             raise InputFileError(f"remote ROOT file not found: {path} ({type(err).__name__}: {err})", path) from err
-        raise InputFileError(
-            f"cannot read remote ROOT file {path}: {type(err).__name__}: {err}. "
-            "The file may be truncated, corrupt or not a ROOT file, or access was refused.",
-            path,
-        ) from err
+        hint = "The file may be truncated, corrupt or not a ROOT file, or access was refused."
+        if _http_status(err) in (401, 403):
+            hint = ("Access was refused: " + ("the bearer token sent (WLCG discovery: BEARER_TOKEN, BEARER_TOKEN_FILE, "
+                    "$XDG_RUNTIME_DIR/bt_u$UID, /tmp/bt_u$UID) was not accepted; is it valid, unexpired and "
+                    "allowed to read this path?" if bearer_headers(path) else
+                    "no bearer token was found to send (set BEARER_TOKEN_FILE); tokens go to https:// only."))
+        raise InputFileError(f"cannot read remote ROOT file {path}: {type(err).__name__}: {err}. {hint}",
+                             path) from err
+
+
+def bearer_headers(url: str) -> dict[str, str]:
+    """``{"Authorization": "Bearer ..."}`` for an ``https://`` URL when this process has a WLCG bearer
+    token (:func:`~mlaas4hep_lab.cluster.credentials.find_credentials`), else ``{}``: a token is never
+    sent in clear text (``http://``). Its value must never be logged."""
+    if not str(url).startswith("https://"):
+        return {}
+    from mlaas4hep_lab.cluster.credentials import find_credentials
+
+    token = find_credentials().get("bearer")
+    return {"Authorization": "Bearer " + token.decode("ascii", "replace")} if token else {}
+
+
+# uproot's HTTP sources send only the basic auth of a URL's user:password@; these send the bearer token
+# too, in the size request (HEAD), in every range request and on redirects, and in the fallback source
+# uproot switches to when a server cannot answer multi-range requests
+class _AuthHTTPResource(uproot.source.http.HTTPResource):
+    def __init__(self, file_path: str, timeout, headers: dict[str, str]):
+        super().__init__(file_path, timeout)
+        self._auth_headers = {**self._auth_headers, **headers}
+
+
+class _AuthHeaders:
+    def _auth_init(self, file_path: str) -> None:
+        self._bearer = bearer_headers(file_path)  # before the base class's __init__, which calls _open
+
+    def _resources(self, n: int) -> None:
+        make = [_AuthHTTPResource(self._file_path, self._timeout, self._bearer) for _ in range(n)]
+        futures = uproot.source.futures
+        self._executor = (futures.ResourceThreadPoolExecutor(make) if self._use_threads
+                          else futures.ResourceTrivialExecutor(make[0]))
+
+    @property
+    def num_bytes(self) -> int:
+        if self._num_bytes is None:
+            self._num_bytes = _content_length(self._file_path, self._timeout, self.auth_headers)
+        return self._num_bytes
+
+    def __repr__(self) -> str:  # uproot's shows the path only; said here so that it stays that way
+        return f"<{type(self).__name__} {self._file_path!r}>"
+
+
+class _AuthMultithreadedHTTPSource(_AuthHeaders, uproot.source.http.MultithreadedHTTPSource):
+    def __init__(self, file_path: str, **options):
+        self._auth_init(file_path)
+        super().__init__(file_path, **options)
+        self._auth_headers = {**self._auth_headers, **self._bearer}
+
+    def _open(self) -> None:
+        self._resources(self._num_workers if self._use_threads else 1)
+
+
+class _AuthHTTPSource(_AuthHeaders, uproot.source.http.HTTPSource):
+    def __init__(self, file_path: str, **options):
+        self._auth_init(file_path)
+        super().__init__(file_path, **options)
+        self._auth_headers = {**self._auth_headers, **self._bearer}
+
+    def _open(self) -> None:
+        self._resources(1)
+
+    def _set_fallback(self) -> None:
+        with self._fallback_lock:
+            if self._fallback is None:
+                self._fallback = _AuthMultithreadedHTTPSource(self._file_path, **self._fallback_options)
+
+
+def _content_length(url: str, timeout, headers: dict[str, str], redirects: int = 10) -> int:
+    """The file's size from a HEAD request sent with ``headers`` (uproot's sends basic auth only)."""
+    parsed = urllib.parse.urlparse(url)
+    for _ in range(redirects + 1):
+        connection = uproot.source.http.make_connection(parsed, timeout)
+        try:
+            connection.request("HEAD", uproot.source.http.full_path(parsed), headers=headers)
+            response = connection.getresponse()
+            location = response.getheader("location")
+            if 300 <= response.status < 400 and location:
+                parsed = urllib.parse.urlparse(urllib.parse.urljoin(parsed.geturl(), location))
+                continue
+            if response.status == 404:
+                raise FileNotFoundError(f"HTTP(S) returned 404 for {url}")
+            if response.status != 200:
+                raise http.client.HTTPException(f"HTTP response was {response.status}, rather than 200, in attempt "
+                                                f"to get file size in file {url}")
+            length = response.getheader("content-length")
+            if not length or length.strip() == "0":
+                raise http.client.HTTPException(f"response headers did not include content-length in file {url}")
+            return int(length)
+        finally:
+            connection.close()
+    raise http.client.HTTPException(f"more than {redirects} redirects for {url}")
 
 
 def _tree_like(obj) -> bool:

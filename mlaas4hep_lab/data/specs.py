@@ -14,22 +14,19 @@ import json
 import logging
 import os
 import time
-import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import awkward as ak
 import numpy as np
 
 from mlaas4hep_lab.data import sources
+from mlaas4hep_lab.data._partial import PartStats, Totals, _Stats, chunk_ranges, part_list, read_chunk
 from mlaas4hep_lab.data._pipeline import pipelined
 from mlaas4hep_lab.data.plan import Plan, events_to_use, make_plan
 from mlaas4hep_lab.data.reader import BlockReader, TreeReader
-from mlaas4hep_lab.data.splits import split_of
-from mlaas4hep_lab.data.truth import TruthTally
-from mlaas4hep_lab.data.vectorize import LEGACY_PADDING, _padding, feature_names, jagged_buffers
+from mlaas4hep_lab.data.vectorize import LEGACY_PADDING, _padding, feature_names
 from mlaas4hep_lab.errors import ConfigError, InputFileError, SpecsError, StaleSpecsError
 from mlaas4hep_lab.params import Params
 
@@ -160,51 +157,6 @@ def specs_fingerprint(params: Params, preproc=None) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-class _Stats:
-    """Running min/max/sum/sum of squares/count of one branch, list lengths for jagged ones, and the
-    values seen and how many were NaN or infinite (``counts``: values, nan, inf)."""
-
-    __slots__ = ("lo", "hi", "mean", "m2", "n", "lengths", "counts", "lengths_crc")
-
-    def __init__(self, jagged: bool):
-        self.lo, self.hi, self.mean, self.m2, self.n = np.inf, -np.inf, 0.0, 0.0, 0
-        self.lengths = np.zeros(1, np.int64) if jagged else None
-        self.counts = np.zeros(3, np.int64)
-        # a running CRC of every event's list length (with the histogram of lengths, it groups the jagged
-        # branches of one collection; a fifth of the cost of a cryptographic hash)
-        self.lengths_crc = 0
-
-    def update(self, values: np.ndarray, missing: np.ndarray) -> None:
-        from mlaas4hep_lab.data._kernels import moments  # compiled: two passes where numpy took nine
-
-        nan, inf, n_b, lo, hi, mean_b, m2_b = moments(np.ascontiguousarray(values), missing)
-        self.counts += (values.size, nan, inf)
-        if not n_b:
-            return
-        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
-        # merge this chunk's mean and squared deviations (Chan et al.): no cancellation for large offsets
-        n = self.n + n_b
-        delta = mean_b - self.mean
-        self.mean += delta * n_b / n
-        self.m2 += m2_b + delta * delta * self.n * n_b / n
-        self.n = n
-
-    def update_lengths(self, counts: np.ndarray) -> None:
-        self.lengths_crc = zlib.crc32(np.ascontiguousarray(counts, dtype=np.int64), self.lengths_crc)
-        hist = np.bincount(counts)
-        if hist.size > self.lengths.size:
-            hist[: self.lengths.size] += self.lengths
-            self.lengths = hist
-        else:
-            self.lengths[: hist.size] += hist
-
-    def quantile(self, q: float) -> int:
-        cdf = np.cumsum(self.lengths)
-        if cdf[-1] == 0:
-            return 0
-        return int(np.searchsorted(cdf, q * cdf[-1]))
-
-
 def _jagged_caps(cap: Any, jagged: Sequence[str]) -> dict[str, Any]:
     """The ``max_jagged_length`` rule of each jagged branch. A mapping's keys are branch names or wildcards
     (``"Jet_*"``; an exact name wins over a pattern, earlier patterns over later ones); a key that matches no
@@ -248,8 +200,12 @@ def _entry_plan(files: Sequence[str], params: Params, preproc, readers: list[Tre
 
 
 def compute_specs(files: Sequence[str], params: Params, preproc=None, progress: bool | None = None,
-                  readers: list[TreeReader] | None = None) -> Specs:
+                  readers: list[TreeReader] | None = None, dask=None) -> Specs:
     """Run the first pass over ``files`` (chunk by chunk, bounded memory) and return the specs.
+
+    ``dask``: run it on a Dask cluster (an address such as ``"local:2"``, a ``distributed.Client`` or a
+    :class:`~mlaas4hep_lab.cluster.connect.Cluster`; see :func:`~mlaas4hep_lab.cluster.connect.connect`),
+    one task per part of a file; the specs are the same as without.
 
     Example::
 
@@ -260,75 +216,37 @@ def compute_specs(files: Sequence[str], params: Params, preproc=None, progress: 
     readers = readers or [TreeReader(f, params.branch, retries=params.retries) for f in files]
     try:
         plan = _entry_plan(files, params, preproc, readers)
-        stats = {b: _Stats(False) for b in plan.flat} | {b: _Stats(True) for b in plan.jagged}
-        missing = np.asarray(params.missing_values, dtype=np.float64)
         use = events_to_use([r.num_entries for r in readers], params.nevts)
-        events: dict[str, int] = {"total": 0}
-        # per file, for the checks before training: events per cut and per split, NaN/inf per branch
-        from mlaas4hep_lab.data.validation import FileTally  # validation imports this module
-
-        nonfinite: dict[str, dict[str, list[int]]] = {}
+        # the parts of the files (cut on cluster boundaries): the local pass accumulates each on its own and
+        # merges them in order, as the cluster does, so both give the same numbers
+        parts = part_list(readers, plan, use, params.chunk_size)
+        totals = Totals(plan, len(readers))
         show = params.verbose > 0 if progress is None else progress
         bar = _progress(sum(use), "specs", show)
         t0 = time.perf_counter()
-        tallies = [FileTally() for _ in readers]
-        events.update({r.path: 0 for r in readers})  # the files' order, whichever is finished first
-        ranges = [(i, start, min(start + params.chunk_size, n)) for i, n in enumerate(use)
-                  for start in range(0, n, params.chunk_size)]
-        blocks: list[BlockReader | None] = [None] * len(readers)
-        apply = preproc is not None and not preproc.is_empty()
-        truth = TruthTally(plan.truth) if plan.truth is not None else None
+        if dask is not None:
+            from mlaas4hep_lab.cluster.specs_pass import run_parts
 
-        def read(j: int) -> list:
-            i, start, stop = ranges[j]
-            if blocks[i] is None:
-                blocks[i] = BlockReader(readers[i], plan.read)
-            pieces = []
-            for first, arrays in blocks[i].read(start, stop):
-                keep = None
-                if apply:
-                    arrays, keep = preproc.apply(arrays, cutflow=tallies[i].cuts)
-                pieces.append((first, arrays, keep))
-            if stop == use[i]:
-                blocks[i] = None
-            return pieces
-
-        before: dict[str, np.ndarray] = {}
-
-        def update(j: int, pieces: list) -> None:
-            i, start, stop = ranges[j]
-            if start == 0:
-                before.update({name: st.counts.copy() for name, st in stats.items()})
-            for first, arrays, keep in pieces:
-                tallies[i].add(readers[i].path, first, len(arrays), keep, params)
-                _update(stats, plan, arrays, keep, missing)
-                if truth is not None:
-                    entries = np.arange(first, first + len(arrays), dtype=np.int64)
-                    split = split_of(readers[i].path, entries if keep is None else entries[keep], params.split,
-                                     params.seed)
-                    truth.update(arrays, keep, split)
-            pieces.clear()
-            bar.update(stop - start)
-            if stop == use[i]:
-                _end_of_file(readers[i].path, tallies[i], stats, before, events, nonfinite)
-
-        # one thread reads the next range while this one updates the statistics with the last
-        for _ in pipelined(read, update, len(ranges), 1):
-            pass
-        for i, n in enumerate(use):
-            if n == 0:
-                _end_of_file(readers[i].path, tallies[i], stats, {}, events, nonfinite)
+            where = run_parts(dask, [r.path for r in readers], params, preproc, plan, parts, totals, bar)
+        else:
+            _local_pass(readers, params, preproc, plan, parts, totals, bar)
+            where = "in this process"
         bar.close()
-        log.info("specs pass: %d events in %.1fs", sum(use), time.perf_counter() - t0)
+        log.info("specs pass: %d events in %.1fs %s", sum(use), time.perf_counter() - t0, where)
     finally:
         if own:
             for r in readers:
                 r.close()
+    events: dict[str, int] = {"total": 0}
+    nonfinite: dict[str, dict[str, list[int]]] = {}
+    for reader, tally, counts in zip(readers, totals.tallies, totals.file_counts):
+        _end_of_file(reader.path, tally, counts, events, nonfinite)
+    stats = totals.stats
     specs = _finish(stats, plan, params, preproc, events, readers, use)
     from mlaas4hep_lab.data.validation import log_warnings, tallies_to_json
 
-    specs.cutflow, specs.split_events = tallies_to_json(tallies, [r.path for r in readers], params)
-    specs.truth = truth.to_json() if truth is not None else {}
+    specs.cutflow, specs.split_events = tallies_to_json(totals.tallies, [r.path for r in readers], params)
+    specs.truth = totals.truth.to_json() if totals.truth is not None else {}
     specs.nonfinite = {
         name: {"values": int(stats[name].counts[0]), "nan": int(stats[name].counts[1]),
                "inf": int(stats[name].counts[2]),
@@ -339,36 +257,48 @@ def compute_specs(files: Sequence[str], params: Params, preproc=None, progress: 
     return specs
 
 
-def _end_of_file(path: str, tally, stats: dict[str, _Stats], before: dict[str, np.ndarray], events: dict,
-                 nonfinite: dict) -> None:
-    """Book a file's events and the NaN/inf counts of its branches (counts now minus ``before``)."""
+def _local_pass(readers: list[TreeReader], params: Params, preproc, plan: Plan, parts: list, totals: Totals,
+                bar) -> None:
+    """The parts read in this process, each as :func:`~mlaas4hep_lab.data._partial.read_part` reads it,
+    but pipelined: one thread reads the next chunk while another adds the last to the statistics."""
+    ranges = [(p, a, b) for p, (_, start, stop) in enumerate(parts)
+              for a, b in chunk_ranges(start, stop, params.chunk_size)]
+    missing = np.asarray(params.missing_values, dtype=np.float64)
+    blocks: dict[int, BlockReader] = {}
+    current: dict[int, PartStats] = {}
+
+    def read(j: int) -> tuple[PartStats, list]:
+        p, start, stop = ranges[j]
+        i, first, last = parts[p]
+        if start == first:  # a new part: its own blocks and statistics, as on a worker
+            blocks[p], current[p] = BlockReader(readers[i], plan.read), PartStats(plan)
+        pieces = read_chunk(blocks[p], start, stop, preproc, current[p].tally.cuts)
+        if stop == last:
+            del blocks[p]
+        return current[p], pieces
+
+    def update(j: int, item: tuple[PartStats, list]) -> None:
+        p, start, stop = ranges[j]
+        i, _, last = parts[p]
+        part, pieces = item
+        for first, arrays, keep in pieces:
+            part.add(readers[i].path, first, arrays, keep, plan, params, missing)
+        pieces.clear()
+        bar.update(stop - start)
+        if stop == last:
+            totals.merge(i, current.pop(p))
+
+    for _ in pipelined(read, update, len(ranges), 1):
+        pass
+
+
+def _end_of_file(path: str, tally, counts: dict[str, np.ndarray], events: dict, nonfinite: dict) -> None:
+    """Book a file's events and the NaN/inf counts of its branches."""
     events[path] = tally.passed
     events["total"] += tally.passed
-    for name, st in stats.items():
-        here = st.counts - before.get(name, st.counts)
+    for name, here in counts.items():
         if here[1] or here[2]:
             nonfinite.setdefault(name, {})[path] = here.tolist()
-
-
-def _update(stats: dict[str, _Stats], plan: Plan, arrays, keep, missing: np.ndarray) -> None:
-    for name in plan.flat:
-        values = np.asarray(arrays[name]) if keep is None else np.asarray(arrays[name])[keep]
-        stats[name].update(values, missing)
-    for name in plan.jagged:
-        starts, stops, content = jagged_buffers(arrays[name])
-        counts = (stops - starts).astype(np.int64)
-        contiguous = len(starts) == 0 or np.array_equal(starts[1:], stops[:-1])
-        if contiguous:
-            values = content[starts[0]: stops[-1]] if len(starts) else content[:0]
-            if keep is not None:
-                values = values[np.repeat(keep, counts)]
-        else:  # lists that do not tile their content (after a selection): let awkward flatten them
-            selected = arrays[name] if keep is None else arrays[name][keep]
-            values = ak.to_numpy(ak.flatten(selected, axis=-1))
-        if keep is not None:
-            counts = counts[keep]
-        stats[name].update(np.asarray(values), missing)
-        stats[name].update_lengths(counts)
 
 
 def _finish(stats, plan: Plan, params: Params, preproc, events, readers, use) -> Specs:

@@ -281,8 +281,7 @@ class ChunkStream:
                  for k in range(start if e == start_epoch else 0, self.n_chunks)]
 
         # a run of several passes keeps the first pass's chunks on disk for the others (params chunk_cache)
-        cache = open_cache(self.params.chunk_cache, self.n_events, self.vectorizer.n_features,
-                           passes - start_epoch) if order else None
+        cache = self._open_cache(passes - start_epoch) if order else None
 
         def prepare(i: int) -> _Prepared | None:
             epoch, k = order[i]
@@ -309,6 +308,11 @@ class ChunkStream:
         finally:
             if cache is not None:
                 cache.close()
+
+    def _open_cache(self, passes: int) -> ChunkCache | None:
+        """The chunk cache of a run of ``passes`` passes, or None (a subclass that builds chunks elsewhere
+        asks here which chunks later passes will read back)."""
+        return open_cache(self.params.chunk_cache, self.n_events, self.vectorizer.n_features, passes)
 
     def _cached(self, cache: ChunkCache, k: int, epoch: int) -> Chunk:
         t0 = time.perf_counter()

@@ -12,8 +12,10 @@ What it sets:
   needed), same Python environment (``python -m jupyterhub.singleuser``, so Voila's server extension and the
   package are there), the example notebooks copied into new homes; or DockerSpawner / KubeSpawner with the
   image of ``jupyterhub_config/Dockerfile``;
-* two hub-managed services, ``tfaas`` (``mlaas4hep serve``) and ``jobs`` (``mlaas4hep jobs``), each a
-  command list, checking users' hub tokens and their scopes;
+* hub-managed services, ``tfaas`` (``mlaas4hep serve``), ``jobs`` (``mlaas4hep jobs``) and ``dask-gateway``
+  (Dask Gateway, :mod:`mlaas4hep_lab.hub.gateway`), each a command list, checking users' hub tokens and
+  their scopes; the single-user servers get the Gateway's address and auth in their environment, so that
+  ``connect("gateway")`` and the Lab's "Dask Gateway" work with no configuration;
 * custom scopes ``custom:tfaas:push`` and ``custom:jobs:submit``, granted through roles to every user or to
   the groups in ``MLAAS4HEP_HUB_PUSH_GROUPS``; users may access both services;
 * the login: :class:`~mlaas4hep_lab.hub.authenticator.OIDCTokenAuthenticator` (default), or
@@ -26,6 +28,7 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from mlaas4hep_lab.errors import ConfigError
 from mlaas4hep_lab.hub.settings import HubSettings
@@ -38,7 +41,8 @@ SCOPES = {
     PUSH_SCOPE: {"description": "Upload (push) model bundles to the inference service."},
     SUBMIT_SCOPE: {"description": "Submit, cancel and fetch training jobs on the jobs service."},
 }
-SERVICE_ACCESS = {name: f"access:services!service={name}" for name in ("tfaas", "jobs")}
+GATEWAY = "dask-gateway"   # mlaas4hep_lab.hub.gateway.SERVICE (not imported: it would load traitlets' Config)
+SERVICE_ACCESS = {name: f"access:services!service={name}" for name in ("tfaas", "jobs", GATEWAY)}
 
 
 def apply(c: Any, settings: HubSettings | None = None) -> HubSettings:
@@ -78,10 +82,25 @@ def _proxy(c: Any, s: HubSettings) -> None:
 
 
 def _user_environment(s: HubSettings, base: str | None = None) -> dict[str, str]:
-    """What the widgets and notebooks in a user's server read (see widgets_contract: Deploy panel)."""
-    tfaas = (base or s.service_url("tfaas")) + "/services/tfaas/"
-    jobs = (base or s.service_url("jobs")) + "/services/jobs/"
-    return {"MLAAS4HEP_SERVICE_URL": tfaas, "MLAAS4HEP_JOBS_URL": jobs}
+    """What the widgets and notebooks in a user's server read (see widgets_contract: Deploy panel), and Dask
+    Gateway's client settings (``DASK_GATEWAY__*``). ``base``: where containers reach the services (the
+    hub's public URL); local servers reach the gateway on the loopback.
+
+    The inference and jobs services' URLs are their public ones, through the hub's proxy, for local servers too:
+    the Deploy tab shows that URL to the user, who copies it into scripts and other machines' clients (the
+    services' own loopback ports answer on the hub machine only)."""
+    public = s.bind_url.rstrip("/")
+    tfaas = (base or public) + "/services/tfaas/"
+    jobs = (base or public) + "/services/jobs/"
+    env = {"MLAAS4HEP_SERVICE_URL": tfaas, "MLAAS4HEP_JOBS_URL": jobs}
+    if s.gateway.enabled:
+        from mlaas4hep_lab.hub.gateway import PREFIX, client_environment
+
+        # the browser opens dashboards through the hub's proxy; clients reach schedulers on the gateway's TLS port
+        host = s.gateway.scheduler_host or (urlsplit(base).hostname if base else s.gateway.scheduler_ip or s.service_ip)
+        env.update(client_environment(s.gateway, (base or s.service_url(GATEWAY)) + PREFIX,
+                                      s.bind_url.rstrip("/") + PREFIX, host))
+    return env
 
 
 def copy_notebooks(source: Path, home: Path) -> Path | None:
@@ -100,7 +119,7 @@ def _spawner(c: Any, s: HubSettings) -> None:
     c.Spawner.http_timeout = s.start_timeout
     # $JUPYTERHUB_API_TOKEN in a user's server: the subset of these the user holds, so the widgets can push to
     # the inference service and submit jobs with no copy-paste
-    c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", *SERVICE_ACCESS.values(),
+    c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", *_service_access(s),
                                      PUSH_SCOPE, SUBMIT_SCOPE]
     if s.spawner == "local":
         c.JupyterHub.spawner_class = "simple"  # SimpleLocalProcessSpawner: no system users needed
@@ -182,6 +201,19 @@ def services(s: HubSettings) -> list[dict[str, Any]]:
             "cwd": str(s.state_dir),
             "oauth_no_confirm": True,
         })
+    if s.gateway.enabled:
+        g = s.gateway
+        # containers reach the scheduler port from their own network (the hub's proxy carries only HTTP)
+        scheduler_ip = g.scheduler_ip or (s.service_ip if s.spawner == "local" else "0.0.0.0")  # noqa: S104
+        out.append({
+            "name": GATEWAY,
+            "url": s.service_url(GATEWAY),
+            "command": [s.python, "-m", "mlaas4hep_lab.hub.gateway"],
+            "environment": {**common, **g.to_env(backend=g.backend_for(s.spawner, s.as_root),
+                                                 scheduler_ip=scheduler_ip)},
+            "cwd": str(s.state_dir),   # a site's dask_gateway_config.py there is loaded after ours
+            "display": False,          # an API and dashboards, no page of its own on the hub's home
+        })
     return out
 
 
@@ -204,10 +236,17 @@ def _jobs_isolation(s: HubSettings) -> list[str]:
     return flags
 
 
+def _service_access(s: HubSettings) -> list[str]:
+    names = ["tfaas", *(["jobs"] if s.jobs_service else []), *([GATEWAY] if s.gateway.enabled else [])]
+    return [SERVICE_ACCESS[n] for n in names]
+
+
 def roles(s: HubSettings) -> list[dict[str, Any]]:
-    """Roles: every user may use both services; push and submit go to everyone or to the push groups."""
-    names = [svc["name"] for svc in services(s)]
-    user_scopes = ["self", *(SERVICE_ACCESS[n] for n in names)]
+    """Roles: every user may use the services (and start Dask Gateway clusters); push and submit go to
+    everyone or to the push groups."""
+    # the gateway identifies callers with their own tokens and reads nothing else of the hub
+    names = [svc["name"] for svc in services(s) if svc["name"] != GATEWAY]
+    user_scopes = ["self", *_service_access(s)]
     out = []
     if s.push_groups:
         out.append({"name": "mlaas4hep-pusher", "description": "push models and submit training jobs",

@@ -80,6 +80,7 @@ class Trainer:
         resume: continue from the checkpoint in ``fout``; a changed configuration is an error.
         stop: a threading.Event; when set, training stops after the current mini-batch (Keras, torch)
             or chunk / boosting round (scikit-learn, XGBoost).
+        stream: the chunk stream to train on (default: a ``ChunkStream`` of the inputs); closed at the end.
 
     Example::
 
@@ -89,7 +90,7 @@ class Trainer:
 
     def __init__(self, inputs: Inputs, specs: Specs, user_model: UserModel, fout: str | Path,
                  bus: EventBus | None = None, resume: bool = False, stop: threading.Event | None = None,
-                 checkpoints: bool = True):
+                 checkpoints: bool = True, stream: ChunkStream | None = None):
         self.inputs, self.specs, self.user_model = inputs, specs, user_model
         self.params = inputs.params
         self.fout = Path(fout)
@@ -98,7 +99,9 @@ class Trainer:
         self.bus.subscribe(self.history)
         self.resume, self.stop = resume, stop or threading.Event()
         self.checkpoint = Checkpoint(self.fout) if checkpoints else None
-        self.stream = ChunkStream(inputs.files, inputs.labels, self.params, specs, inputs.preproc)
+        # another stream of the same chunks (built on a Dask cluster: cluster.stream.DaskChunkStream)
+        self.stream = stream if stream is not None else \
+            ChunkStream(inputs.files, inputs.labels, self.params, specs, inputs.preproc)
         self.n_features = specs.n_features
         self.task = run_task(self.params, inputs.labels, specs)
         self.layout = self.stream.layout   # the objects layout, or None
@@ -391,11 +394,22 @@ class Trainer:
 
         has_val = self.params.split[1] > 0
         extra = {"previous_rounds": done_before} if resumed else {}
-        fit_metrics = self.backend.fit_stream(self._source("train"), self._source("validation") if has_val else None,
-                                              epochs=passes, batch_size=self.params.batch_size, on_round=on_round,
-                                              **extra)
+        fit_cluster = getattr(self.backend, "fit_cluster", None)
+        if fit_cluster is not None and getattr(self.stream, "client", None) is not None:
+            # the data stay on the Dask workers (xgboost.dask); the weights as _train_weight gives them
+            fit_metrics = fit_cluster(self.stream, has_val, on_round=on_round, checkpoint_every=(every_rounds,
+                                      every_seconds), balance=self.params.balance_weights,
+                                      class_weights=self._class_weights, on_events=self._saw, **extra)
+        else:
+            fit_metrics = self.backend.fit_stream(self._source("train"), self._source("validation") if has_val
+                                                  else None, epochs=passes, batch_size=self.params.batch_size,
+                                                  on_round=on_round, **extra)
         self._check_stop()
         self._event("epoch", epoch=0, metrics=dict(fit_metrics or {}))
+
+    def _saw(self, n: int) -> None:
+        """One pass's training events (a boosting round sees each once): the count of a resumed run too."""
+        self.events_seen = max(self.events_seen, int(n))
 
     def _train_weight(self, y: np.ndarray, weight: np.ndarray | None) -> np.ndarray | None:
         if not self.task.is_classification:

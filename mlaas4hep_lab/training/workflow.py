@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep_lab.bundle import write_bundle
-from mlaas4hep_lab.data import validation
+from mlaas4hep_lab.data import leakage, validation
 from mlaas4hep_lab.data.specs import Specs
 from mlaas4hep_lab.data.stream import ChunkStream
 from mlaas4hep_lab.pipeline import Inputs
@@ -30,6 +30,7 @@ from mlaas4hep_lab.training import evaluation, report
 from mlaas4hep_lab.training.events import EventBus, JsonlLog, ProgressBar
 from mlaas4hep_lab.training.loop import Trainer, TrainResult, objects_layout
 from mlaas4hep_lab.training.model_file import load_model_file
+from mlaas4hep_lab.training.runlog import RunRecorder
 
 __all__ = ["train", "WorkflowResult", "make_plots"]
 
@@ -73,13 +74,35 @@ def make_plots(test: dict[str, np.ndarray], out: Path, params, stream: ChunkStre
 
 def train(inputs: Inputs, specs: Specs, model: str | Path, fout: str | Path, *, resume: bool = False,
           bus: EventBus | None = None, stop: threading.Event | None = None, progress: bool | None = None,
-          name: str | None = None, plots: bool = True) -> WorkflowResult:
+          name: str | None = None, plots: bool = True, dask=None) -> WorkflowResult:
     """Train the model of ``model`` (a model.py path) and write the bundle to ``fout/bundle``.
 
     The data are checked first (:func:`~mlaas4hep_lab.data.validation.check_training_data`: labels, each
     file once, events after the cuts, both classes in every split, finite features); a refusal raises
-    before anything is written to ``fout``."""
+    before anything is written to ``fout``.
+
+    ``dask``: build the chunks on a Dask cluster (an address, a ``distributed.Client`` or a
+    :class:`~mlaas4hep_lab.cluster.connect.Cluster`): Keras, PyTorch and scikit-learn train here on the same
+    chunks as without it, XGBoost trains on the workers (``xgboost.dask``); ``resume`` works alike.
+
+    Every run is recorded in ``fout/run.json`` (and in MLflow where ``MLFLOW_TRACKING_URI`` is set:
+    :mod:`~mlaas4hep_lab.training.runlog`), with the leakage warnings of its first events
+    (:func:`~mlaas4hep_lab.data.leakage.warn_leakage`, also logged)."""
     validation.check_training_data(inputs, specs)
+    bus = bus or EventBus()
+    warnings = [f.message for f in leakage.warn_leakage(inputs)]
+    with RunRecorder(fout, inputs, model, bus, resume=resume, warnings=warnings) as record:
+        if dask is None:
+            return record.done(_train(inputs, specs, model, fout, resume, bus, stop, progress, name, plots, None))
+        from mlaas4hep_lab.cluster.connect import using_dask
+
+        with using_dask(dask) as cluster:
+            return record.done(_train(inputs, specs, model, fout, resume, bus, stop, progress, name, plots,
+                                      cluster))
+
+
+def _train(inputs: Inputs, specs: Specs, model, fout, resume: bool, bus, stop, progress, name, plots: bool,
+           cluster) -> WorkflowResult:
     fout = Path(fout)
     fout.mkdir(parents=True, exist_ok=True)
     task = run_task(inputs.params, inputs.labels, specs)
@@ -91,15 +114,23 @@ def train(inputs: Inputs, specs: Specs, model: str | Path, fout: str | Path, *, 
     show = inputs.params.verbose > 0 if progress is None else progress
     if show:
         unsubscribe.append(bus.subscribe(ProgressBar(f"training ({user_model.backend})")))
+    stream = None
     try:
-        trainer = Trainer(inputs, specs, user_model, fout, bus=bus, resume=resume, stop=stop)
+        if cluster is not None:
+            from mlaas4hep_lab.cluster.stream import open_stream
+
+            stream = open_stream(inputs, specs, cluster)
+        trainer = Trainer(inputs, specs, user_model, fout, bus=bus, resume=resume, stop=stop, stream=stream)
         result = trainer.run()
     finally:
         for fn in unsubscribe:
             fn()
+        if stream is not None:
+            stream.close()
     plot_files: list[Path] = []
     if plots:
         try:
+            # the per-feature plots read one chunk: in this process, also with a cluster
             with ChunkStream(inputs.files, inputs.labels, inputs.params, specs, inputs.preproc) as stream:
                 plot_files = make_plots(result.test, fout / "plots", inputs.params, stream, task)
         except ImportError as err:  # plots are optional (matplotlib)

@@ -1,4 +1,5 @@
-"""Branches tab: the tree's branches in a searchable table; tick, wildcards and identifiers become params.
+"""Branches tab: the tree's branches in a searchable table; tick, wildcards and identifiers become params,
+and so do the weight branch, the missing-value sentinels, the normalisation and the split.
 
 A thin view over :class:`~mlaas4hep_lab.widgets.state.LabState`: every rule (wildcards, what a tick does
 to ``selected_branches``/``exclude_branches``) lives in the state.
@@ -15,6 +16,8 @@ from mlaas4hep_lab.widgets.state import BranchRow, LabState
 __all__ = ["BranchesPanel"]
 
 _CELL = {"type": "110px", "kind": "110px", "entries": "80px", "min": "90px", "max": "90px", "spark": "150px"}
+NO_WEIGHT = "(no weight)"
+NORMALIZATIONS = ("minmax", "standard", "none")
 
 
 def _fmt(value: float) -> str:
@@ -33,6 +36,7 @@ class BranchesPanel:
         self.state = state
         self._syncing = False
         p = state.params
+        self._missing_shown = tuple(p.missing_values)
         self.search = w.Text(placeholder="search: substring or wildcard (Jet_*)", description="Search",
                              continuous_update=True)
         self.include = w.Text(value=", ".join(p.selected_branches), description="Select",
@@ -41,10 +45,20 @@ class BranchesPanel:
                               placeholder="wildcards, comma separated", continuous_update=False)
         self.identifier = w.Text(value=", ".join(p.identifier), description="Identifier",
                                  placeholder="e.g. EventId (kept beside the features)", continuous_update=False)
+        flat = [name for name, kind in state.kinds.items() if kind == "flat"]
+        self.weight = w.Dropdown(options=[NO_WEIGHT, *flat], value=p.weight or NO_WEIGHT, description="Weight")
+        self.missing = w.Text(value=_numbers_text(p.missing_values), description="Missing values",
+                              placeholder="sentinels, e.g. -999 (masked, not normalised)", continuous_update=False)
+        self.normalization = w.Dropdown(options=list(NORMALIZATIONS), value=p.normalization,
+                                        description="Normalisation")
+        self.split = w.Text(value=_numbers_text(p.split), description="Split", continuous_update=False,
+                            placeholder="train, validation, test: 0.64, 0.16, 0.2")
         self.summary = w.HTML()
         self.message = w.HTML()
         for widget, cls in ((self.search, "m4h-branch-search"), (self.include, "m4h-branch-include"),
                             (self.exclude, "m4h-branch-exclude"), (self.identifier, "m4h-branch-identifier"),
+                            (self.weight, "m4h-branch-weight"), (self.missing, "m4h-branch-missing"),
+                            (self.normalization, "m4h-branch-normalization"), (self.split, "m4h-branch-split"),
                             (self.summary, "m4h-branch-summary"), (self.message, "m4h-branch-message")):
             widget.add_class(cls)
         self.checks: dict[str, w.Checkbox] = {}
@@ -59,11 +73,17 @@ class BranchesPanel:
         self.include.observe(lambda ch: self._apply(self.state.set_include, ch["new"]), "value")
         self.exclude.observe(lambda ch: self._apply(self.state.set_exclude, ch["new"]), "value")
         self.identifier.observe(lambda ch: self._apply(self.state.set_identifier, ch["new"]), "value")
+        self.weight.observe(lambda ch: self._apply(self.state.set_weight,
+                                                   "" if ch["new"] == NO_WEIGHT else ch["new"]), "value")
+        self.missing.observe(lambda ch: self._apply(self.state.set_missing_values, ch["new"]), "value")
+        self.normalization.observe(lambda ch: self._apply(self.state.set_normalization, ch["new"]), "value")
+        self.split.observe(lambda ch: self._apply(self.state.set_split, ch["new"]), "value")
         state.on("params", self.sync)
         state.on("specs", self.refresh_rows)
         self.sync()
         self.widget = w.VBox([w.HBox([self.search, self.summary]), w.HBox([self.include, self.exclude]),
-                              self.identifier, self.message, self.table])
+                              w.HBox([self.identifier, self.weight]),
+                              w.HBox([self.missing, self.normalization, self.split]), self.message, self.table])
         self.widget.add_class("m4h-branches")
 
     # -- table ----------------------------------------------------------------------------------------
@@ -125,6 +145,17 @@ class BranchesPanel:
             self.include.value = ", ".join(p.selected_branches)
             self.exclude.value = ", ".join(p.exclude_branches)
             self.identifier.value = ", ".join(p.identifier)
+            self.weight.value = p.weight if p.weight in self.weight.options else NO_WEIGHT
+            self.missing.value = _numbers_text(p.missing_values)
+            self.normalization.value = p.normalization
+            self.split.value = _numbers_text(p.split)
             self.summary.value = self.state.summary()
         finally:
             self._syncing = False
+        if tuple(p.missing_values) != self._missing_shown:   # min/max and sparklines leave the sentinels out
+            self._missing_shown = tuple(p.missing_values)
+            self.refresh_rows()
+
+
+def _numbers_text(values) -> str:
+    return ", ".join(f"{v:g}" for v in values)

@@ -113,14 +113,14 @@ class CutsPanel:
             self.state.import_preproc(self.path.value)
             self.file_status.value = f"imported {html.escape(self.path.value)}"
         except (OSError, KeyError, ValueError) as err:
-            self.file_status.value = f"<span class='m4h-error'>error: {html.escape(str(err))}</span>"
+            self.file_status.value = _error_html(err)
 
     def export_preproc(self) -> None:
         try:
             target = self.state.export_preproc(self.path.value or None)
             self.file_status.value = f"exported {html.escape(str(target))}"
         except (OSError, ValueError) as err:
-            self.file_status.value = f"<span class='m4h-error'>error: {html.escape(str(err))}</span>"
+            self.file_status.value = _error_html(err)
 
     # -- views ----------------------------------------------------------------------------------------
     def _on_preproc(self) -> None:
@@ -141,3 +141,8 @@ class CutsPanel:
         self.preview_table.value = result.table_html()
         if result.variable is not None and result.before is not None:
             self.preview_plot.value = distribution_png(result.before, result.after, result.variable)
+
+
+def _error_html(err: BaseException) -> str:
+    """One message (an expression error keeps its caret line under the expression)."""
+    return f"<pre class='m4h-error' style='margin:0; white-space: pre-wrap'>error: {html.escape(logic._message(err))}</pre>"

@@ -1,9 +1,11 @@
 """The cut and new-branch builder's logic: drafts, validation as you type, preproc.json edits, preview.
 
 Validation uses the engine's own compiler (:func:`~mlaas4hep_lab.data.expressions.compile_expression`)
-and :meth:`Preproc.validate`, so the messages are the ones the CLI would print. The preview applies the
-engine's :class:`~mlaas4hep_lab.data.preprocess.Preproc` to the sampled events of each file: its pass
-fractions are the engine's by construction.
+and :meth:`Preproc.validate`, so the messages are the ones the CLI would print, then runs the draft on the
+first sampled events (an expression that compiles can still fail on the data: ``a > 3 & b < 2`` means
+``a > (3 & b) < 2``). A syntax error gets a hint for what users of ROOT, C++ or Python most often type
+(:func:`syntax_hint`). The preview applies the engine's :class:`~mlaas4hep_lab.data.preprocess.Preproc` to
+the sampled events of each file: its pass fractions are the engine's by construction.
 """
 
 from __future__ import annotations
@@ -23,11 +25,22 @@ from mlaas4hep_lab.errors import ConfigError, MLaaSError
 from mlaas4hep_lab.widgets.state import LabState
 
 __all__ = ["CUT_KINDS", "CutDraft", "Validation", "CutItem", "Preview", "validate", "add_draft", "items",
-           "remove_item", "preview"]
+           "remove_item", "preview", "syntax_hint"]
 
 CUT_KINDS = ("new branch", "flat cut", "jagged cut")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CUT_KEY = re.compile(r"^cut(?:_(\d+))?$")
+_TRIAL_EVENTS = 200     # validate runs a draft on this many sampled events of the first file
+_OPERATORS = "and: && or and; or: || or or; not: ! or not; compare with == != < <= > >=; a range: 1 <= x <= 16"
+_HINTS = (  # (pattern in the user's text, hint), the first that matches is given
+    (re.compile(r"(&&|\|\||&|\||!|\band|\bor|\bnot|[<>=!]=?|[-+*/])\s*$"),
+     "the expression ends with an operator: complete it, e.g. PRI_met > 20 && PRI_jet_num >= 1"),
+    (re.compile(r"=>|=<"), "write >= and <= (the = comes second)"),
+    (re.compile(r"(?<![<>=!])=(?!=)"), "to compare, write == (a single = assigns)"),
+    (re.compile(r"\b(AND|OR|NOT)\b"), "and, or, not are lower case (or write &&, ||, !)"),
+    (re.compile(r"\?.*:"), "no ?: operator: write where(condition, value_if_true, value_if_false)"),
+    (re.compile(r"&&&|\|\|\||&\s+&|\|\s+\|"), "write && (or and) and || (or or), in one piece"),
+)
 
 
 @dataclass
@@ -60,6 +73,8 @@ class CutItem:
 
     @property
     def label(self) -> str:
+        if self.section == "new_branch" and self.key:
+            return f"cut on new branch {self.branch} ({self.key}): {self.text}"
         if self.section == "new_branch":
             return f"new branch {self.branch} = {self.text}"
         return f"{self.section.replace('_', ' ')} on {self.branch}: {self.text}"
@@ -133,17 +148,41 @@ def add_draft(current: dict[str, Any], draft: CutDraft, kinds: dict[str, str]) -
     return data, branch
 
 
+def syntax_hint(text: str, message: str) -> str:
+    """A hint for a syntax error of ``text`` (the compiler's ``message``): a trailing operator, ``=`` for
+    ``==``, ``=>``, upper-case ``AND``, C's ``?:``...; else the operators expressions take. "" for other
+    errors."""
+    if "syntax error" not in message:
+        return ""
+    for pattern, hint in _HINTS:
+        if pattern.search(text):
+            return f"hint: {hint}"
+    return f"hint: {_OPERATORS}"
+
+
+def _evaluation_hint(text: str, message: str) -> str:
+    if re.search(r"'[&|]' failed", message):
+        return ("hint: & and | bind tighter than comparisons (a > 3 & b < 2 is a > (3 & b) < 2): write "
+                "(a > 3) & (b < 2), or a > 3 && b < 2")
+    return ""
+
+
 def validate(state: LabState, draft: CutDraft) -> Validation:
-    """Check ``draft`` against the files' branches and the current preproc; the message is the
-    compiler's (or the preproc checker's) when it is invalid."""
+    """Check ``draft`` against the files' branches and the current preproc, then run it on the first
+    sampled events; the message is the compiler's (or the preproc checker's, or the evaluation's), with a
+    hint for the common slips."""
     if not draft.expression.strip():
         return Validation(False, "type an expression")
     try:
         data, variable = add_draft(state.preproc_dict, draft, state.kinds)
         pre = Preproc.from_json(data)
         pre.validate(state.kinds, "the files")
+        if state.sample and len(state.sample[0]):
+            pre.apply(state.sample[0][:_TRIAL_EVENTS])
     except (MLaaSError, KeyError, ValueError) as err:
-        return Validation(False, _message(err))
+        message = _message(err)
+        hint = syntax_hint(draft.expression, message) or _evaluation_hint(draft.expression, message)
+        return Validation(False, f"{message}\n{hint}" if hint else message)
     if draft.kind == "new branch":
         kind = data["new_branch"][variable]["type"]
         what = f"{kind} new branch {variable}"
@@ -159,25 +198,33 @@ def _message(err: BaseException) -> str:
     return text
 
 
+def _cut_text(value: Any) -> str:
+    return value if isinstance(value, str) else f"{value[0]} ({value[1]})"
+
+
 def items(data: dict[str, Any]) -> list[CutItem]:
-    """Every new branch and every cut of a preproc.json content, in file order."""
+    """Every new branch and every cut of a preproc.json content, in file order: a new branch's own cuts
+    (``cut``, ``cut_1``... inside its ``new_branch`` entry) right after it."""
     out: list[CutItem] = []
     for name, entry in data.get("new_branch", {}).items():
         out.append(CutItem("new_branch", name, "", str(entry.get("def", ""))))
+        out += [CutItem("new_branch", name, key, _cut_text(value)) for key, value in entry.items()
+                if _CUT_KEY.match(key)]
     for section in ("flat_cut", "jagged_cut"):
         for branch, entry in data.get(section, {}).items():
-            for key, value in entry.items():
-                if _CUT_KEY.match(key):
-                    text = value if isinstance(value, str) else f"{value[0]} ({value[1]})"
-                    out.append(CutItem(section, branch, key, text))
+            out += [CutItem(section, branch, key, _cut_text(value)) for key, value in entry.items()
+                    if _CUT_KEY.match(key)]
     return out
 
 
 def remove_item(data: dict[str, Any], item: CutItem) -> dict[str, Any]:
-    """The preproc.json content without ``item`` (an emptied branch entry or section is dropped)."""
+    """The preproc.json content without ``item`` (an emptied branch entry or section is dropped; a new
+    branch's cut goes alone, the branch stays)."""
     data = copy.deepcopy(data)
     section = data.get(item.section, {})
-    if item.section == "new_branch":
+    if item.section == "new_branch" and item.key:
+        section.get(item.branch, {}).pop(item.key, None)
+    elif item.section == "new_branch":
         section.pop(item.branch, None)
     else:
         entry = section.get(item.branch, {})

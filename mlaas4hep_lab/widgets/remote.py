@@ -9,7 +9,6 @@ origin of ``JUPYTERHUB_SERVICE_URL``), and the token is ``MLAAS4HEP_TOKEN`` or t
 from __future__ import annotations
 
 import os
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,17 +28,11 @@ SERVICE_NAME = "tfaas"
 
 
 def default_service_url(env: Mapping[str, str] | None = None) -> str:
-    """The inference service's URL from the environment ("" when nothing says where it is)."""
-    env = os.environ if env is None else env
-    if env.get("MLAAS4HEP_SERVICE_URL"):
-        return env["MLAAS4HEP_SERVICE_URL"]
-    hub = env.get("JUPYTERHUB_PUBLIC_HUB_URL") or env.get("JUPYTERHUB_PUBLIC_URL") or env.get("JUPYTERHUB_SERVICE_URL")
-    if not hub:
-        return ""
-    parts = urllib.parse.urlsplit(hub)
-    base = env.get("JUPYTERHUB_BASE_URL") or "/"
-    base = base if base.endswith("/") else base + "/"
-    return f"{parts.scheme}://{parts.netloc}{base}services/{SERVICE_NAME}/"
+    """The inference service's URL from the environment ("" when nothing says where it is): as the JupyterLab
+    extension finds it (:func:`mlaas4hep_lab.lab.services.service_url`)."""
+    from mlaas4hep_lab.lab.services import service_url
+
+    return service_url(SERVICE_NAME, env)
 
 
 def default_credentials(env: Mapping[str, str] | None = None) -> tuple[str, str]:

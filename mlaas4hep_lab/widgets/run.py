@@ -5,6 +5,11 @@
 plots need (loss and AUC per step, train and validation, events/s). Views register with
 :meth:`TrainingRun.on_update`; they are called at most every ``interval`` seconds while metric events
 arrive (a throttle: a plot is not redrawn per event) and always once at the end.
+
+Where it runs: the state's ``dask`` (the panel's "Run on"): None trains in this kernel, as always; an address
+(``local:N``, ``gateway``...) opens that cluster when the run starts (:func:`~mlaas4hep_lab.cluster.connect.
+connect`), hands it to the specs pass and to ``train`` as ``dask=``, shows its dashboard's link, and closes it
+when the run ends, fails or is stopped.
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ from mlaas4hep_lab.training.model_file import TEMPLATES
 from mlaas4hep_lab.widgets import tasks
 from mlaas4hep_lab.widgets.state import LabState
 
-__all__ = ["TrainingRun", "Curves", "Throttle", "STATES"]
+__all__ = ["TrainingRun", "Curves", "Throttle", "STATES", "CLUSTER_STATES", "kept_fraction"]
 
 log = logging.getLogger(__name__)
 STATES = ("idle", "running", "stopping", "stopped", "done", "failed")
+CLUSTER_STATES = ("", "starting", "open", "closed")   # "": no cluster (this kernel)
+_UNSET: Any = object()
 
 
 class Throttle:
@@ -101,18 +108,25 @@ class TrainingRun:
         run.start(); ...; run.stop(); run.join()
     """
 
-    def __init__(self, state: LabState, interval: float = 0.5):
+    def __init__(self, state: LabState, interval: float = 0.5, dask: Any = _UNSET):
         self.state = state
+        self.dask = state.dask if dask is _UNSET else dask   # None: this kernel
+        self.cluster: Any = None                 # the Cluster while it is open
+        self.cluster_state = ""                  # CLUSTER_STATES
+        self.dashboard_link: str | None = None   # the cluster's Dask dashboard (through the hub's proxy on the hub)
+        self.workers = 0                         # the cluster's workers when it opened
         self.status = "idle"
         self.message = ""
         self.curves = Curves()
         self.events_seen = 0
-        self.events_total = 0
+        self.events_total = 0                    # the training events expected, after the cuts
         self.events_per_second = 0.0
+        self._kept = 1.0                         # training events after the cuts / before (from the specs)
         self.task: str = state.params.task       # binary, multiclass or regression (params "task")
+        self.weighted = bool(state.params.weight)   # the curves' and the ROC's AUC use the event weights
         self.result: Any = None                  # WorkflowResult when done
         self.summary: dict[str, Any] = {}        # the task's test numbers and the bundle (tasks.summary_of)
-        self.roc: tuple[np.ndarray, np.ndarray] | None = None   # binary only
+        self.roc: tuple[np.ndarray, np.ndarray] | None = None   # binary only (weighted when ``weighted``)
         self.report: dict[str, Path] = {}        # the training report's (binary) or task's PNGs by name
         self.error = ""
         self.fout: Path | None = None
@@ -141,9 +155,13 @@ class TrainingRun:
 
     # -- metric events --------------------------------------------------------------------------------
     def on_event(self, event: MetricEvent) -> None:
-        """Subscriber of the trainer's bus: keep the numbers, update the views (throttled)."""
+        """Subscriber of the trainer's bus: keep the numbers, update the views (throttled). The trainer's
+        expected total counts the events read; the bar counts those the cuts keep, and is full at the end
+        of a run that was not stopped."""
         self.events_seen = event.events_seen
-        self.events_total = max(event.events_total, self.events_total)
+        self.events_total = max(round(event.events_total * self._kept), self.events_total)
+        if event.kind == "end" and event.message != "requested":
+            self.events_total = self.events_seen
         self.events_per_second = event.events_per_second
         # batch-mode trainers publish one "chunk" event per chunk and an "epoch" event repeating the last
         # one; XGBoost publishes "round"s; estimators fitted once publish only the "epoch"
@@ -197,16 +215,22 @@ class TrainingRun:
         try:
             inputs = state.inputs()
             model = state.model_path()
-            specs = compute_specs(inputs.files, inputs.params, inputs.preproc, progress=False)
+            cluster = self._open_cluster()
+            self.message = "computing specs"
+            if cluster is not None:
+                self._throttle.flush()   # the cluster's link, with what the run does now
+            specs = compute_specs(inputs.files, inputs.params, inputs.preproc, progress=False, dask=cluster)
             state.workdir.mkdir(parents=True, exist_ok=True)
             specs.save(state.workdir / "specs.json")
             state.set_specs(specs)
+            self._kept = kept_fraction(specs)
             if self._stop.is_set():
                 raise _Stopped
             self.message = f"training {model.name}"
             self.fout = state.workdir / "runs" / time.strftime("%Y%m%d-%H%M%S")
             out = train(inputs, specs, model, self.fout, bus=self.bus, stop=self._stop, progress=False,
-                        name=_safe_name(f"lab-{state.model if state.model in TEMPLATES else model.stem}"))
+                        name=_safe_name(f"lab-{state.model if state.model in TEMPLATES else model.stem}"),
+                        dask=cluster)
             self.result = out
             test = out.result.test
             if self.task == "binary" and len(test["y"]) and len(np.unique(test["y"])) > 1:
@@ -227,15 +251,58 @@ class TrainingRun:
             self.status, self.message = "stopped", "stopped before training"
         except Exception as err:  # shown in the panel; the kernel stays alive
             self.status = "failed"
-            self.error = f"{type(err).__name__}: {err}"
-            self.message = self.error
+            text = err.args[0] if isinstance(err, KeyError) and err.args else err   # a KeyError's str() quotes
+            self.error = f"{type(err).__name__}: {text}"
+            self.message = "the error is below"   # said once, under the plots: the buttons keep their room
             log.debug("training failed:\n%s", traceback.format_exc())
         finally:
+            self._close_cluster()
             self._throttle.flush()
+
+    # -- the cluster ----------------------------------------------------------------------------------
+    def _open_cluster(self):
+        """Open the run's cluster (None: this kernel); a stop asked meanwhile ends the run before training."""
+        if self.dask is None:
+            return None
+        from mlaas4hep_lab.cluster.connect import connect
+
+        self.cluster_state, self.message = "starting", f"starting a Dask cluster ({self.dask})"
+        self._throttle.flush()
+        self.cluster = connect(self.dask)
+        self.cluster_state = "open"
+        self.dashboard_link, self.workers = self.cluster.dashboard_link, self.cluster.n_workers
+        if self._stop.is_set():
+            raise _Stopped
+        return self.cluster
+
+    def _close_cluster(self) -> None:
+        if self.cluster_state == "starting":   # it never opened: the run's error says why
+            self.cluster_state = ""
+        if self.cluster is not None:
+            cluster, self.cluster = self.cluster, None
+            try:
+                cluster.close()
+            except Exception:  # noqa: BLE001  the run's result stands; the gateway's idle timeout cleans up
+                log.warning("closing the Dask cluster %r failed", cluster.address, exc_info=True)
+            self.cluster_state = "closed"
 
 
 class _Stopped(Exception):
     pass
+
+
+def kept_fraction(specs) -> float:
+    """The training events after the cuts over the training share of the events read (the specs pass's
+    counts): the factor from the trainer's expected events (read) to those it will train on. 1 when the
+    specs do not say (older specs files)."""
+    read = sum(int(c.get("read", 0)) for c in specs.cutflow.values())
+    split = specs.split_events or {}
+    train = sum(int(v[0]) for v in (split.get("files") or {}).values())
+    fraction = float((split.get("split") or [0])[0])
+    if read and train and fraction > 0:
+        return train / (read * fraction)
+    passed = specs.events.get("total") if isinstance(specs.events, dict) else None
+    return min(1.0, passed / read) if read and passed else 1.0
 
 
 def _safe_name(name: str) -> str:

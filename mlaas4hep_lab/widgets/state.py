@@ -25,13 +25,32 @@ from mlaas4hep_lab.errors import ConfigError
 from mlaas4hep_lab.params import Params, load_json
 from mlaas4hep_lab.pipeline import Inputs, load_inputs
 from mlaas4hep_lab.training.model_file import TEMPLATES
+from mlaas4hep_lab.widgets.companions import companions, params_summary
 from mlaas4hep_lab.widgets.histograms import finite_values, sparkline
 
-__all__ = ["LabState", "BranchRow", "DEFAULT_SAMPLE", "default_workdir"]
+__all__ = ["LabState", "BranchRow", "DEFAULT_SAMPLE", "default_workdir", "run_on_choices", "RUN_ON_KERNEL",
+           "RUN_ON_GATEWAY"]
 
 log = logging.getLogger(__name__)
 DEFAULT_SAMPLE = 2_000       # events read per file for the branch table and the cut preview
 _WILDCARDS = set("*?[")
+
+
+RUN_ON_KERNEL = "this kernel"
+RUN_ON_GATEWAY = "Dask Gateway"
+
+
+def run_on_choices(environ: dict[str, str] | None = None, cpus: int | None = None) -> dict[str, str | None]:
+    """The Training panel's "Run on" choices, each label with the ``dask=`` value it stands for: this kernel
+    (None), a local cluster of one worker process per core, and Dask Gateway where ``DASK_GATEWAY__ADDRESS``
+    is set (the hub sets it in every user's server). ``environ`` and ``cpus``: for tests."""
+    env = os.environ if environ is None else environ
+    n = max(1, cpus or os.cpu_count() or 1)
+    out: dict[str, str | None] = {RUN_ON_KERNEL: None,
+                                  f"local cluster ({n} worker{'s' if n > 1 else ''})": f"local:{n}"}
+    if env.get("DASK_GATEWAY__ADDRESS", "").strip():
+        out[RUN_ON_GATEWAY] = "gateway"
+    return out
 
 
 def default_workdir() -> Path:
@@ -71,25 +90,32 @@ class LabState:
     """Everything the four panels share.
 
     Args:
-        files: ROOT file paths or URLs, or a files.txt path.
-        labels: one label per file, or a labels.txt path (None: a regression).
-        params: None, a :class:`~mlaas4hep_lab.params.Params`, a dict or a params.json path.
-        preproc: None, a dict, a preproc.json path or JSON text.
+        files: ROOT file paths or URLs, a files.txt path, or a folder (its files.txt, else its ROOT files).
+        labels: one label per file, or a labels.txt path (None: the labels.txt beside files.txt, or none
+            for a regression).
+        params: None (the params.json beside files.txt, if any), a :class:`~mlaas4hep_lab.params.Params`,
+            a dict or a params.json path.
+        preproc: None (the preproc.json beside files.txt, if any), a dict, a preproc.json path or JSON text;
+            checked against the files' branches here.
         model: a template name (``keras``, ``torch``, ``sklearn``, ``xgboost``, ``torch_multiclass``...:
             ``model_file.TEMPLATES``) or a model.py path.
         workdir: where specs, training outputs and bundles go (default :func:`default_workdir`).
         service_url, token: the inference service (the Deploy panel fills in hub defaults).
         sample_size: events read from the start of each file for the table and the cut preview.
+        dask: where training runs: None (this kernel) or a ``--dask`` address (``local:N``, ``gateway``...).
     """
 
-    def __init__(self, files, labels, params=None, preproc=None, model: str | os.PathLike | None = None,
+    def __init__(self, files, labels=None, params=None, preproc=None, model: str | os.PathLike | None = None,
                  workdir: str | os.PathLike | None = None, service_url: str | None = None,
-                 token: str | None = None, sample_size: int = DEFAULT_SAMPLE):
-        inputs = load_inputs(_as_files(files), labels, params, None)
+                 token: str | None = None, sample_size: int = DEFAULT_SAMPLE, dask: str | None = None):
+        found = companions(files, labels, params, preproc)
+        inputs = load_inputs(_as_files(found.files), found.labels, found.params, None)
         self.files: list[str] = inputs.files
         self.labels: list[float] = inputs.labels
         self.params: Params = inputs.params
-        self.preproc_dict: dict[str, Any] = _preproc_dict(preproc)
+        self.preproc_dict: dict[str, Any] = _preproc_dict(found.preproc)
+        self.loaded: dict[str, Path] = found.loaded      # what was taken from beside files.txt
+        self.notes: list[str] = list(found.notes)
         self.model: str = str(model) if model is not None else "keras"
         self.workdir = Path(workdir) if workdir is not None else default_workdir()
         self.service_url, self.token = service_url, token
@@ -99,7 +125,15 @@ class LabState:
         self.result: Any = None                 # the last WorkflowResult
         self._listeners: dict[str, list[Callable[[], None]]] = {}
         self._lock = threading.Lock()
+        self.dask: str | None = None
+        self.set_dask(dask)
         self._read_branches()
+        if self.preproc_dict:   # a preproc that names branches the files lack is refused now, not at Start
+            from mlaas4hep_lab.data.preprocess import Preproc
+
+            Preproc.from_json(self.preproc_dict).validate(self.kinds, "the files")
+        if "params" in self.loaded:
+            self.notes.insert(1, f"{self.loaded['params'].name}: {params_summary(self.params)}")
 
     # -- change notification ------------------------------------------------------------------------
     def on(self, topic: str, fn: Callable[[], None]) -> None:
@@ -187,9 +221,10 @@ class LabState:
     def _set_params(self, **changes) -> None:
         new = self.params.replace(**changes)   # validates; select_branches below checks the patterns
         select_branches(self.branch_names, new.selected_branches, new.exclude_branches, "the files")
-        for name in (*new.identifier, *([new.weight] if new.weight else [])):
-            if name not in self.kinds:
-                raise ConfigError(f"{name!r} is not a numeric branch of the files", key="identifier")
+        for key, names in (("identifier", new.identifier), ("weight", [new.weight] if new.weight else [])):
+            for name in names:
+                if name not in self.kinds:
+                    raise ConfigError(f"{name!r} is not a numeric branch of the files", key=key)
         self.params = new
         self.emit("params")
 
@@ -204,6 +239,39 @@ class LabState:
     def set_identifier(self, names: str | Sequence[str]) -> None:
         """params ``identifier``: branches read beside the features, not used as features."""
         self._set_params(identifier=_split_names(names))
+
+    def set_weight(self, name: str | None) -> None:
+        """params ``weight``: the per-event weight branch (flat; kept out of the features), or none."""
+        name = (name or "").strip()
+        if name and self.kinds.get(name) == "jagged":
+            raise ConfigError(f"weight branch {name!r} is a list per event: the weight must be one number per "
+                              "event", key="weight")
+        self._set_params(weight=name)
+
+    def set_missing_values(self, values: str | Sequence[float]) -> None:
+        """params ``missing_values``: sentinels (comma-separated numbers, e.g. ``-999``) masked, not normalised."""
+        self._set_params(missing_values=_numbers(values, "missing_values"))
+
+    def set_normalization(self, value: str) -> None:
+        """params ``normalization``: ``minmax``, ``standard`` or ``none``."""
+        self._set_params(normalization=str(value).strip())
+
+    def set_split(self, fractions: str | Sequence[float]) -> None:
+        """params ``split``: train, validation[, test] fractions summing to 1 (``0.64, 0.16, 0.2``)."""
+        self._set_params(split=_numbers(fractions, "split"))
+
+    # -- leakage ------------------------------------------------------------------------------------
+    def leakage(self):
+        """``(findings, error)``: the leakage check (:func:`~mlaas4hep_lab.data.leakage.check_sample`) of the
+        current features on the sampled events after the cuts; ``error`` when the settings cannot be
+        planned (the branch table's message says why)."""
+        from mlaas4hep_lab.data.leakage import check_sample
+
+        try:
+            return check_sample(self.sample, self.labels, self.params, self.preproc(), self.kinds, "the files"), ""
+        except (KeyError, ValueError) as err:
+            text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+            return [], str(text)
 
     def set_checked(self, name: str, checked: bool) -> None:
         """Tick or untick one branch, keeping the user's wildcards where they still say the truth:
@@ -279,6 +347,36 @@ class LabState:
                               f"{', '.join(TEMPLATES)}", key="model")
         return path
 
+    # -- where training runs -------------------------------------------------------------------------
+    def set_dask(self, dask: str | None) -> None:
+        """Where the next training runs: None (this kernel) or a ``--dask`` address, checked now (a
+        ConfigError says which forms exist); nothing is started until a run starts."""
+        from mlaas4hep_lab.cluster.connect import parse_address  # light: no dask import
+
+        value = None if dask is None or not str(dask).strip() else str(dask).strip()
+        if value is not None:
+            parse_address(value)
+        self.dask = value
+        self.emit("dask")
+
+    def run_on_options(self) -> dict[str, str | None]:
+        """:func:`run_on_choices`, plus the current address when it is none of them (given in code)."""
+        choices = run_on_choices()
+        if self.dask not in choices.values():
+            choices[str(self.dask)] = self.dask
+        return choices
+
+    def run_on(self) -> str:
+        """The label of :meth:`run_on_options` for the current ``dask``."""
+        return next(label for label, value in self.run_on_options().items() if value == self.dask)
+
+    def set_run_on(self, label: str) -> None:
+        """Choose where training runs by a label of :meth:`run_on_options`."""
+        choices = self.run_on_options()
+        if label not in choices:
+            raise ConfigError(f"cannot run on {label!r}; choose one of {', '.join(choices)}", key="dask")
+        self.set_dask(choices[label])
+
     def set_specs(self, specs: Specs) -> None:
         self.specs = specs
         self.emit("specs")
@@ -286,6 +384,19 @@ class LabState:
     def set_bundle(self, bundle: Path, result: Any = None) -> None:
         self.bundle, self.result = Path(bundle), result
         self.emit("bundle")
+
+
+def _numbers(values: str | Sequence[float], key: str) -> list[float]:
+    parts = values.replace(";", ",").split(",") if isinstance(values, str) else list(values)
+    out = []
+    for part in parts:
+        if isinstance(part, str) and not part.strip():
+            continue
+        try:
+            out.append(float(part))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{part!r} is not a number: give comma-separated numbers", key=key) from None
+    return out
 
 
 def _preproc_dict(preproc) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from mlaas4hep_lab.widgets.state import LabState
 
 __all__ = ["TASK_OPTIONS", "CLASS_WEIGHTS", "LAYOUT_OPTIONS", "OBJECTS_TEMPLATES", "templates_for", "template_for", "split_classes", "split_targets",
            "task_changes", "one_line", "curve_keys", "summary_of", "result_html", "report_html", "task_pngs",
-           "plot_title"]
+           "plot_title", "auc_html", "curve_labels"]
 
 TASK_OPTIONS = (("binary", "binary"), ("multi-class", "multiclass"), ("regression", "regression"))
 CLASS_WEIGHTS = ("none", "balanced")
@@ -179,7 +179,8 @@ def summary_of(task: str, metrics: dict[str, Any]) -> dict[str, Any]:
     if task == "regression":
         return {"task": task, "targets": metrics.get("targets", []), "rmse": metrics.get("rmse", {}),
                 "mae": metrics.get("mae", {}), "bias": metrics.get("bias", {})}
-    return {"task": "binary", "test_auc": metrics.get("auc"), "ams": metrics.get("ams"),
+    return {"task": "binary", "test_auc": metrics.get("auc"), "test_auc_weighted": metrics.get("auc_weighted"),
+            "ams": metrics.get("ams"),
             "ks_pvalue_signal": metrics.get("ks_pvalue_signal"),
             "ks_pvalue_background": metrics.get("ks_pvalue_background"),
             "ranking": metrics.get("ranking", [])[:10], "report_error": metrics.get("report_error")}
@@ -197,9 +198,29 @@ def result_html(s: dict[str, Any]) -> str:
     elif task == "regression":
         head = "<br>".join(f"RMSE {html.escape(t)}: <b>{num(s['rmse'].get(t), '.4g')}</b>" for t in s["targets"])
     else:
-        head = f"test AUC: <b>{num(s.get('test_auc'))}</b><br>best AMS: <b>{num(s.get('ams'))}</b>"
+        head = f"{auc_html(s)}<br>best AMS: <b>{num(s.get('ams'))}</b>"
     return (f"<div>{head}<br>bundle: <code>{html.escape(str(s.get('bundle')))}</code>"
             + (" (stopped early)" if s.get("stopped") else "") + "</div>")
+
+
+def auc_html(s: dict[str, Any]) -> str:
+    """The binary test AUC, said weighted and unweighted side by side (the validation curves are weighted
+    when a weight branch is set; the unweighted number alone would not compare with them)."""
+    if s.get("test_auc_weighted") is not None:
+        return (f"test AUC: weighted <b class='m4h-auc-weighted'>{num(s.get('test_auc_weighted'))}</b>, "
+                f"unweighted <b class='m4h-auc-unweighted'>{num(s.get('test_auc'))}</b>")
+    return f"test AUC (unweighted, no weight branch): <b class='m4h-auc-unweighted'>{num(s.get('test_auc'))}</b>"
+
+
+_CURVE_NAMES = {"loss": "train loss", "val_loss": "validation loss", "auc": "train AUC", "val_auc": "validation AUC",
+                "val_rmse": "validation RMSE", "val_mae": "validation MAE"}
+
+
+def curve_labels(series: dict[str, Any], weighted: bool) -> dict[str, Any]:
+    """The live plots' legend: ``val_auc`` -> "validation AUC (weighted)" (weighted: params ``weight`` set, as
+    the trainer's loss and AUC are then)."""
+    suffix = " (weighted)" if weighted else ""
+    return {_CURVE_NAMES.get(key, key) + suffix: value for key, value in series.items()}
 
 
 def _table(head: list[str], rows: list[list[str]], cls: str) -> str:

@@ -4,7 +4,8 @@ live loss and AUC (regression: RMSE and MAE) plots, ROC and AMS at the end, and 
 class, confusion matrix, rejections; regression: RMSE, MAE, bias, prediction vs truth, response).
 
 Training runs in a background thread (:class:`~mlaas4hep_lab.widgets.run.TrainingRun`), so the kernel
-answers the Stop button while it trains; the plots are redrawn from the trainer's metric events at most
+answers the Stop button while it trains; "Run on" picks this kernel, a local Dask cluster or, on the hub, Dask
+Gateway (the run opens the cluster, links its dashboard and closes it at the end); the plots are redrawn from the trainer's metric events at most
 every ``interval`` seconds, and once more at the end.
 """
 
@@ -64,6 +65,8 @@ class TrainingPanel:
         self.chunk_size = w.IntText(value=p.chunk_size, description="Chunk size")
         self.batch_size = w.IntText(value=p.batch_size, description="Batch size")
         self.mode = w.Dropdown(options=["per_chunk", "epochs"], value=p.training, description="Mode")
+        self.run_on = w.Dropdown(options=list(state.run_on_options()), value=state.run_on(), description="Run on")
+        self.dashboard = w.HTML("")
         self.start_button = w.Button(description="Start", button_style="success", icon="play")
         self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.status = w.HTML("idle")
@@ -93,6 +96,7 @@ class TrainingPanel:
                             (self.model, "m4h-train-model"), (self.model_path, "m4h-train-model-path"),
                             (self.epochs, "m4h-train-epochs"), (self.chunk_size, "m4h-train-chunk-size"),
                             (self.batch_size, "m4h-train-batch-size"), (self.mode, "m4h-train-mode"),
+                            (self.run_on, "m4h-train-run-on"), (self.dashboard, "m4h-train-dashboard"),
                             (self.start_button, "m4h-train-start"), (self.stop_button, "m4h-train-stop"),
                             (self.status, "m4h-train-status"), (self.progress, "m4h-train-progress"),
                             (self.rate, "m4h-train-rate"), (self.loss_plot, "m4h-loss-plot"),
@@ -115,6 +119,7 @@ class TrainingPanel:
             w.HBox([self.model, self.model_path]),
             w.HBox([self.epochs, self.chunk_size]),
             w.HBox([self.batch_size, self.mode]),
+            w.HBox([self.run_on, self.dashboard]),
             w.HBox([self.start_button, self.stop_button, self.status]),
             w.HBox([self.progress, self.rate]),
             w.HBox([self.loss_plot, self.auc_plot]),
@@ -175,6 +180,7 @@ class TrainingPanel:
             epochs=int(self.epochs.value), chunk_size=int(self.chunk_size.value),
             batch_size=int(self.batch_size.value), training=self.mode.value, **changes)
         self.state.model = self.model.value if self.model.value != MODEL_FILE else self.model_path.value.strip()
+        self.state.set_run_on(self.run_on.value)
         self.state.model_path()   # a missing model.py is an error now, not in the thread
 
     def start(self) -> TrainingRun | None:
@@ -184,7 +190,7 @@ class TrainingPanel:
         try:
             self.apply_form()
         except (OSError, KeyError, ValueError) as err:
-            self.status.value = f"failed: {html.escape(str(err))}"
+            self.status.value = f"failed: {html.escape(tasks.one_line(err))}"
             return None
         self.run = TrainingRun(self.state, self.interval)
         self.run.on_update(self.refresh)
@@ -212,17 +218,24 @@ class TrainingPanel:
             self.progress.max = max(1, run.events_total)
             self.progress.value = min(run.events_seen, self.progress.max)
         self.rate.value = f"{run.events_seen:,} events, {run.events_per_second:,.0f} events/s"
+        self.dashboard.value = _cluster_html(run)
         n = len(run.curves)
         if n and self._drawn != (run, n):   # a new run redraws even at the last run's count
             self._drawn = (run, n)
             keys, label = tasks.curve_keys(run.task)
-            self.loss_plot.value = curves_png(run.curves.series("loss", "val_loss"), "loss", "chunk")
-            self.auc_plot.value = curves_png(run.curves.series(*keys), label, "chunk")
+            suffix = " (weighted)" if run.weighted else ""
+            self.loss_plot.value = curves_png(tasks.curve_labels(run.curves.series("loss", "val_loss"), run.weighted),
+                                              "loss" + suffix, "chunk")
+            self.auc_plot.value = curves_png(tasks.curve_labels(run.curves.series(*keys), run.weighted),
+                                             label + suffix, "chunk")
         self.loss_points.value = str(n)
         if not busy and run.summary:
             self.result.value = tasks.result_html(run.summary)
             if run.roc is not None:
-                self.roc_plot.value = roc_png(run.roc[0], run.roc[1], run.summary.get("test_auc"))
+                weighted = run.weighted and run.summary.get("test_auc_weighted") is not None
+                self.roc_plot.value = roc_png(run.roc[0], run.roc[1],
+                                              run.summary.get("test_auc_weighted" if weighted else "test_auc"),
+                                              label="AUC (weighted)" if weighted else "AUC (unweighted)")
             elif run.task == "multiclass" and "roc_multiclass" in run.report:
                 self.roc_plot.value = run.report["roc_multiclass"].read_bytes()
             elif run.task == "regression":
@@ -231,7 +244,8 @@ class TrainingPanel:
                 self._report_of = run
                 self.show_report(run)
         elif run.status == "failed":
-            self.result.value = f"<pre class='m4h-error'>{html.escape(run.error)}</pre>"
+            self.result.value = (f"<pre class='m4h-error m4h-train-error' style='white-space: pre-wrap'>"
+                                 f"{html.escape(run.error)}</pre>")
 
     def _report_tabs(self, names: list[str], titles: list[str]) -> None:
         """One tab per plot (the binary report's five, or the plots of the run's task)."""
@@ -270,3 +284,17 @@ class TrainingPanel:
             f"<b>{_num(s.get('ks_pvalue_background'), '.3g')}</b>"
             f"<table><tr><th>#</th><th>feature</th><th>AUC drop when shuffled</th><th>model's own</th></tr>"
             f"{rows}</table></div>")
+
+
+def _cluster_html(run: TrainingRun) -> str:
+    """The run's cluster: starting, its dashboard's link while open, closed at the end; nothing in-kernel."""
+    if run.cluster_state == "starting":
+        return f"starting a Dask cluster ({html.escape(str(run.dask))})..."
+    if run.cluster_state == "open":
+        link = (f"<a href='{html.escape(run.dashboard_link, quote=True)}' target='_blank' rel='noopener' "
+                "style='color: #1f77b4; text-decoration: underline'>Dask dashboard</a>"
+                if run.dashboard_link else "no dashboard")
+        return f"{link} ({run.workers} worker{'s' if run.workers != 1 else ''})"
+    if run.cluster_state == "closed":
+        return "the Dask cluster was closed at the end of the run"
+    return ""

@@ -1,0 +1,170 @@
+"""The specs pass on a Dask cluster: one task per part of a file, the partial statistics merged here.
+
+Each task opens its file on the worker (``root://``, ``https://`` or a path the workers see), reads its
+part chunk by chunk (memory bounded by the chunk size, as in this process), applies the preprocessing
+and returns a :class:`~mlaas4hep_lab.data._partial.PartStats`: a few numbers per branch. The parts are
+those of the local pass and are merged in the same order whatever order they finish in, so the specs
+are the same, to the bit, as without a cluster (:mod:`mlaas4hep_lab.data._partial` says why).
+
+The settings (params, preprocessing, plan: a few kB) are pickled once and go with every task (a task
+depending on another that holds them would be sent where that one ran: every part on one worker).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from mlaas4hep_lab.errors import MLaaSError
+
+__all__ = ["run_parts", "ClusterTaskError", "RETRIES"]
+
+log = logging.getLogger(__name__)
+
+RETRIES = 2  # a task that fails is tried this many times more (a worker lost, a flaky server) before we report
+
+
+class ClusterTaskError(MLaaSError, RuntimeError):
+    """A Dask task failed for a reason of the cluster's (a worker died, a task was lost), not an error the
+    pass raises by itself in this process (those keep their type: InputFileError, ConfigError, ...)."""
+
+
+_SETTINGS: dict[str, tuple] = {}  # on a worker: digest -> (params, preproc, plan) of the last few passes
+
+
+def _settings(digest: str, blob: bytes) -> tuple:
+    settings = _SETTINGS.get(digest)
+    if settings is None:  # unpickled (compiled expressions and all) once per worker and pass, not per part
+        import pickle
+
+        settings = pickle.loads(blob)
+        while len(_SETTINGS) >= 4:
+            _SETTINGS.pop(next(iter(_SETTINGS)))
+        _SETTINGS[digest] = settings
+    return settings
+
+
+_OPEN: OrderedDict[tuple, tuple] = OrderedDict()  # on a worker: (path, tree) -> (TreeReader, lock), the last few
+_OPEN_LOCK = threading.Lock()
+_MAX_OPEN = 16
+
+
+def _reader(path: str, tree: str, retries: int) -> tuple:
+    """The worker's open reader of ``path`` (opening a file and listing its branches is tens of ms, a few
+    percent of a part: paid once per file and worker, not once per part)."""
+    from mlaas4hep_lab.data.reader import TreeReader
+
+    key = (path, tree)
+    with _OPEN_LOCK:
+        if key in _OPEN:
+            _OPEN.move_to_end(key)
+            return _OPEN[key]
+    opened = (TreeReader(path, tree, retries=retries), threading.Lock())
+    with _OPEN_LOCK:
+        opened = _OPEN.setdefault(key, opened)
+        while len(_OPEN) > _MAX_OPEN:
+            _close(_OPEN.popitem(last=False)[1])
+    return opened
+
+
+def _close(opened: tuple) -> None:
+    reader, lock = opened
+    with lock:   # after the part reading through it, if any
+        reader.close()
+
+
+def _close_readers(paths: list[str]) -> int:
+    """On a worker, at the end of a pass: close the readers of ``paths``."""
+    with _OPEN_LOCK:
+        items = [_OPEN.pop(key) for key in list(_OPEN) if key[0] in paths]
+    for opened in items:
+        _close(opened)
+    return len(items)
+
+
+def _part_task(digest: str, blob: bytes, path: str, start: int, stop: int):
+    """On a worker: the statistics of entries [start, stop) of ``path``."""
+    from mlaas4hep_lab.data._partial import read_part
+
+    params, preproc, plan = _settings(digest, blob)
+    reader, lock = _reader(path, params.branch, params.retries)
+    with lock:   # one part at a time through one reader (a worker may run several threads)
+        return read_part(reader, plan, params, preproc, start, stop)
+
+
+def run_parts(dask, paths: Sequence[str], params, preproc, plan, parts: Sequence[tuple[int, int, int]], totals,
+              bar) -> str:
+    """Compute every part ``(file_index, start, stop)`` on the cluster ``dask`` (whatever
+    :func:`~mlaas4hep_lab.cluster.connect.connect` takes) and merge them into ``totals`` in order;
+    ``bar`` advances as parts finish. Returns where it ran, for the log."""
+    from mlaas4hep_lab.cluster.connect import connect
+    from mlaas4hep_lab.data.sources import is_remote
+    from mlaas4hep_lab.extras import require
+
+    distributed = require("distributed")
+    # a relative path names the client's folder; a worker of this machine starts elsewhere (the split of
+    # an event depends on the file's name only, so the path's spelling changes nothing else)
+    paths = [p if is_remote(p) else os.path.abspath(p.removeprefix("file://")) for p in paths]
+    cluster = connect(dask)
+    try:
+        client = cluster.client
+        run = uuid.uuid4().hex[:8]
+        # the settings, pickled once (cloudpickle where pickle fails: the compiled expressions), go with
+        # every task: a task that depended on one holding them would run where that one ran, on one worker
+        from distributed.protocol import pickle as dask_pickle
+
+        blob = dask_pickle.dumps((params, preproc, plan))
+        digest = hashlib.sha256(blob).hexdigest()
+        futures = {
+            client.submit(_part_task, digest, blob, paths[i], a, b, key=f"mlaas4hep-specs-part-{run}-{p}",
+                          retries=RETRIES, pure=False): p
+            for p, (i, a, b) in enumerate(parts)
+        }
+        finished: dict[int, object] = {}
+        merged = 0
+        try:
+            # as_completed finds its client as Dask's default one: a Gateway client is not (connect)
+            with client.as_current():
+                completed = distributed.as_completed(futures)
+            for future in completed:
+                p = futures.pop(future)
+                i, a, b = parts[p]
+                try:
+                    finished[p] = future.result()
+                except Exception as err:
+                    raise _reported(err, paths[i], a, b) from err
+                future.release()
+                bar.update(b - a)
+                while merged in finished:  # in the parts' order: fixed sums, whatever finished first
+                    totals.merge(parts[merged][0], finished.pop(merged))
+                    merged += 1
+        except BaseException:
+            client.cancel(list(futures))  # the parts not yet done: an error, or ^C
+            raise
+        return f"on Dask ({cluster.address}, {cluster.n_workers} workers, {len(parts)} parts)"
+    finally:
+        try:
+            cluster.client.run(_close_readers, sorted(set(paths)))
+        except Exception as err:  # noqa: BLE001  a cluster already gone has nothing left open
+            log.debug("closing the workers' readers failed: %s", err)
+        cluster.close()  # only what connect opened here
+
+
+def _reported(err: Exception, path: str, start: int, stop: int) -> Exception:
+    """The task's error as the local pass would raise it (same type), saying where it happened."""
+    where = f"[on a Dask worker: {path}, entries {start}-{stop}, tried {RETRIES + 1} times]"
+    if isinstance(err, MLaaSError):
+        from mlaas4hep_lab.errors import _restore_error
+
+        # same class and attributes (path, key, ...), so that callers catch what they catch locally
+        return _restore_error(type(err), (f"{err} {where}", *err.args[1:]), dict(err.__dict__))
+    hint = ""
+    if type(err).__name__ == "KilledWorker":
+        hint = (" A worker died while reading it: a worker's memory may be too small for the chunk size "
+                "(params 'chunk_size') or the file's clusters; see the worker's log.")
+    return ClusterTaskError(f"the specs pass failed {where}: {type(err).__name__}: {err}.{hint}")
