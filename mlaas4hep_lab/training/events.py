@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricEvent", "EventBus", "JsonlLog", "ProgressBar", "History"]
+__all__ = ["MetricEvent", "EventBus", "JsonlLog", "ProgressBar", "History", "Throttle"]
 
 log = logging.getLogger(__name__)
 
@@ -175,3 +175,40 @@ class ProgressBar:
             self._bar.refresh()
         if event.kind == "end":
             self._bar.close()
+
+
+class Throttle:
+    """Call ``fn`` at most once per ``interval`` seconds; a call inside the interval is delivered at its
+    end (by a timer), so the last state is always shown. ``flush()`` delivers now."""
+
+    def __init__(self, fn: Callable[[], None], interval: float = 0.5):
+        self.fn, self.interval = fn, float(interval)
+        self._last = 0.0
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            wait = self._last + self.interval - time.monotonic()
+            if wait > 0:
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self._fire)
+                    self._timer.daemon = True
+                    self._timer.start()
+                return
+            self._last = time.monotonic()
+        self.fn()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self._timer = None
+            self._last = time.monotonic()
+        self.fn()
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._last = time.monotonic()
+        self.fn()

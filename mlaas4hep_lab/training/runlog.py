@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from mlaas4hep_lab.training.events import EventBus, MetricEvent
+from mlaas4hep_lab.training.events import EventBus, MetricEvent, Throttle
 
 __all__ = ["RunRecorder", "MlflowLogger", "read_run", "FORMAT", "RUN_FILE", "STATUSES", "MAX_ROC_POINTS"]
 
@@ -191,8 +191,7 @@ class RunRecorder:
             "metrics": {}, "curves": {}, "roc": None, "bundle": None, "warnings": list(warnings),
         }
         self._lock = threading.RLock()
-        self._timer: threading.Timer | None = None
-        self._last_write = -math.inf
+        self._throttle = Throttle(self._write_running, self.interval)
         self._unsubscribe = None
         self._steps = {kind: 0 for kind in _CURVE_KINDS}
 
@@ -210,7 +209,7 @@ class RunRecorder:
             if self.mlflow.run_id:
                 self.record["mlflow"] = {"run_id": self.mlflow.run_id, "experiment_id": self.mlflow.experiment_id}
         self._unsubscribe = self.bus.subscribe(self)
-        self._write()
+        self._throttle.flush()   # the first write, now; the next one an interval after it
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -281,35 +280,22 @@ class RunRecorder:
     # -- writing --------------------------------------------------------------------------------------
     def _soon(self) -> None:
         """Write now if the last write is ``interval`` old, else once when it is (one timer at a time)."""
-        with self._lock:
-            wait = self._last_write + self.interval - time.monotonic()
-            if wait > 0:
-                if self._timer is None:
-                    self._timer = threading.Timer(wait, self._on_timer)
-                    self._timer.daemon = True
-                    self._timer.start()
-                return
-            self._write()
+        self._throttle()
 
-    def _on_timer(self) -> None:
+    def _write_running(self) -> None:
         with self._lock:
-            self._timer = None
-            if self.record["status"] == "running":
+            if self.record["status"] == "running":   # the end's own write (_final) says the rest
                 self._write()
 
     def _final(self, bundle: Path | None = None) -> None:
-        with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._write()
+        self._throttle.flush()   # no pending write of the running state (not running any more: none now)
+        self._write()
         if self.mlflow is not None:
             self.mlflow.finish(self.record, bundle, self.path)
 
     def _write(self) -> None:
         with self._lock:
             text = json.dumps(_plain(self.record), indent=1, allow_nan=False)
-            self._last_write = time.monotonic()
         try:
             fd, tmp = tempfile.mkstemp(prefix=".run.json.", suffix=".tmp", dir=self.fout)
             with os.fdopen(fd, "w") as f:
