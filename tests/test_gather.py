@@ -194,8 +194,10 @@ def test_buffers_are_reused_only_once_nothing_refers_to_them():
     del batch
     again, _ = buffers.matrices(4, 3)
     assert again.base is buffers._lent["values"][0] and again.shape == (4, 3)
-    big, mask = buffers.matrices(11, 3)  # larger than announced: plain memory
-    assert big.base is None and mask.shape == (11, 3)
+    big, mask = buffers.matrices(11, 3)  # larger than announced: memory of its own
+    assert not any(big.base is lent for lent in buffers._lent["values"]) and mask.shape == (11, 3)
+    # every matrix starts on a 64-byte boundary (TensorFlow takes such memory without a copy)
+    assert all(a.ctypes.data % 64 == 0 and a.flags.c_contiguous for a in (again, big, mask))
 
 
 def test_a_consumer_that_keeps_views_of_chunks_sees_them_unchanged(toy_data):

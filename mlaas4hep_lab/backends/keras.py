@@ -55,10 +55,10 @@ class KerasBackend(Backend):
     """Adapter for a compiled Keras 3 model (``mode = "batches"``).
 
     The trainer's stream goes through :meth:`fit_parts`: one ``tf.data`` pipeline fed with whole chunks
-    (batched and shuffled inside TensorFlow, no copy of a chunk's features in Python) and one
-    ``model.fit`` per pass over the stream, so that Keras' per-call set-up is paid once per pass, not
-    once per chunk; the trainer's per-chunk work (validation, metric event, checkpoint) runs in a
-    callback after each chunk's last batch. :meth:`fit_chunk` trains on one array.
+    (shared with TensorFlow, not copied; batched and shuffled inside TensorFlow), one ``model.fit`` per
+    chunk with the trainer's per-chunk work (validation, metric event, checkpoint) between them; with
+    model.py callbacks, one ``model.fit`` per pass over the stream and that work in a callback after
+    each chunk's last batch (``_keras_feed`` says why both). :meth:`fit_chunk` trains on one array.
 
     Options used: ``seed`` (``keras.utils.set_random_seed``: dropout, shuffling), ``fit_options`` (a dict
     from model.py passed on to ``model.fit``, e.g. ``{"class_weight": {0: 1.0, 1: 5.0}}``),
@@ -133,12 +133,13 @@ class KerasBackend(Backend):
 
     def fit_parts(self, parts: Iterable[TrainPart], *, batch_size: int,
                   on_part: Callable[[TrainPart, dict[str, float]], None]) -> None:
-        """Train on the parts through one ``tf.data`` pipeline, one ``model.fit`` per group (pass).
+        """Train on the parts through one ``tf.data`` pipeline: one ``model.fit`` per epoch on a part, or,
+        with model.py ``fit_options`` ``callbacks``, one per group (pass) as those callbacks expect.
 
         Each part's training events are batched in its (shuffled) order inside TensorFlow, ``epochs``
         times; the metrics handed to ``on_part`` are those of the part's last epoch (the compiled
-        metrics are reset after every part), as :meth:`fit_chunk` returns them. ``on_part`` runs in a
-        callback after the part's last batch. The stop event is checked after every batch. A model.py
+        metrics are reset after every part), as :meth:`fit_chunk` returns them. ``on_part`` runs after
+        the part's last batch. The stop event is checked at every batch. A model.py
         ``fit_options`` key other than ``callbacks``, ``verbose``, ``shuffle`` or ``class_weight``
         (``validation_split``, ...) or a Keras backend other than TensorFlow trains part by part through
         :meth:`fit_chunk` instead.

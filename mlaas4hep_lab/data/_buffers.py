@@ -19,7 +19,7 @@ import threading
 
 import numpy as np
 
-__all__ = ["Buffers", "return_large_frees"]
+__all__ = ["ALIGNMENT", "Buffers", "aligned", "return_large_frees"]
 
 log = logging.getLogger(__name__)
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
@@ -63,21 +63,38 @@ class Buffers:
         self._lock = threading.Lock()
 
     def matrices(self, n: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(X, mask)`` of shape ``[n, width]``, uninitialised."""
+        """``(X, mask)`` of shape ``[n, width]``, uninitialised, each starting on a 64-byte boundary (so
+        that TensorFlow can take ``X`` without a copy: :func:`mlaas4hep_lab.backends._keras_feed.tensor`)."""
         if n * width > self.size:  # larger than announced: plain memory
-            return np.empty((n, width), np.float32), np.empty((n, width), bool)
-        return (self._buffer("values", np.float32)[: n * width].reshape(n, width),
-                self._buffer("mask", np.bool_)[: n * width].reshape(n, width))
+            return aligned((n, width), np.float32), aligned((n, width), np.bool_)
+        return (self._buffer("values", np.float32, n * width).reshape(n, width),
+                self._buffer("mask", np.bool_, n * width).reshape(n, width))
 
-    def _buffer(self, kind: str, dtype) -> np.ndarray:
+    def _buffer(self, kind: str, dtype, n: int) -> np.ndarray:
         with self._lock:
             lent = self._lent[kind]
-            # a free buffer is referred to by the list alone (plus getrefcount's own argument)
+            # a free buffer is referred to by the list alone (plus getrefcount's own argument); the list
+            # holds the allocations themselves, which every view lent from them names as its base
             free = [i for i in range(len(lent)) if sys.getrefcount(lent[i]) == 2]
             for i in reversed(free[1 + self.spare:]):
                 del lent[i]  # more free buffers than wanted: let them go
             if free:
-                return lent[free[0]]
-            buf = np.empty(self.size, dtype)
-            lent.append(buf)
-            return buf
+                raw = lent[free[0]]
+            else:
+                raw = np.empty(self.size * np.dtype(dtype).itemsize + ALIGNMENT, np.uint8)
+                lent.append(raw)
+            return _aligned_view(raw, dtype, n)
+
+
+ALIGNMENT = 64   # bytes: a cache line, and what TensorFlow requires of memory it shares (EIGEN_MAX_ALIGN_BYTES)
+
+
+def _aligned_view(raw: np.ndarray, dtype, n: int) -> np.ndarray:
+    offset = -raw.ctypes.data % ALIGNMENT
+    return raw[offset: offset + n * np.dtype(dtype).itemsize].view(dtype)
+
+
+def aligned(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array of ``shape`` starting on a 64-byte boundary."""
+    n = int(np.prod(shape))
+    return _aligned_view(np.empty(n * np.dtype(dtype).itemsize + ALIGNMENT, np.uint8), dtype, n).reshape(shape)

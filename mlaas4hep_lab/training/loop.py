@@ -5,8 +5,8 @@ Two schedules (params ``training``):
 * ``per_chunk`` (the original): one pass over the stream, ``epochs`` epochs on each chunk;
 * ``epochs``: ``epochs`` full passes over the stream, one epoch on each chunk per pass.
 
-The chunks' training events go to the backend's ``fit_parts`` (Keras: one ``tf.data`` pipeline and one
-``model.fit`` per pass over the stream; PyTorch and scikit-learn: ``fit_chunk`` on each chunk). After
+The chunks' training events go to the backend's ``fit_parts`` (Keras: one ``tf.data`` pipeline, one
+``model.fit`` per chunk, or per pass when model.py brings callbacks of its own; PyTorch and scikit-learn: ``fit_chunk`` on each chunk). After
 each chunk's last batch the model is validated on the chunk's validation events, a metric event is
 published and a checkpoint is written; ``resume=True`` continues after the last completed chunk. Backends that
 train over the whole stream (XGBoost) or on the accumulated training split (scikit-learn estimators

@@ -2,7 +2,8 @@
 
 The training loop imports this file by path, calls ``model(idim)`` with the number of input features
 and trains what it returns on the stream of chunks (the chunks' batches through one ``tf.data`` pipeline,
-one ``model.fit`` per pass over the stream; ``epochs`` and ``batch_size`` from params.json). Contract: return a **compiled** Keras model with one sigmoid output (the signal
+one ``model.fit`` per chunk, or per pass over the stream when ``fit_options`` has ``callbacks``; ``epochs``
+and ``batch_size`` from params.json). Contract: return a **compiled** Keras model with one sigmoid output (the signal
 probability) or two softmax outputs (column 1 = signal).
 
 Copy this file, change the layers, keep the function name.
