@@ -16,8 +16,9 @@ Rows per example set (events/s; the example datasets are written once under benc
    workers read, preprocess and vectorise their files' blocks, the client assembles each chunk (in file
    order, then the local shuffle) while the next chunk's blocks are built.
 
-The clusters are started, and the engine imported and its compiled loops loaded on every worker, before
-the clock starts (a warm-up pass on a few events), as the in-process rows load them first. Rates are the
+Each cluster is started for its own rows and closed after them (one at a time: the other's idle processes
+stay out of the measurement on these few cores); the engine is imported and its compiled loops loaded on
+every worker before the clock starts (a warm-up pass on a few events), as the in-process rows load them first. Rates are the
 median of ``--repeat`` interleaved rounds. Printed with the issue's targets: ``local:2`` / in-process (the
 overhead, both using both cores: target >= 0.9) and ``local:2`` / ``local:1`` (the scaling: target >= 1.7 for
 the specs pass on 2 cores), and the bytes the workers send the client per chunk (X and mask dominate:
@@ -81,25 +82,32 @@ def _warm(info, chunk_size: int, cluster) -> None:
     _chunks(info, params, specs, cluster)
 
 
-def measure(kind: str, n: int, args, clusters: dict) -> dict:
+def measure(kind: str, n: int, args) -> dict:
+    from mlaas4hep_lab.cluster.connect import connect
+    from mlaas4hep_lab.data.stream import ChunkStream
+
     info = dataset(kind, n)
     params = _params(info, args.chunk_size)
     rates = defaultdict(list)
-    for mode in MODES:
-        _warm(info, args.chunk_size, clusters[mode])
-    from mlaas4hep_lab.data.stream import ChunkStream
-
     with ChunkStream(info["files"], info["labels"], params, _specs(info, params, None)[0]) as probe:
         branches = probe.plan.read
     specs, moved = None, 0.0
     for _ in range(args.repeat):
         rates["raw"].append(_peers.raw_rate(info["files"], params.branch, branches, args.chunk_size))
         for mode in MODES:
-            specs, seconds = _specs(info, params, clusters[mode])
-            events = sum(f["used"] for f in specs.files)
-            rates[f"specs {mode}"].append(events / seconds)
-            seconds, _, got = _chunks(info, params, specs, clusters[mode])
-            rates[f"chunks {mode}"].append(events / seconds)
+            # one cluster at a time: the other's idle processes (and the memory the last pass freed) stay
+            # out of the measurement on these few cores
+            cluster = None if mode == "here" else connect(mode)
+            try:
+                _warm(info, args.chunk_size, cluster)
+                specs, seconds = _specs(info, params, cluster)
+                events = sum(f["used"] for f in specs.files)
+                rates[f"specs {mode}"].append(events / seconds)
+                seconds, _, got = _chunks(info, params, specs, cluster)
+                rates[f"chunks {mode}"].append(events / seconds)
+            finally:
+                if cluster is not None:
+                    cluster.close()
             if mode != "here":
                 moved = max(moved, got)
     med = {k: statistics.median(v) for k, v in rates.items()}
@@ -137,18 +145,10 @@ def main() -> None:
     ap.add_argument("--chunk-size", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=1, help="rounds; the median is printed")
     args = ap.parse_args()
-    from mlaas4hep_lab.cluster.connect import connect
-
     print(f"python {sys.version.split()[0]}; LocalCluster workers: one process, one thread each", flush=True)
-    clusters = {"here": None, "local:1": connect("local:1"), "local:2": connect("local:2")}
-    try:
-        for kind in [args.only] if args.only else sorted(SIZES):
-            n = max(10_000, int(SIZES[kind] * args.scale))
-            report(kind, measure(kind, n, args, clusters), args.chunk_size)
-    finally:
-        for c in clusters.values():
-            if c is not None:
-                c.close()
+    for kind in [args.only] if args.only else sorted(SIZES):
+        n = max(10_000, int(SIZES[kind] * args.scale))
+        report(kind, measure(kind, n, args), args.chunk_size)
 
 
 if __name__ == "__main__":
