@@ -149,14 +149,16 @@ def test_stop_errors_and_the_parts_closed():
         raise OSError("unreadable chunk")
 
     for n in (1, 0):
-        seen = []
+        reported: list = []
         with pytest.raises(OSError, match="unreadable chunk"):
-            build("keras").fit_parts(broken(n), batch_size=64, on_part=lambda part, metrics: seen.append(part.tag))
-        assert seen == list(range(n))
+            build("keras").fit_parts(broken(n), batch_size=64,
+                                     on_part=lambda part, metrics, out=reported: out.append(part.tag))
+        assert reported == list(range(n))
 
     # no parts at all: nothing trained, nothing reported
     backend = build("keras")
     weights = backend.model.get_weights()
+    seen = []
     backend.fit_parts(iter([]), batch_size=64, on_part=lambda part, metrics: seen.append(part))
     assert seen == [] and all(np.array_equal(a, b) for a, b in zip(weights, backend.model.get_weights()))
 

@@ -4,10 +4,10 @@ trainer's chunks to Keras through one ``tf.data`` pipeline, each chunk's feature
 Two ways, chosen by model.py's ``fit_options``:
 
 * without ``callbacks`` of the model's own (the usual case): one ``model.fit`` per epoch on a part, the
-  trainer's per-chunk work between them, the next part prepared in a thread meanwhile. No callback runs
-  after each batch, so Keras dispatches the training steps without waiting for each step's logs: a
-  callback with ``on_train_batch_end`` costs ~0.9 ms per batch of 256 (measured on the ttH-like example,
-  2 cores: 8.0-8.1 s against 6.0-7.5 s for 3 epochs), more than a ``model.fit`` call (~7 ms) per chunk;
+  trainer's per-chunk work between them. No callback runs after each batch, so Keras dispatches the
+  training steps without waiting for each step's logs: a callback with ``on_train_batch_end`` costs
+  ~0.9 ms per batch of 256 (measured with an in-memory ``model.fit`` of the ttH-like example, 2 cores:
+  8.0-8.1 s against 6.0-7.5 s for 3 epochs), more than a ``model.fit`` call (~7 ms) per chunk;
 * with them: one ``model.fit`` per pass over the stream, as the callbacks expect (an EarlyStopping counts
   passes), and the trainer's per-chunk work in a callback after each chunk's last batch.
 """
