@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 __all__ = [
     "MLaaSError",
+    "StoppedBeforeTraining",
     "InputFileError",
     "RemoteReadError",
     "TreeNotFoundError",
@@ -178,3 +179,8 @@ class MissingClassError(DataError):
 
 class NonFiniteError(DataError):
     """A feature is NaN or infinite everywhere (overall, or in every event of one class)."""
+
+
+class StoppedBeforeTraining(MLaaSError):
+    """A stop (the Stop button, a signal) came before the first chunk or boosting round was trained: there
+    is no model to evaluate or save."""

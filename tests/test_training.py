@@ -99,6 +99,32 @@ def test_stop_request_stops_within_one_chunk(example_higgs, torch_model, tmp_pat
     assert result.metrics["n_events"] > 0  # the model trained so far is still evaluated
 
 
+@pytest.mark.parametrize("name", ["sklearn", "xgboost"])
+def test_a_stop_before_the_first_chunk_says_nothing_was_trained(example_higgs, tmp_path, name):
+    """scikit-learn and XGBoost stopped before they saw an event have no model to score the test split with
+    (that raised NotFittedError / RuntimeError): one clear error, and the run record says stopped. (A
+    network stopped early keeps its weights and is evaluated and bundled: test_widgets_logic.py.)"""
+    from mlaas4hep_lab.errors import StoppedBeforeTraining
+    from mlaas4hep_lab.training.model_file import template_path
+    from mlaas4hep_lab.training.runlog import RunRecorder
+
+    inputs = inputs_for(example_higgs, chunk_size=3_000, epochs=1)
+    specs = ensure_specs(inputs, progress=False)
+    stop = threading.Event()
+    stop.set()
+    bus = EventBus()
+    seen = []
+    bus.subscribe(seen.append)
+    model = template_path(name)
+    with pytest.raises(StoppedBeforeTraining, match="no model to evaluate or save"):
+        with RunRecorder(tmp_path / "o", inputs, model, bus, mlflow=None):
+            Trainer(inputs, specs, load_model_file(model, specs.n_features), tmp_path / "o", bus=bus,
+                    stop=stop).run()
+    assert [e.kind for e in seen] == ["start", "end"]
+    record = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert record["status"] == "stopped" and "StoppedBeforeTraining" in record["error"]
+
+
 def test_early_stopping(example_higgs, tmp_path):
     model = tmp_path / "model.py"
     # a learning rate so large that validation loss cannot keep improving

@@ -165,6 +165,12 @@ class Backend(ABC):
         raise NotImplementedError(f"{self.name} backend does not train over a stream (mode {self.mode!r})")
 
     # -- inference ----------------------------------------------------------------------------------
+    @property
+    def trained(self) -> bool:
+        """Whether :meth:`predict` has a model to use: a network always has (its initial weights); a
+        scikit-learn estimator or an XGBoost booster only once it saw events."""
+        return True
+
     @abstractmethod
     def predict(self, X: np.ndarray) -> np.ndarray:
         """The task's outputs (:meth:`~mlaas4hep_lab.task.Task.scores`): binary, signal scores in [0, 1],

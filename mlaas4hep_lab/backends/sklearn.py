@@ -401,6 +401,17 @@ class SklearnBackend(Backend):
         return task_loss(self.task, y, self.predict(X), weight)
 
     # -- inference ------------------------------------------------------------------------------------
+    @property
+    def trained(self) -> bool:
+        from sklearn.exceptions import NotFittedError
+        from sklearn.utils.validation import check_is_fitted
+
+        try:
+            check_is_fitted(self.model)
+        except NotFittedError:
+            return False
+        return True
+
     def predict(self, X: np.ndarray) -> np.ndarray:
         """The task's outputs. Binary: signal score ``float32[n]``, ``predict_proba[:, class 1]``, else
         ``sigmoid(decision_function)`` (SVC without probability=True, SGD with hinge loss), else ``predict``

@@ -457,10 +457,10 @@ class XGBoostBackend(Backend):
         return build
 
     # -- inference ------------------------------------------------------------------------------------
+    trained = property(lambda self: self.booster is not None)   # Backend.trained: a booster once it saw events
     def predict(self, X: np.ndarray) -> np.ndarray:
         """The task's outputs from the Booster (``inplace_predict``): binary, the signal score ``float32[n]``
-        (sigmoid for ``binary:logitraw``); multiclass, ``multi:softprob``'s ``float32[n, K]``; regression,
-        ``float32[n, T]``."""
+        (sigmoid for ``binary:logitraw``); multiclass, ``multi:softprob``'s ``float32[n, K]``; regression, ``[n, T]``."""
         if self.booster is None:
             raise RuntimeError("the XGBoost model is not trained yet: call fit_stream first")
         X = np.asarray(X, dtype=np.float32)

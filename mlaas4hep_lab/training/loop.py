@@ -35,7 +35,7 @@ import numpy as np
 from mlaas4hep_lab.backends.base import Backend, TrainPart, get_backend
 from mlaas4hep_lab.data.specs import Specs
 from mlaas4hep_lab.data.stream import SPLITS, Chunk, ChunkStream
-from mlaas4hep_lab.errors import ConfigError, MLaaSError, ModelFileError
+from mlaas4hep_lab.errors import ConfigError, MLaaSError, ModelFileError, StoppedBeforeTraining
 from mlaas4hep_lab.pipeline import Inputs
 from mlaas4hep_lab.task import Task, run_task
 from mlaas4hep_lab.training import task_metrics
@@ -259,6 +259,12 @@ class Trainer:
         except StopTraining as why:
             stopped = str(why)
             self._save(*self._position, done=stopped == "early_stopping")
+        if stopped and not self._trained():
+            # scikit-learn and XGBoost have nothing to predict with before their first events
+            self._event("end", metrics={}, message="stopped before anything was trained")
+            self.stream.close()
+            raise StoppedBeforeTraining("training was stopped before its first chunk (XGBoost: its first boosting "
+                                        "round) was trained: there is no model to evaluate or save")
         test = self._score_test()
         metrics = task_metrics.final_metrics(self.task, test["y"], test["score"], test.get("weight"),
                                              self.params.split[2] or None)
@@ -271,6 +277,11 @@ class Trainer:
                            self.stream.feature_names)
 
     _position = (0, 0)
+
+    def _trained(self) -> bool:
+        """The model can be evaluated: resumed from a checkpoint, or fitted on some events (a network,
+        however few batches it trained, always can; scikit-learn and XGBoost only once they saw events)."""
+        return self._resumed or self.backend.trained
 
     def _check_stop(self) -> None:
         if self.stop.is_set():

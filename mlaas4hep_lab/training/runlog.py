@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from mlaas4hep_lab.errors import StoppedBeforeTraining
 from mlaas4hep_lab.training.events import EventBus, MetricEvent, Throttle
 
 __all__ = ["RunRecorder", "MlflowLogger", "read_run", "FORMAT", "RUN_FILE", "STATUSES", "MAX_ROC_POINTS"]
@@ -217,7 +218,7 @@ class RunRecorder:
             self._unsubscribe()
             self._unsubscribe = None
         if exc is not None:
-            stopped = isinstance(exc, KeyboardInterrupt)
+            stopped = isinstance(exc, (KeyboardInterrupt, StoppedBeforeTraining))
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             with self._lock:
                 self.record.update(status="stopped" if stopped else "failed", finished=_now(),
