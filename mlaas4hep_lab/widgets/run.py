@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from mlaas4hep_lab.errors import StoppedBeforeTraining
 from mlaas4hep_lab.training.events import EventBus, MetricEvent, Throttle
 from mlaas4hep_lab.training.model_file import TEMPLATES
 from mlaas4hep_lab.widgets import tasks
@@ -210,7 +211,7 @@ class TrainingRun:
             state.set_bundle(out.bundle, out)
             self.status = "stopped" if out.result.stopped == "requested" else "done"
             self.message = f"bundle {out.bundle}"
-        except _Stopped:
+        except (_Stopped, StoppedBeforeTraining):   # the Stop button before anything was trained
             self.status, self.message = "stopped", "stopped before training"
         except Exception as err:  # shown in the panel; the kernel stays alive
             self.status = "failed"
