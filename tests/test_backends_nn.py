@@ -291,6 +291,14 @@ def _parts(X, y, sizes, *, epochs=1, poison=True):
     return out
 
 
+def closing(parts, closed: list):
+    """``parts`` through a generator that notes in ``closed`` when it is closed."""
+    try:
+        yield from parts
+    finally:
+        closed.append(True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("order_entries", [None, 700])
 def test_keras_fit_parts_one_fit_per_group_and_each_part_reported_after_its_last_batch(monkeypatch, order_entries):
@@ -328,14 +336,8 @@ def test_keras_fit_parts_stop_errors_and_fallback():
     backend.stop_event = stop
     closed = []
 
-    def source(parts):
-        try:
-            yield from parts
-        finally:
-            closed.append(True)
-
     seen = []
-    backend.fit_parts(source(_parts(X, y, [(0, 640, 0), (0, 640, 0), (0, 640, 0)])), batch_size=64,
+    backend.fit_parts(closing(_parts(X, y, [(0, 640, 0), (0, 640, 0), (0, 640, 0)]), closed), batch_size=64,
                       on_part=lambda part, metrics: seen.append(part.tag))
     assert seen == [0] and counter.batches == 12 and closed == [True]
 

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 from test_backend_contract import build, make_data, rank_auc
-from test_backends_nn import _parts, write_model
+from test_backends_nn import _parts, closing, write_model
 
 keras = pytest.importorskip("keras")
 
@@ -95,20 +95,13 @@ def test_stop_errors_and_the_parts_closed():
     stop = threading.Event()
     backend.stop_event = stop
     closed = []
-
-    def source(parts):
-        try:
-            yield from parts
-        finally:
-            closed.append(True)
-
     seen = []
 
     def on_part(part, metrics):
         seen.append(part.tag)
         stop.set()
 
-    backend.fit_parts(source(_parts(X, y, [(0, 640, 0), (0, 640, 0), (0, 640, 0)])), batch_size=64,
+    backend.fit_parts(closing(_parts(X, y, [(0, 640, 0), (0, 640, 0), (0, 640, 0)]), closed), batch_size=64,
                       on_part=on_part)
     assert seen == [0] and closed == [True]
     assert _iterations(backend) == 10 + 1   # + 1: the first model.fit ran into its end

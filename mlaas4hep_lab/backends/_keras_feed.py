@@ -18,7 +18,6 @@ import collections
 import threading
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 
 import numpy as np
 
@@ -227,28 +226,19 @@ class PartFeeder:
         docstring); ``on_part`` after the part's last; the stop event checked before each batch (Keras
         then ends the ``model.fit`` after it; the part is not reported).
 
-        The first part is taken in a thread of its own, started before the first ``model.fit``, so that
-        the first chunk is read while Keras traces its train step (``tf.data`` asks for its first
-        element only after that); that ``model.fit``'s pipeline waits for it. The others are told their
+        The first part is taken by :meth:`_prime`, so that the first chunk is read while Keras traces its
+        train step; that ``model.fit``'s pipeline waits for it. The others are told their
         number of batches (``steps_per_epoch``): a ``model.fit`` that runs into the end of its data adds
         one to the optimizer's ``iterations`` (Keras' last, failing step), which Adam's bias correction
         reads. The next part is taken once this one is done, as the stream builds one chunk ahead: taken
         earlier, it would have the stream build a second one, in memory the training has not freed."""
+        self._prime()
         dataset = self._dataset(self._one, once=True)
         taken: dict = {}
-        ahead: Future = Future()
 
-        def take() -> None:
+        def first():   # in the pipeline's thread: waits for the part _prime takes
             try:
-                ahead.set_result(self._prepared())
-            except BaseException as err:
-                ahead.set_exception(err)
-
-        threading.Thread(target=take, name="mlaas4hep-keras-first-part", daemon=True).start()
-
-        def first():   # in the pipeline's thread
-            try:
-                taken["part"] = prepared = ahead.result()
+                taken["part"] = prepared = self._prepared()
             except BaseException as err:   # what _arrays raised (class_weight with sample weights)
                 taken["error"] = err
                 return None
