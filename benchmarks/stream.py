@@ -46,7 +46,9 @@ consecutive rows of a shuffled chunk; each batch ROOT yields) whose events all c
 Our compiled loops (numba) are loaded before the timed rows, once per process (~0.5 s; compiled on first
 use and cached on disk), as ROOT's rows exclude its JIT. Rates are the median of ``--repeat`` runs (interleaved rounds; ROOT: that many timed epochs in one
 process). The targets are printed beside the ratios: chunks >= 0.85x raw (flat) / 0.8x raw (jagged) and
->= 2x ROOT; specs >= 1.0x raw; peak RSS <= 3x one chunk's X + mask.
+>= 2x ROOT; specs >= 1.0x raw; peak RSS <= 3x one chunk's X + mask on jagged data at 500+ features (with
+fewer features, or flat data, X + mask is small beside the decoded clusters the reader keeps, and the
+line says so rather than printing a target that was never set for it).
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ CUTS = {
 }
 CHUNKS_VS_RAW = {"higgs": 0.85, "tth": 0.80}
 CHUNKS_VS_ROOT, SPECS_VS_RAW, RSS_VS_CHUNK = 2.0, 1.0, 3.0
+# the issue sets the memory target for jagged data at 500+ features (its 583-feature table); with fewer
+# features X+mask shrinks while the decoded clusters the reader keeps (one per file) do not
+RSS_FEATURES = 500
 
 
 def _params(info, chunk_size: int, padding: str):
@@ -273,15 +278,19 @@ def report_memory(kind: str, args, folder: Path) -> None:
     memory_root(sets, specs, args.chunk_size)
 
 
-def _memory_line(label: str, events: int, got: dict, first: dict | None, chunk_mb: float | None = None):
-    """One line of row 7: RSS and anonymous peaks, their ratios to X+mask and their growth from N to 5N."""
+def _memory_line(label: str, events: int, got: dict, first: dict | None, chunk_mb: float | None = None,
+                 targeted: bool = True):
+    """One line of row 7: RSS and anonymous peaks, their ratios to X+mask and their growth from N to 5N.
+    ``targeted``: the 3x target is set for this set (jagged, 500+ features); else the line says why not."""
     def cell(key: str) -> str:
         ratio = f" = {got[key] / chunk_mb:5.2f}x" if chunk_mb else ""
         return f"{got[key]:>7,.0f} MiB{ratio}"
 
     note = ""
     if chunk_mb:
-        target = _target(got["rss_mb"] / chunk_mb, RSS_VS_CHUNK, below=True)
+        target = _target(got["rss_mb"] / chunk_mb, RSS_VS_CHUNK, below=True) if targeted else \
+            f"<= {RSS_VS_CHUNK:g}x is the target at {RSS_FEATURES}+ jagged features; here the read buffers (a decoded " \
+            "cluster per file) outweigh X+mask"
         note = f"  X+mask {chunk_mb:,.0f} MiB, RSS {target}"
     if first is not None:
         note += (f"; 5N/N: RSS {got['rss_mb'] / first['rss_mb']:.2f}x, "
@@ -297,7 +306,8 @@ def memory_ours(sets: dict, padding: str, chunk_size: int, folder: Path) -> dict
     for m, info in sets.items():
         specs[m] = compute_specs(info["files"], _params(info, chunk_size, padding), None, progress=False)
         got = rss(info, specs[m], chunk_size, padding, folder)
-        _memory_line(label, m, got, first, got["chunk_mb"])
+        targeted = bool(specs[m].jkeys) and specs[m].n_features >= RSS_FEATURES
+        _memory_line(label, m, got, first, got["chunk_mb"], targeted)
         first, label = first or got, ""
     return specs
 

@@ -167,6 +167,20 @@ def test_branches_of_a_collection_share_their_lists_only_when_laid_out_alike():
     assert _gather.lists_rows([_buffers(cut)], None, like=jet).starts is not jet.starts
 
 
+def test_the_values_of_several_pieces_stay_in_the_pieces():
+    """A branch's raw values are not joined into one copy: its lists keep a view of each piece's values
+    (the chunk's peak memory would otherwise hold every jagged branch's values twice)."""
+    rng = np.random.default_rng(6)
+    pieces = [random_events(rng, n) for n in (50, 80)]
+    buffers = [_buffers(p["Jet_pt"][5:]) for p in pieces]
+    jet = _gather.lists_rows(buffers, None)
+    assert len(jet.parts) == 2 and all(np.shares_memory(part, content) for part, (_, _, content) in zip(jet.parts, buffers))
+    eta = _gather.lists_rows([_buffers(p["Jet_eta"][5:]) for p in pieces], None, like=jet)
+    assert eta.starts is jet.starts and all(np.shares_memory(part, p["Jet_eta"].layout.content.data)
+                                            for part, p in zip(eta.parts, pieces))
+    np.testing.assert_array_equal(jet.content, ak.to_numpy(ak.flatten(ak.concatenate([p["Jet_pt"][5:] for p in pieces]))))
+
+
 def test_clipping_long_lists_keeps_the_first_values():
     lists = _gather.Lists(np.array([0, 7, 7]), np.array([7, 0, 2]), np.arange(9.0))
     short = _gather.clipped(lists, 3)

@@ -44,12 +44,29 @@ def flat_rows(values: Sequence[np.ndarray], rows: np.ndarray | None) -> np.ndarr
 
 @dataclass
 class Lists:
-    """The selected events' lists of one jagged branch: ``content[starts[i]:starts[i] + lengths[i]]``."""
+    """The selected events' lists of one jagged branch: ``content[starts[i]:starts[i] + lengths[i]]``.
+
+    The values stay in ``parts``, one slice of each piece's values (views into the decoded blocks), and
+    are only joined into one array when asked for (:attr:`content`): the vectoriser normalises the parts
+    one by one into the chunk's values, so no copy of a whole branch's raw values is ever made."""
 
     starts: np.ndarray   # int64[n]
     lengths: np.ndarray  # int64[n]
-    content: np.ndarray  # the values the pieces use, pieces end to end
+    parts: list          # the values the pieces use, one array per piece (pieces end to end); or one array
     source: list = field(default_factory=list, repr=False)  # each piece's (starts, stops, first, last)
+
+    def __post_init__(self):
+        if isinstance(self.parts, np.ndarray):
+            self.parts = [self.parts]
+
+    @property
+    def size(self) -> int:
+        return sum(len(part) for part in self.parts)
+
+    @property
+    def content(self) -> np.ndarray:
+        """The values of the parts, end to end (a copy when there are several)."""
+        return self.parts[0] if len(self.parts) == 1 else np.concatenate(self.parts)
 
     def same_lists(self, buffers: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> bool:
         """Whether ``buffers`` hold lists at the same places as those these were made from (the branches
@@ -73,8 +90,7 @@ def lists_rows(buffers: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], row
     lie where those of ``like`` do, only the values are taken and the rest is shared."""
     if like is not None and like.same_lists(buffers):
         content = [c[first:last] for (_, _, c), (_, _, first, last) in zip(buffers, like.source)]
-        return Lists(like.starts, like.lengths, content[0] if len(content) == 1 else np.concatenate(content),
-                     like.source)
+        return Lists(like.starts, like.lengths, content, like.source)
     source = [(s, e, *_span(s, e, len(c))) for s, e, c in buffers]
     content = [c[first:last] for (_, _, c), (_, _, first, last) in zip(buffers, source)]
     base = np.cumsum([0] + [len(c) for c in content[:-1]])
@@ -82,8 +98,7 @@ def lists_rows(buffers: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], row
     lengths = np.concatenate([e - s for s, e, _, _ in source])
     if rows is not None:
         starts, lengths = starts[rows], lengths[rows]
-    return Lists(starts.astype(np.int64, copy=False), lengths.astype(np.int64, copy=False),
-                 content[0] if len(content) == 1 else np.concatenate(content), source)
+    return Lists(starts.astype(np.int64, copy=False), lengths.astype(np.int64, copy=False), content, source)
 
 
 def clipped(lists: Lists, k: int) -> Lists:

@@ -322,7 +322,7 @@ class Vectorizer:
                 dense[count_rows[block.name]] = self._count_values(lists.lengths, count_col)
             if block.k:
                 # long lists cut to a few slots: normalise only what is used
-                jagged.append((block, clipped(lists, block.k) if lists.content.size > n * block.k else lists))
+                jagged.append((block, clipped(lists, block.k) if lists.size > n * block.k else lists))
         dense_ok = np.zeros((0, 0), bool)
         if oks:
             dense_ok = np.ones(dense.shape, bool)
@@ -340,13 +340,13 @@ class Vectorizer:
                 first.append(lists)
         starts = np.stack([lists.starts for lists in first]) if first else np.zeros((0, n), np.int64)
         lengths = np.stack([lists.lengths for lists in first]) if first else np.zeros((0, n), np.int64)
-        values = np.empty(sum(len(lists.content) + 1 for _, lists in jagged), np.float32)
+        values = np.empty(sum(lists.size + 1 for _, lists in jagged), np.float32)
         sources = np.empty((len(jagged), 5), np.int64)
         ok_parts, at, ok_at = [], 0, 0
         for s, (block, lists) in enumerate(jagged):
-            size = len(lists.content)
+            size = lists.size
             values[at] = self._pad[block.start]
-            ok = self._normalise(lists.content, block.start, values[at + 1: at + 1 + size])
+            ok = self._normalise_parts(lists.parts, block.start, values[at + 1: at + 1 + size])
             sources[s] = (block.start, block.k, group[id(lists.starts)], at, -1 if ok is None else ok_at)
             if ok is not None:
                 ok_parts += [np.zeros(1, bool), ok]
@@ -354,6 +354,18 @@ class Vectorizer:
             at += size + 1
         oks = np.concatenate(ok_parts) if ok_parts else np.zeros(0, bool)
         return starts, lengths, sources, values, oks
+
+    def _normalise_parts(self, parts: list, col: int, out: np.ndarray) -> np.ndarray | None:
+        """:meth:`_normalise` of values given as consecutive parts (no joined copy of them is made)."""
+        if len(parts) == 1:
+            return self._normalise(parts[0], col, out)
+        oks, at = [], 0
+        for part in parts:
+            oks.append(self._normalise(part, col, out[at: at + len(part)]))
+            at += len(part)
+        if all(ok is None for ok in oks):
+            return None
+        return np.concatenate([np.ones(len(part), bool) if ok is None else ok for part, ok in zip(parts, oks)])
 
     def _normalise(self, content: np.ndarray, col: int, out: np.ndarray) -> np.ndarray | None:
         """Write ``content`` normalised as column ``col`` into ``out`` (float32; in float64 first, so that
