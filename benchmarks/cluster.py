@@ -22,7 +22,8 @@ every worker before the clock starts (a warm-up pass on a few events), as the in
 median of ``--repeat`` interleaved rounds. Printed with the issue's targets: ``local:2`` / in-process (the
 overhead, both using both cores: target >= 0.9) and ``local:2`` / ``local:1`` (the scaling: target >= 1.7 for
 the specs pass on 2 cores), and the bytes the workers send the client per chunk (X and mask dominate:
-``events x features x 5`` bytes).
+``events x features x 5`` bytes), with the part that came through shared memory (``/dev/shm``: the workers of
+a LocalCluster share the client's machine, so their X and mask do not pass through Dask's sockets).
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ def _specs(info, params, cluster):
     return specs, time.perf_counter() - t0
 
 
-def _chunks(info, params, specs, cluster) -> tuple[float, int, float]:
-    """(seconds, chunks, bytes received per chunk) of one pass."""
+def _chunks(info, params, specs, cluster) -> tuple[float, int, tuple[float, float]]:
+    """(seconds, chunks, (bytes received through Dask, bytes through shared memory) per chunk) of one pass."""
     from mlaas4hep_lab.cluster.stream import DaskChunkStream
     from mlaas4hep_lab.data.stream import ChunkStream
 
@@ -68,7 +69,7 @@ def _chunks(info, params, specs, cluster) -> tuple[float, int, float]:
         t0 = time.perf_counter()
         n = sum(1 for _ in stream)
         seconds = time.perf_counter() - t0
-        moved = stream.stats.get("bytes", 0) / max(n, 1)
+        moved = (stream.stats.get("bytes", 0) / max(n, 1), stream.stats.get("shared_bytes", 0) / max(n, 1))
     return seconds, n, moved
 
 
@@ -91,7 +92,7 @@ def measure(kind: str, n: int, args) -> dict:
     rates = defaultdict(list)
     with ChunkStream(info["files"], info["labels"], params, _specs(info, params, None)[0]) as probe:
         branches = probe.plan.read
-    specs, moved = None, 0.0
+    specs, moved = None, (0.0, 0.0)
     for _ in range(args.repeat):
         rates["raw"].append(_peers.raw_rate(info["files"], params.branch, branches, args.chunk_size))
         for mode in MODES:
@@ -133,9 +134,11 @@ def report(kind: str, m: dict, chunk_size: int) -> None:
         print(f"    {what}: overhead local:2 / here {overhead:.2f} (target >= {OVERHEAD}: "
               f"{'met' if overhead >= OVERHEAD else 'NOT met'}); scaling local:2 / local:1 "
               f"{scaling:.2f}{scaling_target}")
-    per_event = m["bytes"] / max(1, min(chunk_size, m["events"]))
-    print(f"  bytes from the workers per chunk: {m['bytes'] / 1e6:,.1f} MB ({per_event:,.0f} B/event; "
-          f"X + mask alone: {m['features'] * 5:,} B/event)")
+    sent, shared = m["bytes"]
+    per_event = (sent + shared) / max(1, min(chunk_size, m["events"]))
+    print(f"  bytes from the workers per chunk: {(sent + shared) / 1e6:,.1f} MB ({per_event:,.0f} B/event; "
+          f"X + mask alone: {m['features'] * 5:,} B/event), of which {shared / 1e6:,.1f} MB through shared "
+          f"memory (/dev/shm: workers on this machine) and {sent / 1e6:,.1f} MB through Dask")
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ Nothing here imports Dask: these functions run inside Dask tasks, and are plain 
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from collections import OrderedDict
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from mlaas4hep_lab.cluster.shared import SharedMatrices, SharedPart, open_shared
 from mlaas4hep_lab.data.plan import Plan
 from mlaas4hep_lab.data.reader import BlockReader, TreeReader
 from mlaas4hep_lab.data.stream import ChunkStream
@@ -77,8 +79,8 @@ class Block:
     """The kept events of one job, unshuffled, row-aligned (the fields of a
     :class:`~mlaas4hep_lab.data.stream.Chunk` but ``file_index``: every row is of file ``file``)."""
 
-    X: np.ndarray                  # float32[n, F]
-    mask: np.ndarray               # bool[n, F]
+    X: np.ndarray | None           # float32[n, F] (None: in ``shared``)
+    mask: np.ndarray | None        # bool[n, F] (None: in ``shared``)
     y: np.ndarray                  # float32[n] or [n, T]
     split: np.ndarray              # uint8[n]
     entry: np.ndarray              # int64[n]
@@ -88,14 +90,24 @@ class Block:
     file: int
     start: int
     stop: int
+    shared: SharedPart | None = None   # X and mask in the machine's shared memory (:mod:`.shared`)
 
     def __len__(self) -> int:
         return len(self.entry)
 
     @property
     def nbytes(self) -> int:
-        arrays = [self.X, self.mask, self.y, self.split, self.entry, *self.ids.values()]
+        """The bytes that travel through Dask (X and mask not, when they are in shared memory)."""
+        arrays = [self.y, self.split, self.entry, *self.ids.values()]
+        if self.shared is None:
+            arrays += [self.X, self.mask]
         return sum(a.nbytes for a in arrays) + (0 if self.weight is None else self.weight.nbytes)
+
+    def matrices(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(X, mask)``, mapped from shared memory (whose file is then removed) when they are there."""
+        if self.shared is None:
+            return self.X, self.mask
+        return open_shared(self.shared)
 
 
 @dataclass
@@ -206,8 +218,12 @@ class _OneFile(ChunkStream):
         return [self._range]
 
 
-def build_block(setup: BlockSetup, job: BlockJob) -> Block:
+def build_block(setup: BlockSetup, job: BlockJob, shared: str | None = None) -> Block:
     """Read, preprocess and vectorise ``job``'s entries on this worker (the body of a Dask task).
+
+    ``shared``: the client's marker in ``/dev/shm`` (:class:`~.shared.SharedFolder`): when this worker sees
+    it, ``X`` and ``mask`` are filled into a shared-memory file beside it and the block carries its name
+    (:attr:`Block.shared`) instead of the matrices.
 
     Errors are the local stream's (:class:`~mlaas4hep_lab.errors.InputFileError` for a file that cannot be
     read, naming the file and entries); the client adds which chunk and how many attempts."""
@@ -219,6 +235,12 @@ def build_block(setup: BlockSetup, job: BlockJob) -> Block:
     prepared = share.prepare(pieces, 0, 0)
     del pieces   # the decoded records: only the normalised columns are needed from here on
     head = prepared.chunk
-    X, mask = engine.vectorizer.fill(prepared.columns)
+    memory = SharedMatrices(shared) if shared and len(head) and engine.vectorizer.n_features \
+        and os.path.exists(shared) else None
+    X, mask = engine.vectorizer.fill(prepared.columns, memory)
+    if memory is not None and memory.part is not None:
+        del X, mask   # the file keeps them: the mapping goes with the arrays
+        return Block(None, None, head.y, head.split, head.entry, head.weight, head.ids, head.read_events,
+                     job.file, job.start, job.stop, memory.part)
     return Block(X, mask, head.y, head.split, head.entry, head.weight, head.ids, head.read_events,
                  job.file, job.start, job.stop)

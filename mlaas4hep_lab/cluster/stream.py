@@ -9,6 +9,10 @@ bit for bit (tested). Everything else is the local stream's: the passes, the two
 thread waits for the blocks of chunk ``k + 1`` while the other assembles chunk ``k``), the chunk cache of
 later passes, the statistics.
 
+A worker on the client's machine fills a block's ``X`` and ``mask`` into ``/dev/shm`` and sends only the
+file's name (:mod:`.shared`); the client maps it, copies the rows into their places and removes it. Other
+workers send their blocks through Dask.
+
 Memory stays bounded on both sides: the blocks of at most ``max(1, prefetch) + 1`` chunks are in flight
 (submitted, not yet gathered), and a worker keeps only its readers' last decoded clusters. Each file's
 shares go to one worker (placed by size), so that the cluster decoded for one chunk serves the next.
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlaas4hep_lab.cluster.blocks import Block, BlockJob, BlockSetup, build_block, close_readers
+from mlaas4hep_lab.cluster.shared import SharedFolder
 from mlaas4hep_lab.data._chunk_cache import ChunkCache, pass_order
 from mlaas4hep_lab.data.stream import Chunk, ChunkStream, _Prepared
 from mlaas4hep_lab.errors import ConfigError, InputFileError, MLaaSError
@@ -98,9 +103,10 @@ class DaskChunkStream(ChunkStream):
         self._read_before: set[int] = set()
         self._inflight: dict[int, list] = {}   # position in _upcoming -> [(job, future), ...]
         self._cache: ChunkCache | None = None
+        self._shared = SharedFolder()          # blocks of workers on this machine come through /dev/shm
         self.max_in_flight = 0                 # most chunks seen in flight at once (tests, benchmarks)
         self.max_pending_blocks = 0            # and their blocks (futures submitted, not yet gathered)
-        self.stats.update(blocks=0, bytes=0)
+        self.stats.update(blocks=0, bytes=0, shared_bytes=0)
         try:
             self._cluster = connect(dask)
             if self._cluster is None:
@@ -168,7 +174,8 @@ class DaskChunkStream(ChunkStream):
     def submit(self, k: int) -> list:
         """Submit the blocks of chunk ``k``: ``[(job, future), ...]`` in file order."""
         priority = -next(self._order)   # earlier chunks first
-        return [(job, self.client.submit(build_block, self._setup, job, workers=[worker], allow_other_workers=True,
+        return [(job, self.client.submit(build_block, self._setup, job, self._shared.marker, workers=[worker],
+                                         allow_other_workers=True,
                                          retries=RETRIES, priority=priority,
                                          key=f"{_KEY}-{self._token}-{uuid.uuid4().hex}"))
                 for job, worker in self.jobs(k)]
@@ -281,24 +288,24 @@ class DaskChunkStream(ChunkStream):
         t0 = time.perf_counter()
         chunk, blocks = prepared.chunk, assembly.blocks
         X, mask = self._buffers.matrices(len(chunk), self.vectorizer.n_features)
-        if assembly.order is None:
-            np.concatenate([b.X for b in blocks], out=X)
-            np.concatenate([b.mask for b in blocks], out=mask)
-        else:
-            # row r holds event order[r]: each block's rows go straight to their shuffled places
+        dest = None
+        if assembly.order is not None:   # row r holds event order[r]: each block's rows go to their places
             dest = np.empty(len(chunk), np.int64)
             dest[assembly.order] = np.arange(len(chunk), dtype=np.int64)
-            at = 0
-            for b in blocks:
-                rows = dest[at: at + len(b)]
-                X[rows], mask[rows] = b.X, b.mask
-                at += len(b)
+        at = 0
+        for b in blocks:
+            bx, bmask = b.matrices()   # mapped from shared memory (and its file removed) when there
+            rows = slice(at, at + len(b)) if dest is None else dest[at: at + len(b)]
+            X[rows], mask[rows] = bx, bmask
+            at += len(b)
+            del bx, bmask
         chunk.X, chunk.mask = X, mask
         prepared.columns = None
         self.stats["read"] += chunk.read_events
         self.stats["kept"] += len(chunk)
         self.stats["blocks"] += len(blocks)
         self.stats["bytes"] += sum(b.nbytes for b in blocks)
+        self.stats["shared_bytes"] += sum(b.shared.nbytes for b in blocks if b.shared is not None)
         self.stats["seconds"] += prepared.seconds + time.perf_counter() - t0
         return chunk
 
@@ -351,6 +358,8 @@ class DaskChunkStream(ChunkStream):
                     log.debug("closing the workers' readers failed: %s", err)
                 self._cluster.close()
         finally:
+            if getattr(self, "_shared", None) is not None:   # what cancelled or repeated blocks left in /dev/shm
+                self._shared.close()
             super().close()
 
 

@@ -1,0 +1,99 @@
+"""Blocks of workers on the client's machine come through /dev/shm (cluster/shared.py): the same chunks as
+through Dask, nothing left in /dev/shm after a pass, a closed stream or a stream stopped mid-pass; workers
+that do not see the client's marker (another machine, another /dev/shm) send their blocks through Dask."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pytest
+from dask_support import local_cluster  # noqa: F401  (fixture)
+from test_dask_stream import assert_same_chunks, toy_inputs
+
+from mlaas4hep_lab.cluster.shared import SHM, SharedFolder, SharedMatrices, open_shared
+from mlaas4hep_lab.cluster.stream import DaskChunkStream
+from mlaas4hep_lab.data.specs import compute_specs
+from mlaas4hep_lab.data.stream import ChunkStream
+
+pytestmark = pytest.mark.skipif(not os.path.isdir(SHM), reason="no /dev/shm on this machine")
+
+
+def _ours(marker: str) -> list[str]:
+    return glob.glob(glob.escape(marker) + "*")
+
+
+def _streams(cluster, toy_data, unseen: bool = False, **changes):
+    files, labels, params, preproc = toy_inputs(toy_data, chunk_cache="off", **changes)
+    specs = compute_specs(files, params, preproc, progress=False)
+    with ChunkStream(files, labels, params, specs, preproc) as local:
+        want = list(local.iterate_passes(2))
+    with DaskChunkStream(files, labels, params, specs, preproc, dask=cluster) as remote:
+        marker = remote._shared.marker
+        assert marker is not None and os.path.exists(marker)
+        if unseen:   # as a worker on another machine sees it: no marker in its /dev/shm
+            os.unlink(marker)
+        got = list(remote.iterate_passes(2))
+        stats = dict(remote.stats)
+    return want, got, stats, marker
+
+
+def test_blocks_of_workers_on_this_machine_come_through_shared_memory(local_cluster, toy_data):  # noqa: F811
+    want, got, stats, marker = _streams(local_cluster, toy_data)
+    assert_same_chunks(want, got)
+    features = want[0][1].X.shape[1]
+    assert stats["shared_bytes"] == stats["kept"] * features * 5   # every block's X and mask, both passes
+    assert stats["bytes"] < stats["shared_bytes"] / 5   # the rest (labels, entries, ids: 25 of ~150 B/event here)
+    assert not _ours(marker)                                         # each file removed once read
+
+
+def test_workers_that_do_not_see_the_marker_send_their_blocks_through_dask(local_cluster, toy_data):  # noqa: F811
+    want, got, stats, marker = _streams(local_cluster, toy_data, unseen=True)
+    assert_same_chunks(want, got)
+    assert stats["shared_bytes"] == 0 and stats["bytes"] > stats["kept"] * want[0][1].X.shape[1] * 5
+    assert not _ours(marker)
+
+
+def test_a_stream_closed_mid_pass_leaves_nothing_in_shared_memory(local_cluster, toy_data):  # noqa: F811
+    files, labels, params, preproc = toy_inputs(toy_data, prefetch=2, chunk_size=1000, chunk_cache="off")
+    specs = compute_specs(files, params, preproc, progress=False)
+    with DaskChunkStream(files, labels, params, specs, preproc, dask=local_cluster) as stream:
+        marker = stream._shared.marker
+        passes = stream.iterate_passes(1)
+        next(passes)   # the blocks of the next chunks are built meanwhile, some already in /dev/shm
+        passes.close()
+    assert not _ours(marker)
+
+
+def test_shared_matrices_round_trip_and_the_file_goes_once_opened(tmp_path):
+    folder = SharedFolder(str(tmp_path))
+    memory = SharedMatrices(folder.marker)
+    X, mask = memory.matrices(7, 3)
+    X[:] = np.arange(21, dtype=np.float32).reshape(7, 3)
+    mask[:] = X > 9
+    del X, mask
+    assert os.path.getsize(memory.part.path) == memory.part.nbytes == 7 * 3 * 5
+    X, mask = open_shared(memory.part)
+    assert not os.path.exists(memory.part.path) and not X.flags.writeable
+    assert X.tolist() == np.arange(21, dtype=np.float32).reshape(7, 3).tolist() and mask.sum() == 11
+    SharedMatrices(folder.marker).matrices(2, 2)   # a block nobody read: removed with the marker
+    assert folder.close() == 2 and not list(tmp_path.iterdir()) and folder.marker is None
+
+
+def test_no_marker_where_the_folder_cannot_be_written(tmp_path):
+    assert SharedFolder(str(tmp_path / "missing")).marker is None
+
+
+def test_a_full_shared_memory_gives_plain_matrices(tmp_path, monkeypatch):
+    """A /dev/shm without room (a container's 64 MB): the block is made in plain memory, no file is left."""
+    folder = SharedFolder(str(tmp_path))
+
+    def full(fd, offset, size):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    memory = SharedMatrices(folder.marker)
+    X, mask = memory.matrices(4, 2)
+    assert memory.part is None and X.shape == mask.shape == (4, 2) and X.flags.writeable
+    assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(folder.marker)]
