@@ -24,7 +24,7 @@ def _ours(marker: str) -> list[str]:
     return glob.glob(glob.escape(marker) + "*")
 
 
-def _streams(cluster, toy_data, unseen: bool = False, **changes):
+def _streams(cluster, toy_data, unseen: bool = False, owner: int | None = None, **changes):
     files, labels, params, preproc = toy_inputs(toy_data, chunk_cache="off", **changes)
     specs = compute_specs(files, params, preproc, progress=False)
     with ChunkStream(files, labels, params, specs, preproc) as local:
@@ -34,6 +34,8 @@ def _streams(cluster, toy_data, unseen: bool = False, **changes):
         assert marker is not None and os.path.exists(marker)
         if unseen:   # as a worker on another machine sees it: no marker in its /dev/shm
             os.unlink(marker)
+        if owner is not None:   # the client runs as another user than the workers (a Gateway's accounts)
+            os.chown(marker, owner, -1)
         got = list(remote.iterate_passes(2))
         stats = dict(remote.stats)
     return want, got, stats, marker
@@ -53,6 +55,14 @@ def test_workers_that_do_not_see_the_marker_send_their_blocks_through_dask(local
     assert_same_chunks(want, got)
     assert stats["shared_bytes"] == 0 and stats["bytes"] > stats["kept"] * want[0][1].X.shape[1] * 5
     assert not _ours(marker)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to give the marker away")
+def test_workers_of_another_user_than_the_client_send_their_blocks_through_dask(local_cluster, toy_data):  # noqa: F811
+    """Their 0600 files would be unreadable for the client, and only their owner may remove them."""
+    want, got, stats, marker = _streams(local_cluster, toy_data, owner=os.getuid() + 4242)
+    assert_same_chunks(want, got)
+    assert stats["shared_bytes"] == 0 and not _ours(marker)
 
 
 def test_a_stream_closed_mid_pass_leaves_nothing_in_shared_memory(local_cluster, toy_data):  # noqa: F811

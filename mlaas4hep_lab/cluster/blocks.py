@@ -16,7 +16,6 @@ Nothing here imports Dask: these functions run inside Dask tasks, and are plain 
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from collections import OrderedDict
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from mlaas4hep_lab.cluster.shared import SharedMatrices, SharedPart, open_shared
+from mlaas4hep_lab.cluster.shared import SharedMatrices, SharedPart, open_shared, reachable
 from mlaas4hep_lab.data.plan import Plan
 from mlaas4hep_lab.data.reader import BlockReader, TreeReader
 from mlaas4hep_lab.data.stream import ChunkStream
@@ -222,7 +221,7 @@ def build_block(setup: BlockSetup, job: BlockJob, shared: str | None = None) -> 
     """Read, preprocess and vectorise ``job``'s entries on this worker (the body of a Dask task).
 
     ``shared``: the client's marker in ``/dev/shm`` (:class:`~.shared.SharedFolder`): when this worker sees
-    it, ``X`` and ``mask`` are filled into a shared-memory file beside it and the block carries its name
+    it and runs as its owner (:func:`~.shared.reachable`), ``X`` and ``mask`` are filled into a shared-memory file beside it and the block carries its name
     (:attr:`Block.shared`) instead of the matrices.
 
     Errors are the local stream's (:class:`~mlaas4hep_lab.errors.InputFileError` for a file that cannot be
@@ -235,8 +234,7 @@ def build_block(setup: BlockSetup, job: BlockJob, shared: str | None = None) -> 
     prepared = share.prepare(pieces, 0, 0)
     del pieces   # the decoded records: only the normalised columns are needed from here on
     head = prepared.chunk
-    memory = SharedMatrices(shared) if shared and len(head) and engine.vectorizer.n_features \
-        and os.path.exists(shared) else None
+    memory = SharedMatrices(shared) if len(head) and engine.vectorizer.n_features and reachable(shared) else None
     X, mask = engine.vectorizer.fill(prepared.columns, memory)
     if memory is not None and memory.part is not None:
         del X, mask   # the file keeps them: the mapping goes with the arrays

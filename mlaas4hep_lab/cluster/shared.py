@@ -10,7 +10,9 @@ returns only its name; the client maps the file, copies the rows into their shuf
 ``/dev/shm``) the block travels through Dask as before.
 
 Whether a worker shares the client's ``/dev/shm`` is not guessed from host names: the client creates a
-marker file there (:class:`SharedFolder`) and a worker uses shared memory only when it sees that file.
+marker file there (:class:`SharedFolder`) and a worker uses shared memory only when it sees that file and it
+runs as the marker's owner (:func:`reachable`: a block file is the worker's, mode 0600, and only its owner may
+remove it from the sticky ``/dev/shm``; a Dask Gateway cluster may run as another account).
 Every file of a stream is named after its marker, so the client removes what a cancelled or repeated task
 left behind when the stream closes (:meth:`SharedFolder.close`).
 """
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SHM", "SharedFolder", "SharedMatrices", "SharedPart", "open_shared"]
+__all__ = ["SHM", "SharedFolder", "SharedMatrices", "SharedPart", "open_shared", "reachable"]
 
 SHM = "/dev/shm"
 
@@ -73,6 +75,17 @@ class SharedMatrices:
         raw = np.frombuffer(memory, np.uint8)
         values = n * width * 4
         return raw[:values].view(np.float32).reshape(n, width), raw[values:].view(np.bool_).reshape(n, width)
+
+
+def reachable(marker: str | None) -> bool:
+    """Whether this process (a worker) can hand the client blocks beside ``marker``: it sees the file and runs
+    as the user who created it (the client)."""
+    if not marker:
+        return False
+    try:
+        return os.stat(marker).st_uid == os.getuid()
+    except OSError:
+        return False
 
 
 def open_shared(part: SharedPart) -> tuple[np.ndarray, np.ndarray]:
