@@ -12,7 +12,7 @@ import pytest
 from dask_support import local_cluster  # noqa: F401  (fixture)
 from test_dask_stream import assert_same_chunks, toy_inputs
 
-from mlaas4hep_lab.cluster.shared import SHM, SharedFolder, SharedMatrices, open_shared
+from mlaas4hep_lab.cluster.shared import SHM, SharedFolder, SharedMatrices, drop_segments
 from mlaas4hep_lab.cluster.stream import DaskChunkStream
 from mlaas4hep_lab.data.specs import compute_specs
 from mlaas4hep_lab.data.stream import ChunkStream
@@ -47,7 +47,7 @@ def test_blocks_of_workers_on_this_machine_come_through_shared_memory(local_clus
     features = want[0][1].X.shape[1]
     assert stats["shared_bytes"] == stats["kept"] * features * 5   # every block's X and mask, both passes
     assert stats["bytes"] < stats["shared_bytes"] / 5   # the rest (labels, entries, ids: 25 of ~150 B/event here)
-    assert not _ours(marker)                                         # each file removed once read
+    assert not _ours(marker)                                         # every segment removed at the end
 
 
 def test_workers_that_do_not_see_the_marker_send_their_blocks_through_dask(local_cluster, toy_data):  # noqa: F811
@@ -76,19 +76,34 @@ def test_a_stream_closed_mid_pass_leaves_nothing_in_shared_memory(local_cluster,
     assert not _ours(marker)
 
 
-def test_shared_matrices_round_trip_and_the_file_goes_once_opened(tmp_path):
+def test_a_segment_is_filled_again_only_once_the_client_released_it(tmp_path):
     folder = SharedFolder(str(tmp_path))
-    memory = SharedMatrices(folder.marker)
-    X, mask = memory.matrices(7, 3)
+    first = SharedMatrices(folder.marker)
+    X, mask = first.matrices(7, 3)
     X[:] = np.arange(21, dtype=np.float32).reshape(7, 3)
     mask[:] = X > 9
     del X, mask
-    assert os.path.getsize(memory.part.path) == memory.part.nbytes == 7 * 3 * 5
-    X, mask = open_shared(memory.part)
-    assert not os.path.exists(memory.part.path) and not X.flags.writeable
-    assert X.tolist() == np.arange(21, dtype=np.float32).reshape(7, 3).tolist() and mask.sum() == 11
-    SharedMatrices(folder.marker).matrices(2, 2)   # a block nobody read: removed with the marker
-    assert folder.close() == 2 and not list(tmp_path.iterdir()) and folder.marker is None
+    X, mask = folder.open(first.part)
+    assert not X.flags.writeable and X.tolist() == np.arange(21, dtype=np.float32).reshape(7, 3).tolist()
+    assert mask.sum() == 11
+    busy = SharedMatrices(folder.marker)
+    busy.matrices(7, 3)   # the client still reads the first: a second segment
+    assert busy.part.path != first.part.path
+    del X, mask
+    folder.release(first.part)
+    again = SharedMatrices(folder.marker)
+    X, _ = again.matrices(6, 3)   # the first, filled again: no new file
+    assert again.part.path == first.part.path and len(list(tmp_path.iterdir())) == 3
+    X[:] = -1.0
+    assert folder.open(again.part)[0].tolist() == [[-1.0] * 3] * 6
+    del X
+    folder.release(again.part)
+    folder.release(busy.part)
+    large = SharedMatrices(folder.marker)
+    large.matrices(200_000, 3)   # larger than both free segments: they make room for a new one
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(os.path.basename(p) for p in (folder.marker,
+                                                                                            large.part.path))
+    assert drop_segments(folder.marker) == 1 and folder.close() == 2 and not list(tmp_path.iterdir())
 
 
 def test_no_marker_where_the_folder_cannot_be_written(tmp_path):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from mlaas4hep_lab.cluster.shared import SharedMatrices, SharedPart, open_shared, reachable
+from mlaas4hep_lab.cluster.shared import SharedMatrices, SharedPart, reachable
 from mlaas4hep_lab.data.plan import Plan
 from mlaas4hep_lab.data.reader import BlockReader, TreeReader
 from mlaas4hep_lab.data.stream import ChunkStream
@@ -101,12 +101,6 @@ class Block:
         if self.shared is None:
             arrays += [self.X, self.mask]
         return sum(a.nbytes for a in arrays) + (0 if self.weight is None else self.weight.nbytes)
-
-    def matrices(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(X, mask)``, mapped from shared memory (whose file is then removed) when they are there."""
-        if self.shared is None:
-            return self.X, self.mask
-        return open_shared(self.shared)
 
 
 @dataclass

@@ -9,9 +9,9 @@ bit for bit (tested). Everything else is the local stream's: the passes, the two
 thread waits for the blocks of chunk ``k + 1`` while the other assembles chunk ``k``), the chunk cache of
 later passes, the statistics.
 
-A worker on the client's machine fills a block's ``X`` and ``mask`` into ``/dev/shm`` and sends only the
-file's name (:mod:`.shared`); the client maps it, copies the rows into their places and removes it. Other
-workers send their blocks through Dask.
+A worker on the client's machine fills a block's ``X`` and ``mask`` into a segment of ``/dev/shm`` and
+sends only its name (:mod:`.shared`); the client copies the rows into their places and hands the segment
+back for a later block. Other workers send their blocks through Dask.
 
 Memory stays bounded on both sides: the blocks of at most ``max(1, prefetch) + 1`` chunks are in flight
 (submitted, not yet gathered), and a worker keeps only its readers' last decoded clusters. Each file's
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlaas4hep_lab.cluster.blocks import Block, BlockJob, BlockSetup, build_block, close_readers
-from mlaas4hep_lab.cluster.shared import SharedFolder
+from mlaas4hep_lab.cluster.shared import SharedFolder, drop_segments
 from mlaas4hep_lab.data._chunk_cache import ChunkCache, pass_order
 from mlaas4hep_lab.data.stream import Chunk, ChunkStream, _Prepared
 from mlaas4hep_lab.errors import ConfigError, InputFileError, MLaaSError
@@ -294,11 +294,13 @@ class DaskChunkStream(ChunkStream):
             dest[assembly.order] = np.arange(len(chunk), dtype=np.int64)
         at = 0
         for b in blocks:
-            bx, bmask = b.matrices()   # mapped from shared memory (and its file removed) when there
+            bx, bmask = (b.X, b.mask) if b.shared is None else self._shared.open(b.shared)
             rows = slice(at, at + len(b)) if dest is None else dest[at: at + len(b)]
             X[rows], mask[rows] = bx, bmask
             at += len(b)
             del bx, bmask
+            if b.shared is not None:
+                self._shared.release(b.shared)   # its worker fills the segment again
         chunk.X, chunk.mask = X, mask
         prepared.columns = None
         self.stats["read"] += chunk.read_events
@@ -352,8 +354,10 @@ class DaskChunkStream(ChunkStream):
                 with self._lock:
                     self._release()
                 self._setup = None
-                try:   # the workers keep no file of this stream open, nor its decoded clusters
+                try:   # the workers keep no file of this stream open, nor its decoded clusters or segments
                     self.client.run(close_readers, [r.path for r in self.readers])
+                    if self._shared.marker is not None:
+                        self.client.run(drop_segments, self._shared.marker)
                 except Exception as err:  # noqa: BLE001  a cluster already gone has nothing to close
                     log.debug("closing the workers' readers failed: %s", err)
                 self._cluster.close()
