@@ -215,8 +215,8 @@ def build_block(setup: BlockSetup, job: BlockJob, shared: str | None = None) -> 
     """Read, preprocess and vectorise ``job``'s entries on this worker (the body of a Dask task).
 
     ``shared``: the client's marker in ``/dev/shm`` (:class:`~.shared.SharedFolder`): when this worker sees
-    it and runs as its owner (:func:`~.shared.reachable`), ``X`` and ``mask`` are filled into a shared-memory file beside it and the block carries its name
-    (:attr:`Block.shared`) instead of the matrices.
+    it and runs as its owner (:func:`~.shared.reachable`), ``X`` and ``mask`` are filled into a shared-memory
+    segment of the stream and the block carries its name (:attr:`Block.shared`) instead of the matrices.
 
     Errors are the local stream's (:class:`~mlaas4hep_lab.errors.InputFileError` for a file that cannot be
     read, naming the file and entries); the client adds which chunk and how many attempts."""
@@ -231,7 +231,7 @@ def build_block(setup: BlockSetup, job: BlockJob, shared: str | None = None) -> 
     memory = SharedMatrices(shared) if len(head) and engine.vectorizer.n_features and reachable(shared) else None
     X, mask = engine.vectorizer.fill(prepared.columns, memory)
     if memory is not None and memory.part is not None:
-        del X, mask   # the file keeps them: the mapping goes with the arrays
+        del X, mask   # the segment keeps them (this process keeps it mapped for later blocks)
         return Block(None, None, head.y, head.split, head.entry, head.weight, head.ids, head.read_events,
                      job.file, job.start, job.stop, memory.part)
     return Block(X, mask, head.y, head.split, head.entry, head.weight, head.ids, head.read_events,
