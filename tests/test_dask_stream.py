@@ -65,6 +65,10 @@ def both_streams(cluster, files, labels, params, preproc, passes=2):
     with DaskChunkStream(files, labels, params, specs, preproc, dask=cluster) as remote:
         got = list(remote.iterate_passes(passes))
         remote_stats = dict(remote.stats)
+        # the blocks each chunk was built from: [[(start, stop, file), ...] per chunk]
+        remote_stats["jobs"] = [[(job.start, job.stop, job.file, worker) for job, worker in remote.jobs(k)]
+                                for k in range(remote.n_chunks)]
+        remote_stats["boundaries"] = [r.cluster_boundaries(remote.plan.read) for r in remote.readers]
     return want, got, stats, remote_stats
 
 
@@ -96,9 +100,25 @@ def test_toy_chunks_equal_the_local_ones(local_cluster, toy_data, prefetch, cach
     assert_same_chunks(want, got)
     n_chunks = len(want) // 2
     assert remote["read"] == stats["read"] and remote["kept"] == stats["kept"] < 2 * 10_000
-    # every chunk of the first pass was built on the workers, one block per file; the second pass too
-    # unless the chunk cache kept them
-    assert remote["blocks"] == 2 * n_chunks * (2 if cache == "off" else 1)
+    # every chunk of the first pass was built on the workers, the second pass too unless the chunk cache
+    # kept them; files of 3,000 and 7,000 entries on two workers: cut in units (.placement), so some
+    # chunks have more blocks than files, each share covered exactly
+    jobs = remote["jobs"]
+    assert len(jobs) == n_chunks and remote["blocks"] == sum(map(len, jobs)) * (2 if cache == "off" else 1)
+    assert sum(map(len, jobs)) > 2 * n_chunks
+    assert_blocks_cover_the_files(jobs, remote["boundaries"], [3000, 7000])
+
+
+def assert_blocks_cover_the_files(jobs, boundaries, entries):
+    """Each file's blocks, chunk after chunk, cover its entries once and in order; within a chunk's share
+    they are cut at cluster boundaries only (no basket decompressed on two workers)."""
+    for i, n in enumerate(entries):
+        ranges = [(a, b) for blocks in jobs for a, b, f, _ in blocks if f == i]
+        assert ranges[0][0] == 0 and ranges[-1][1] == n
+        assert all(b1 == a2 for (_, b1), (a2, _) in zip(ranges[:-1], ranges[1:]))
+        for blocks in jobs:
+            inner = [b for a, b, f, _ in blocks if f == i][:-1]
+            assert set(inner) <= set(boundaries[i].tolist()), "a share cut inside a cluster"
 
 
 def test_toy_chunks_equal_on_a_scheduler_with_worker_processes(scheduler_processes, toy_data):  # noqa: F811
@@ -132,12 +152,15 @@ def test_tth_multiclass_truth_chunks_equal(local_cluster, tth_tasks_small):  # n
 
 
 def test_a_file_share_is_cut_at_clusters_when_workers_outnumber_files(local_cluster, toy_data):  # noqa: F811
-    """One file, two workers: each chunk's share is cut at basket boundaries into one part per worker."""
+    """One file, two workers: each chunk's share is cut at basket boundaries into parts for both workers."""
     files, _, params, preproc = toy_inputs(toy_data, chunk_size=4000)
     files, labels = files[1:], [0]
     want, got, _, remote = both_streams(local_cluster, files, labels, params, preproc, passes=1)
     assert_same_chunks(want + want, got + got)
-    assert remote["blocks"] == 2 * len(want)
+    jobs = remote["jobs"]
+    assert remote["blocks"] == sum(map(len, jobs)) and all(len(blocks) >= 2 for blocks in jobs)
+    assert all(len({worker for *_, worker in blocks}) == 2 for blocks in jobs)
+    assert_blocks_cover_the_files(jobs, remote["boundaries"], [7000])
 
 
 def test_one_block_is_the_rows_of_its_events(toy_data):
@@ -167,10 +190,12 @@ def test_only_prefetch_plus_one_chunks_are_in_flight(local_cluster, toy_data, pr
         for _ in stream:
             seen.append(sum(str(key).startswith(mine) for key in list(client.futures)))
         assert stream.n_chunks >= 8
-        # two files: two blocks per chunk; at every read, the blocks of this chunk and of `prefetch` more
-        # were pending (submitted, not gathered), never more
-        assert stream.max_in_flight == prefetch + 1
-        assert stream.max_pending_blocks == 2 * (prefetch + 1)
+        # at every read, the blocks of this chunk and of `prefetch` more were pending (submitted, not
+        # gathered), never more (two files, cut in units on two workers: two blocks per chunk or more)
+        counts = [len(stream.jobs(k)) for k in range(stream.n_chunks)]
+        windows = [sum(counts[k: k + prefetch + 1]) for k in range(stream.n_chunks)]
+        assert stream.max_in_flight == prefetch + 1 and min(counts) >= 2
+        assert stream.max_pending_blocks == max(windows)
         # the workers kept their readers open between tasks (counted here by closing them)
         assert sum(client.run(close_readers, [str(f) for f in files]).values()) >= 2
     # the client saw the next chunks' blocks on their way while one was consumed (its count of futures

@@ -2,7 +2,8 @@
 
 :class:`DaskChunkStream` is a :class:`~mlaas4hep_lab.data.stream.ChunkStream` whose chunk ``k`` is made of
 blocks computed on the workers (:func:`~mlaas4hep_lab.cluster.blocks.build_block`: one task per file with
-events in chunk ``k``, or per cluster-aligned part of its share when there are more workers than files).
+events in chunk ``k``, or per cluster-aligned part of its share when the files alone would leave the
+workers uneven: :mod:`.placement`).
 Each block holds one file's kept events, vectorised, in entry order; the client lays them end to end in
 file order and applies the local stream's shuffle (``pass_order``), so chunk ``k`` equals the local one
 bit for bit (tested). Everything else is the local stream's: the passes, the two-thread pipeline (one
@@ -14,8 +15,9 @@ sends only its name (:mod:`.shared`); the client copies the rows into their plac
 back for a later block. Other workers send their blocks through Dask.
 
 Memory stays bounded on both sides: the blocks of at most ``max(1, prefetch) + 1`` chunks are in flight
-(submitted, not yet gathered), and a worker keeps only its readers' last decoded clusters. Each file's
-shares go to one worker (placed by size), so that the cluster decoded for one chunk serves the next.
+(submitted, not yet gathered), and a worker keeps only its readers' last decoded clusters. All the shares
+in one cluster go to one worker (the file's, or the unit's), so that the cluster decoded for one chunk
+serves the next and no basket is decompressed twice.
 A block that fails is retried twice (``retries=2``); then the local stream's error is raised, naming the
 file, the entry range and the chunk.
 """
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import threading
 import time
 import uuid
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mlaas4hep_lab.cluster import placement
 from mlaas4hep_lab.cluster.blocks import Block, BlockJob, BlockSetup, build_block, close_readers
 from mlaas4hep_lab.cluster.shared import SharedFolder, drop_segments
 from mlaas4hep_lab.data._chunk_cache import ChunkCache, pass_order
@@ -94,7 +96,7 @@ class DaskChunkStream(ChunkStream):
         self._order = itertools.count()
         self._workers: list[str] = []
         self._home: list[int] = []
-        self._n_parts = 1
+        self._units: list | None = None   # cluster-aligned units and their workers (.placement)
         self._budget = params.read_buffer_mb * 1e6
         self._clusters: dict[int, np.ndarray] = {}
         # the iteration under way: the chunk read at each position, the next position, what is in flight
@@ -121,31 +123,37 @@ class DaskChunkStream(ChunkStream):
 
     # -- where the blocks run ---------------------------------------------------------------------
     def _place(self) -> None:
-        """Give each file a home worker (largest files first, to the least loaded), again when the workers
-        changed; split each share in up to ``workers // files`` parts when workers outnumber the files."""
+        """Place the blocks (:mod:`.placement`), again when the workers changed: each file on one worker
+        (largest first, to the least loaded) while that keeps the workers even, else cluster-aligned units
+        of the files to the least loaded worker as the chunks reach them."""
         workers = sorted(self.client.scheduler_info().get("workers", {}))
         if workers == self._workers or not workers:
             return
         self._workers = workers
-        load = np.zeros(len(workers), np.int64)
-        self._home = [0] * len(self.entries)
-        for i in np.argsort(self.entries, kind="stable")[::-1]:
-            w = int(np.argmin(load))
-            self._home[i], load[w] = w, load[w] + self.entries[i]
-        active = max(1, sum(n > 0 for n in self.entries))
-        self._n_parts = max(1, len(workers) // active)
+        self._home, load = placement.by_files(self.entries, len(workers))
+        self._units = None
+        if placement.uneven(load):
+            edges = [self._boundaries(i) if n > 0 else None for i, n in enumerate(self.entries)]
+            self._units = placement.by_units(self.entries, self.n_chunks, edges, len(workers))
+        if self._units is not None:
+            per_worker = placement.files_per_worker(self._units, len(workers))
+        else:
+            per_worker = max(np.bincount([h for h, n in zip(self._home, self.entries) if n > 0],
+                                         minlength=1))
         # the decoded clusters a worker keeps stay within read_buffer_mb, as in one process
-        per_worker = math.ceil(active * self._n_parts / len(workers))
         self._budget = self.params.read_buffer_mb * 1e6 / max(1, per_worker)
+
+    def _boundaries(self, i: int) -> np.ndarray:
+        if i not in self._clusters:
+            self._clusters[i] = self.readers[i].cluster_boundaries(self.plan.read)
+        return self._clusters[i]
 
     def _parts(self, i: int, start: int, stop: int, n: int, spread: bool) -> list[tuple[int, int]]:
         """``[start, stop)`` cut into up to ``n`` ranges at the file's cluster boundaries (so that no basket is
         decompressed twice), or, with ``spread``, evenly where the share holds no boundary."""
         if n <= 1 or stop - start < 2:
             return [(start, stop)]
-        if i not in self._clusters:
-            self._clusters[i] = self.readers[i].cluster_boundaries(self.plan.read)
-        edges = self._clusters[i]
+        edges = self._boundaries(i)
         inner = edges[(edges > start) & (edges < stop)]
         wanted = start + (stop - start) * np.arange(1, n) // n
         if len(inner):
@@ -158,17 +166,24 @@ class DaskChunkStream(ChunkStream):
         return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
     def jobs(self, k: int, spread: bool = False) -> list[tuple[BlockJob, str]]:
-        """The blocks of chunk ``k``, each with the worker it is meant for. ``spread``: every file's share in
-        one part per worker (XGBoost: each worker then holds events of every file, so of every class)."""
+        """The blocks of chunk ``k``, each with the worker it is meant for, in file and entry order.
+        ``spread``: every file's share in one part per worker (XGBoost: each worker then holds events of
+        every file, so of every class)."""
         self._place()
-        out = []
-        n = len(self._workers) if spread else self._n_parts
+        out, W = [], len(self._workers)
         for i, (start, stop) in enumerate(self.bounds(k)):
             if stop <= start:
                 continue
-            for j, (a, b) in enumerate(self._parts(i, start, stop, n, spread)):
+            if spread:
+                parts = [(a, b, (self._home[i] + j) % W)
+                         for j, (a, b) in enumerate(self._parts(i, start, stop, W, True))]
+            elif self._units is not None:
+                parts = placement.pieces(self._units[i], start, stop)
+            else:
+                parts = [(start, stop, self._home[i])]
+            for a, b, w in parts:
                 job = BlockJob(self.readers[i].path, i, float(self.labels[i]), a, b, self._budget)
-                out.append((job, self._workers[(self._home[i] + j) % len(self._workers)]))
+                out.append((job, self._workers[w % W]))
         return out
 
     def submit(self, k: int) -> list:
