@@ -122,3 +122,44 @@ def test_a_full_shared_memory_gives_plain_matrices(tmp_path, monkeypatch):
     X, mask = memory.matrices(4, 2)
     assert memory.part is None and X.shape == mask.shape == (4, 2) and X.flags.writeable
     assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(folder.marker)]
+
+
+_KILLED_CLIENT = """
+import os, sys
+from mlaas4hep_lab.cluster.shared import SharedFolder, SharedMatrices
+folder = SharedFolder(sys.argv[1])
+SharedMatrices(folder.marker).matrices(1000, 4)   # a block's segment beside the marker
+print(folder.marker, flush=True)
+os.kill(os.getpid(), 9)                           # killed before it could close its stream
+"""
+
+
+def test_what_a_killed_client_left_is_removed_by_the_next_one(tmp_path):
+    """A client killed mid-stream leaves its marker and segments; the next client's sweep removes them (no
+    process holds the marker's lock any more), not those of a live client nor files of another kind."""
+    import subprocess
+    import sys
+
+    live = SharedFolder(str(tmp_path))
+    SharedMatrices(live.marker).matrices(10, 2)
+    other = tmp_path / "someone-elses-file"
+    other.write_text("x")
+    run = subprocess.run([sys.executable, "-c", _KILLED_CLIENT, str(tmp_path)], capture_output=True, text=True)
+    assert run.returncode == -9
+    dead = run.stdout.strip()
+    assert os.path.exists(dead) and len(_ours(dead)) == 2   # the marker and its segment, left behind
+    new = SharedFolder(str(tmp_path))
+    assert not _ours(dead)
+    assert len(_ours(live.marker)) == 2 and other.exists() and os.path.exists(new.marker)
+    assert live.close() == 2 and new.close() == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to give a marker away")
+def test_another_users_leftovers_are_not_swept(tmp_path):
+    from mlaas4hep_lab.cluster.shared import sweep
+
+    marker = tmp_path / "mlaas4hep-blocks-0123456789abcdef0123456789abcdef"
+    marker.write_text("")
+    os.chown(marker, os.getuid() + 4242, -1)
+    assert sweep(str(tmp_path)) == 0 and marker.exists()

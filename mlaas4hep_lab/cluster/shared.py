@@ -22,12 +22,17 @@ marker file there (:class:`SharedFolder`) and a worker uses shared memory only w
 runs as the marker's owner (:func:`reachable`: a segment is the worker's, mode 0600, and only its owner may
 remove it from the sticky ``/dev/shm``; a Dask Gateway cluster may run as another account).
 Every segment of a stream is named after its marker, so the client removes them all when the stream closes
-(:meth:`SharedFolder.close`), those of cancelled or repeated tasks included.
+(:meth:`SharedFolder.close`), those of cancelled or repeated tasks included. A client killed before it could
+(SIGKILL, out of memory) leaves them behind; so a client holds a lock (``flock``) on its marker while its
+stream is open, and a new client first removes the markers no live client holds, with their segments
+(:func:`sweep`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import glob
+import logging
 import math
 import mmap
 import os
@@ -38,13 +43,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SHM", "SharedFolder", "SharedMatrices", "SharedPart", "drop_segments", "reachable"]
+log = logging.getLogger(__name__)
+
+__all__ = ["SHM", "SharedFolder", "SharedMatrices", "SharedPart", "drop_segments", "reachable", "sweep"]
 
 SHM = "/dev/shm"
 HEADER = 64            # bytes before X: byte 0 says who holds the segment (0: the worker, 1: free again)
 _GRAIN = 1 << 20       # segments are sized in MiB, with room for blocks a little larger than the first
 _SLACK = 1.05
 _MAPPED = 16           # segments the client keeps mapped (a few per worker are in use at a time)
+_PREFIX = "mlaas4hep-blocks-"   # markers: _PREFIX + 32 hex digits; their segments: marker + "-" + 32 hex digits
 
 
 @dataclass(frozen=True)
@@ -174,23 +182,64 @@ def _unlink(path: str) -> bool:
         return False
 
 
+def sweep(folder: str = SHM) -> int:
+    """Remove the markers of this user's clients that are gone (no process holds the marker's lock: the
+    client was killed before closing its stream) and their segments; the number of files removed. Markers
+    of live clients, and other users' files, are left alone."""
+    removed = 0
+    for marker in glob.glob(os.path.join(glob.escape(folder), _PREFIX + "*")):
+        if "-" in os.path.basename(marker)[len(_PREFIX):]:
+            continue   # a segment: removed with its marker
+        try:
+            fd = os.open(marker, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if os.fstat(fd).st_uid != os.getuid():
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue   # its client holds it: alive
+            segments = glob.glob(glob.escape(marker) + "-*")
+            removed += sum(_unlink(path) for path in [*segments, marker])
+        finally:
+            os.close(fd)
+    return removed
+
+
 class SharedFolder:
     """The client's side: its marker in ``/dev/shm`` (``marker``: its path, None where there is no
-    ``/dev/shm`` to write to), which workers that see it write their blocks' matrices beside, and the
-    segments it has mapped to read them."""
+    ``/dev/shm`` to write to), locked while the stream is open, which workers that see it write their
+    blocks' matrices beside, and the segments it has mapped to read them. What killed clients left there is
+    removed first (:func:`sweep`)."""
 
     def __init__(self, folder: str = SHM):
         self.marker: str | None = None
+        self._lock_fd: int | None = None
         self._mapped: OrderedDict[str, mmap.mmap] = OrderedDict()
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             return
-        marker = os.path.join(folder, f"mlaas4hep-blocks-{uuid.uuid4().hex}")
         try:
-            with open(marker, "x"):
-                pass
+            if sweep(folder):
+                log.info("removed the shared-memory blocks of Dask streams whose client was killed")
+        except OSError as err:   # a folder that cannot be listed: nothing to clean, nothing lost
+            log.debug("no sweep of %s: %s", folder, err)
+        name = uuid.uuid4().hex
+        # created under another name, locked, then renamed: a sweep never sees the marker unlocked
+        fresh, marker = os.path.join(folder, f".mlaas4hep-new-{name}"), os.path.join(folder, _PREFIX + name)
+        try:
+            fd = os.open(fresh, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError:
             return
-        self.marker = marker
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(fresh, marker)
+        except OSError:
+            os.close(fd)
+            _unlink(fresh)
+            return
+        self.marker, self._lock_fd = marker, fd
 
     def open(self, part: SharedPart) -> tuple[np.ndarray, np.ndarray]:
         """``(X, mask)`` of a block, read-only views of its segment (mapped once); read them, drop them,
@@ -224,6 +273,9 @@ class SharedFolder:
         self._mapped.clear()
         if self.marker is None:
             return 0
-        removed = sum(_unlink(path) for path in [self.marker, *glob.glob(glob.escape(self.marker) + "-*")])
+        removed = sum(_unlink(path) for path in [*glob.glob(glob.escape(self.marker) + "-*"), self.marker])
         self.marker = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)   # the lock goes with it
+            self._lock_fd = None
         return removed
