@@ -179,9 +179,13 @@ def test_one_block_is_the_rows_of_its_events(toy_data):
     assert np.all(block.y == 0) and np.array_equal(block.ids["EventId"], chunk.ids["EventId"][rows])
 
 
-@pytest.mark.parametrize("prefetch", [1, 2])
-def test_only_prefetch_plus_one_chunks_are_in_flight(local_cluster, toy_data, prefetch):  # noqa: F811
+@pytest.mark.parametrize("prefetch, even", [(1, False), (2, False), (1, True), (2, True)])
+def test_only_ahead_plus_one_chunks_are_in_flight(local_cluster, toy_data, prefetch, even):  # noqa: F811
+    """``prefetch`` chunks ahead (at least one) when each file stays on one worker; at least two when files
+    of 3,000 and 7,000 entries are placed in units (the load of two consecutive chunks is even)."""
     files, labels, params, preproc = toy_inputs(toy_data, prefetch=prefetch, chunk_size=1000)
+    if even:   # two files of the same size: each stays whole on its worker
+        files = [files[1], files[1]]
     specs = compute_specs(files, params, preproc, progress=False)
     client = local_cluster.client
     seen = []
@@ -189,12 +193,14 @@ def test_only_prefetch_plus_one_chunks_are_in_flight(local_cluster, toy_data, pr
         mine = f"mlaas4hep-block-{stream._token}-"
         for _ in stream:
             seen.append(sum(str(key).startswith(mine) for key in list(client.futures)))
-        assert stream.n_chunks >= 8
-        # at every read, the blocks of this chunk and of `prefetch` more were pending (submitted, not
-        # gathered), never more (two files, cut in units on two workers: two blocks per chunk or more)
+        assert stream.n_chunks >= 8 and (stream._units is None) == even
+        ahead = max(prefetch, 1 if even else 2)
+        assert stream.ahead == ahead
+        # at every read, the blocks of this chunk and of `ahead` more were pending (submitted, not gathered),
+        # never more (units on two workers: two blocks per chunk or more)
         counts = [len(stream.jobs(k)) for k in range(stream.n_chunks)]
-        windows = [sum(counts[k: k + prefetch + 1]) for k in range(stream.n_chunks)]
-        assert stream.max_in_flight == prefetch + 1 and min(counts) >= 2
+        windows = [sum(counts[k: k + ahead + 1]) for k in range(stream.n_chunks)]
+        assert stream.max_in_flight == ahead + 1 and min(counts) >= 2
         assert stream.max_pending_blocks == max(windows)
         # the workers kept their readers open between tasks (counted here by closing them)
         assert sum(client.run(close_readers, [str(f) for f in files]).values()) >= 2

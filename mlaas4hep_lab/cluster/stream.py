@@ -14,8 +14,9 @@ A worker on the client's machine fills a block's ``X`` and ``mask`` into a segme
 sends only its name (:mod:`.shared`); the client copies the rows into their places and hands the segment
 back for a later block. Other workers send their blocks through Dask.
 
-Memory stays bounded on both sides: the blocks of at most ``max(1, prefetch) + 1`` chunks are in flight
-(submitted, not yet gathered), and a worker keeps only its readers' last decoded clusters. All the shares
+Memory stays bounded on both sides: the blocks of at most ``ahead + 1`` chunks are in flight (submitted,
+not yet gathered; :attr:`DaskChunkStream.ahead`: ``max(1, prefetch)``, or 2 when the files are placed in
+units, whose load evens out over two chunks), and a worker keeps only its readers' last decoded clusters. All the shares
 in one cluster go to one worker (the file's, or the unit's), so that the cluster decoded for one chunk
 serves the next and no basket is decompressed twice.
 A block that fails is retried twice (``retries=2``); then the local stream's error is raised, naming the
@@ -148,6 +149,14 @@ class DaskChunkStream(ChunkStream):
             self._clusters[i] = self.readers[i].cluster_boundaries(self.plan.read)
         return self._clusters[i]
 
+    @property
+    def ahead(self) -> int:
+        """Chunks whose blocks are in flight beyond the one read: ``max(1, prefetch)``; at least 2 when the
+        files are placed in units (:mod:`.placement`), where one chunk may keep one worker busy and the next
+        the other: with a single chunk ahead the idle worker would wait for the next submission."""
+        self._place()
+        return max(1 if self._units is None else 2, self.params.prefetch)
+
     def _parts(self, i: int, start: int, stop: int, n: int, spread: bool) -> list[tuple[int, int]]:
         """``[start, stop)`` cut into up to ``n`` ranges at the file's cluster boundaries (so that no basket is
         decompressed twice), or, with ``spread``, evenly where the share holds no boundary."""
@@ -198,7 +207,7 @@ class DaskChunkStream(ChunkStream):
     # -- reading: the blocks of chunk k, with the next ones in flight -------------------------------
     def read(self, k: int) -> list[Block]:
         """The blocks of chunk ``k`` (built on the workers), submitting those of the chunks the iteration
-        reads next so that ``max(1, prefetch)`` chunks are in flight beyond this one."""
+        reads next so that :attr:`ahead` chunks are in flight beyond this one."""
         with self._lock:
             at = next((p for p in range(self._at, len(self._upcoming)) if self._upcoming[p] == k), None)
             futures = None
@@ -222,7 +231,7 @@ class DaskChunkStream(ChunkStream):
     def _submit_ahead(self, at: int) -> None:
         # lazily: past the end of the first pass every chunk may come from the cache
         later = (p for p in range(at + 1, len(self._upcoming)) if self._will_read(self._upcoming[p]))
-        ahead = list(itertools.islice(later, max(1, self.params.prefetch)))
+        ahead = list(itertools.islice(later, self.ahead))
         for p in [p for p in self._inflight if p not in ahead]:   # the iteration went elsewhere
             self._cancel(self._inflight.pop(p))
         for p in ahead:
