@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from mlaas4hep_lab.cluster.shared import SharedMatrices, SharedPart, reachable
+from mlaas4hep_lab.data._buffers import tune_worker_allocator
 from mlaas4hep_lab.data.plan import Plan
 from mlaas4hep_lab.data.reader import BlockReader, TreeReader
 from mlaas4hep_lab.data.stream import ChunkStream
@@ -127,6 +128,7 @@ _CACHE_LOCK = threading.Lock()
 
 
 def _engine(setup: BlockSetup) -> _Engine:
+    tune_worker_allocator()
     with _CACHE_LOCK:
         engine = _ENGINES.get(setup.token)
         if engine is not None:

@@ -142,9 +142,11 @@ def _plan_task(path: str, tree: str, trained_on: str, branches: list[str], chunk
 
 def _score_task(payload: bytes, digest: str, path: str, tree: str, branches: list[str], file_index: int,
                 start: int, stop: int) -> dict[str, np.ndarray]:
+    from mlaas4hep_lab.data._buffers import tune_worker_allocator
     from mlaas4hep_lab.data.reader import share_offsets
     from mlaas4hep_lab.training.predict import open_checked, part_columns
 
+    tune_worker_allocator()
     bundle = _worker_bundle(payload, digest)
     with open_checked(path, tree, bundle.specs.tree, branches) as reader:
         # parts are cut at cluster boundaries: reading exactly the part decodes no basket twice

@@ -89,7 +89,10 @@ def _close_readers(paths: list[str]) -> int:
 
 def _part_task(digest: str, blob: bytes, path: str, start: int, stop: int):
     """On a worker: the statistics of entries [start, stop) of ``path``."""
+    from mlaas4hep_lab.data._buffers import tune_worker_allocator
     from mlaas4hep_lab.data._partial import read_part
+
+    tune_worker_allocator()
 
     params, preproc, plan = _settings(digest, blob)
     reader, lock = _reader(path, params.branch, params.retries)

@@ -19,11 +19,14 @@ import threading
 
 import numpy as np
 
-__all__ = ["ALIGNMENT", "Buffers", "aligned", "return_large_frees"]
+__all__ = ["ALIGNMENT", "Buffers", "aligned", "return_large_frees", "tune_worker_allocator"]
 
 log = logging.getLogger(__name__)
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameters
+_M_TRIM_THRESHOLD = -1
 _ALLOCATOR_SET = False
+_WORKER_SET = False
+_DASK_TRIM = "65536"    # distributed.nanny.pre-spawn-environ's MALLOC_TRIM_THRESHOLD_ (Dask's default)
 
 
 def return_large_frees(threshold: int = 1 << 20) -> None:
@@ -36,17 +39,53 @@ def return_large_frees(threshold: int = 1 << 20) -> None:
     50-70 MiB (5-8%) with the read rate unchanged. Process-wide and idempotent; left alone where the user
     chose a threshold (``MALLOC_MMAP_THRESHOLD_``) or the C library is not glibc."""
     global _ALLOCATOR_SET
-    if _ALLOCATOR_SET or not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    if _ALLOCATOR_SET or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return
     _ALLOCATOR_SET = True
+    libc = _libc()
+    if libc is not None and not libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)):
+        log.debug("mallopt(M_MMAP_THRESHOLD) refused")
+
+
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        if not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
-            return
-        if not libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)):
-            log.debug("mallopt(M_MMAP_THRESHOLD) refused")
     except OSError:
         log.debug("no C library to tune", exc_info=True)
+        return None
+    if not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
+        return None   # not glibc
+    return libc
+
+
+def tune_worker_allocator(threshold: int = 1 << 20, trim: int = 64 << 20) -> None:
+    """In a Dask worker process, before its first task: the allocator of this process's engine.
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (to hand freed memory back to the
+    system at once), and any such variable freezes glibc's mmap threshold at 128 KiB: every array of 128 KiB
+    or more (decoded baskets, normalised columns, a block's rows) then comes from fresh pages, zeroed and
+    faulted in each time. Measured on the ttH-like example (1M events, one worker): the specs pass took 829k
+    page faults and 5.0 s of CPU, against 164k and 4.0 s for the same parts in a plain process. This sets
+    the local engine's mmap threshold (``threshold``, as :func:`return_large_frees`) and lets the heap keep
+    up to ``trim`` bytes free before trimming it: 4.1 s and ~120k faults; on ``local:2`` the specs pass went
+    from 345-353k to 410-447k events/s and chunk creation from 257-263k to 304-322k. Values the user set
+    (``MALLOC_MMAP_THRESHOLD_``, a ``MALLOC_TRIM_THRESHOLD_`` other than Dask's) are left alone. Process-wide,
+    idempotent, cheap after the first call (the tasks call it)."""
+    global _WORKER_SET, _ALLOCATOR_SET
+    if _WORKER_SET:
+        return
+    _WORKER_SET = True
+    libc = _libc()
+    if libc is None:
+        return
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ and not libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)):
+        log.debug("mallopt(M_MMAP_THRESHOLD) refused")
+    _ALLOCATOR_SET = True   # return_large_frees has nothing more to do here
+    if os.environ.get("MALLOC_TRIM_THRESHOLD_", _DASK_TRIM) == _DASK_TRIM:
+        if not libc.mallopt(_M_TRIM_THRESHOLD, int(trim)):
+            log.debug("mallopt(M_TRIM_THRESHOLD) refused")
 
 
 class Buffers:
