@@ -15,10 +15,10 @@ sends only its name (:mod:`.shared`); the client copies the rows into their plac
 back for a later block. Other workers send their blocks through Dask.
 
 Memory stays bounded on both sides: the blocks of at most ``ahead + 1`` chunks are in flight (submitted,
-not yet gathered; :attr:`DaskChunkStream.ahead`: ``max(1, prefetch)``, or 2 when the files are placed in
-units, whose load evens out over two chunks), and a worker keeps only its readers' last decoded clusters. All the shares
-in one cluster go to one worker (the file's, or the unit's), so that the cluster decoded for one chunk
-serves the next and no basket is decompressed twice.
+not yet gathered; :attr:`DaskChunkStream.ahead`: ``max(1, prefetch)``, at least 2 when the files are placed
+in units, whose load evens out over two chunks), and a worker keeps only its readers' last decoded
+clusters. All the shares in one cluster go to one worker (the file's, or the unit's), so that the cluster
+decoded for one chunk serves the next and no basket is decompressed twice.
 A block that fails is retried twice (``retries=2``); then the local stream's error is raised, naming the
 file, the entry range and the chunk.
 """
