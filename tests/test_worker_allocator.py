@@ -5,13 +5,14 @@ workers with MALLOC_TRIM_THRESHOLD_=65536, which freezes glibc's mmap threshold 
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 
 import pytest
 from dask_support import local_cluster  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
 
 # page faults of 300 allocations of a 512 KiB array, written then freed, before and after the tuning
 _PROBE = """
