@@ -153,8 +153,8 @@ class DaskChunkStream(ChunkStream):
     def ahead(self) -> int:
         """Chunks whose blocks are in flight beyond the one read: ``max(1, prefetch)``; at least 2 when the
         files are placed in units (:mod:`.placement`), where one chunk may keep one worker busy and the next
-        the other: with a single chunk ahead the idle worker would wait for the next submission."""
-        self._place()
+        the other: with a single chunk ahead the idle worker would wait for the next submission. As placed
+        by the last submission (placing asks the scheduler for its workers: not once more per chunk)."""
         return max(1 if self._units is None else 2, self.params.prefetch)
 
     def _parts(self, i: int, start: int, stop: int, n: int, spread: bool) -> list[tuple[int, int]]:

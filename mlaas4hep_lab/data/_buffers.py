@@ -73,19 +73,15 @@ def tune_worker_allocator(threshold: int = 1 << 20, trim: int = 64 << 20) -> Non
     from 345-353k to 410-447k events/s and chunk creation from 257-263k to 304-322k. Values the user set
     (``MALLOC_MMAP_THRESHOLD_``, a ``MALLOC_TRIM_THRESHOLD_`` other than Dask's) are left alone. Process-wide,
     idempotent, cheap after the first call (the tasks call it)."""
-    global _WORKER_SET, _ALLOCATOR_SET
+    global _WORKER_SET
     if _WORKER_SET:
         return
     _WORKER_SET = True
+    return_large_frees(threshold)
     libc = _libc()
-    if libc is None:
-        return
-    if "MALLOC_MMAP_THRESHOLD_" not in os.environ and not libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)):
-        log.debug("mallopt(M_MMAP_THRESHOLD) refused")
-    _ALLOCATOR_SET = True   # return_large_frees has nothing more to do here
-    if os.environ.get("MALLOC_TRIM_THRESHOLD_", _DASK_TRIM) == _DASK_TRIM:
-        if not libc.mallopt(_M_TRIM_THRESHOLD, int(trim)):
-            log.debug("mallopt(M_TRIM_THRESHOLD) refused")
+    if libc is not None and os.environ.get("MALLOC_TRIM_THRESHOLD_", _DASK_TRIM) == _DASK_TRIM \
+            and not libc.mallopt(_M_TRIM_THRESHOLD, int(trim)):
+        log.debug("mallopt(M_TRIM_THRESHOLD) refused")
 
 
 class Buffers:
