@@ -76,6 +76,8 @@ def test_train_fetch_push_and_predict(stack):
     assert job["progress"] == 1.0 and job["bundle"] is True and job["error"] is None
     assert job["metrics"]["auc"] > 0.7 and job["metrics"]["backend"] == "sklearn"
     assert job["files"] == [str(p) for p in ds.files] and job["model"] == "sklearn"
+    # the push runs after the job's success and writes the log's last line: wait for it, so the log is final
+    job = jobs.wait(job_id, lambda j: j["push_result"] is not None, timeout=120, what="the push")
     # the log: the tail by default, or from an offset on, with where to continue
     status, tail = jobs.call("GET", f"/jobs/{job_id}/logs")
     assert status == 200 and "done: bundle" in tail["text"] and tail["next_offset"] == tail["size"]
@@ -91,7 +93,6 @@ def test_train_fetch_push_and_predict(stack):
     events = uproot.open(ds.files[0])["events"].arrays(bundle.input_branches(), entry_stop=300)
     local, _ = bundle.predict_arrays(events)
     # pushed with alice's own token, to the inference service: it predicts the same scores
-    job = jobs.wait(job_id, lambda j: j["push_result"] is not None, timeout=120, what="the push")
     assert job["push_result"]["ok"] is True, job["push_result"]
     assert job["push_result"]["ref"] == "alice:higgs-gbt"
     assert not (jobs.state / "push_tokens" / job_id).exists(), "the token is deleted after the push"

@@ -368,8 +368,9 @@ class JobService:
                     result = {"ok": False, "url": push["url"], "error": f"{type(err).__name__}: {err}"}
                     break
         self._forget_token(job)
-        self.db.update(job.id, push_result=result)
+        # the log's line first: whoever sees the result then finds the job's log complete
         self._note(job, f"push to {push.get('url')}: " + ("done" if result["ok"] else f"failed: {result['error']}"))
+        self.db.update(job.id, push_result=result)
         self._pushing.discard(job.id)
 
     def _forget_token(self, job: Job) -> None:
