@@ -60,6 +60,27 @@ def test_local_n_starts_n_workers_and_closes_them(tmp_path):
     assert lc.status.name == "closed"
 
 
+def _housekeeping() -> list:
+    import dask
+
+    return [dask.config.get(key) for key in ("distributed.worker.profile.enabled", "distributed.admin.tick.interval",
+                                             "distributed.admin.system-monitor.interval")]
+
+
+def test_local_workers_skip_dasks_profiler_unless_the_user_configured_it(monkeypatch):
+    import dask
+
+    # Dask's defaults (profiler on, 20 ms ticks): lean settings in the workers we start, not in this process
+    with using_dask("local:1") as cluster:
+        assert list(cluster.client.run(_housekeeping).values()) == [[False, "500ms", "2s"]]
+    assert _housekeeping() == [True, "20ms", "500ms"]
+    # what the user set stays theirs: in a DASK_* variable (or a config file), even at Dask's default, or in code
+    monkeypatch.setenv("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "True")
+    with dask.config.set({"distributed.admin.tick.interval": "50ms"}):
+        with using_dask("local:1") as cluster:
+            assert list(cluster.client.run(_housekeeping).values()) == [[True, "50ms", "2s"]]
+
+
 def test_a_given_client_or_cluster_is_used_and_not_closed(local_cluster):  # noqa: F811
     client = local_cluster.client
     for given in (client, local_cluster):

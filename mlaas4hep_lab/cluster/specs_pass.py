@@ -123,24 +123,30 @@ def run_parts(dask, paths: Sequence[str], params, preproc, plan, parts: Sequence
 
         blob = dask_pickle.dumps((params, preproc, plan))
         digest = hashlib.sha256(blob).hexdigest()
-        futures = {
-            client.submit(_part_task, digest, blob, paths[i], a, b, key=f"mlaas4hep-specs-part-{run}-{p}",
-                          retries=RETRIES, pure=False): p
-            for p, (i, a, b) in enumerate(parts)
-        }
+        # the largest parts first, so that the last ones to start are short and the workers end together
+        order = sorted(range(len(parts)), key=lambda p: parts[p][1] - parts[p][2])
+        n = len(order)
+        submitted = client.map(_part_task, [digest] * n, [blob] * n, [paths[parts[p][0]] for p in order],
+                               [parts[p][1] for p in order], [parts[p][2] for p in order],
+                               key=[f"mlaas4hep-specs-part-{run}-{rank:06d}" for rank in range(n)],
+                               retries=RETRIES, pure=False)
+        futures = dict(zip(submitted, order))
         finished: dict[int, object] = {}
         merged = 0
         try:
             # as_completed finds its client as Dask's default one: a Gateway client is not (connect)
             with client.as_current():
-                completed = distributed.as_completed(futures)
-            for future in completed:
+                # the results are fetched on Dask's event loop as the parts finish
+                completed = distributed.as_completed(futures, with_results=True, raise_errors=False)
+            for future, result in completed:
                 p = futures.pop(future)
                 i, a, b = parts[p]
-                try:
-                    finished[p] = future.result()
-                except Exception as err:
-                    raise _reported(err, paths[i], a, b) from err
+                if future.status != "finished":
+                    try:
+                        future.result()
+                    except Exception as err:
+                        raise _reported(err, paths[i], a, b) from err
+                finished[p] = result
                 future.release()
                 bar.update(b - a)
                 while merged in finished:  # in the parts' order: fixed sums, whatever finished first
