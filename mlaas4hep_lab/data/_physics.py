@@ -197,7 +197,11 @@ def _higgs_candidates(rng, n, process, jet_probs):
     sigma = 0.8 * np.sqrt(sumet)
     metx = sum(v[1] for v in nus) + rng.normal(0.0, 1.0, n) * sigma
     mety = sum(v[2] for v in nus) + rng.normal(0.0, 1.0, n) * sigma
-    keep = (tau_pt > 20.0) & (np.abs(tau_eta) < 2.5) & (lep_pt > 20.0) & (np.abs(lep_eta) < 2.5)
+    # decisions on float32-rounded values (what the file stores): numpy's vectorised sin, exp, arctan2, ...
+    # differ by a few ulps between CPUs (AVX-512 or not), amplified up to 1e-12 by the kinematics; compared
+    # in float64, an event at a threshold could be kept on one machine and not on another, and the
+    # rejection batches after it differ: the same seed must write the same files everywhere
+    keep = (_f32(tau_pt) > 20.0) & (np.abs(_f32(tau_eta)) < 2.5) & (_f32(lep_pt) > 20.0) & (np.abs(_f32(lep_eta)) < 2.5)
     # analysis preselection against W+jets: events with a large transverse mass are prescaled
     mt = transverse_mass(lep_pt, lep_phi, np.hypot(metx, mety), np.arctan2(mety, metx))
     keep &= rng.uniform(size=n) < np.exp(-np.maximum(mt - 50.0, 0.0) / 30.0)
@@ -206,6 +210,12 @@ def _higgs_candidates(rng, n, process, jet_probs):
         tau_pt=tau_pt, tau_eta=tau_eta, tau_phi=tau_phi, lep_pt=lep_pt, lep_eta=lep_eta,
         lep_phi=lep_phi, metx=metx, mety=mety, sumet=sumet, m_true=m_true,
     ), keep
+
+
+def _f32(x):
+    """``x`` rounded to float32, as float64: equal on every CPU unless a value lies within ~1e-12 of a
+    float32 rounding boundary (where the float64 one lay within that of the threshold itself)."""
+    return np.asarray(x, dtype=np.float32).astype(np.float64)
 
 
 def _take(ev, idx):
@@ -242,6 +252,7 @@ def _mmc(rng, ev, met_phi):
     a_h = (ev["metx"] * lep[2] - ev["mety"] * lep[1]) / det
     a_l = (had[1] * ev["mety"] - had[2] * ev["metx"]) / det
     m_vis = inv_mass(*(h + lp for h, lp in zip(had, lep, strict=True)))
+    a_h, a_l = _f32(a_h), _f32(a_l)   # decisions on float32-rounded values: see _higgs_candidates
     collinear = (a_h > -0.05) & (a_l > -0.05) & (a_h < 8.0) & (a_l < 8.0)
     m_col = m_vis * np.sqrt(np.clip((1 + a_h) * (1 + a_l), 0.9, None))
     # the fitted mass: near the true mass of the decay products, wider when the collinear
@@ -252,7 +263,7 @@ def _mmc(rng, ev, met_phi):
     # the likelihood fit fails more often when the collinear solution is far from physical
     badness = np.clip(-np.minimum(a_h, a_l), 0.0, 3.0)
     p_fail = np.where(collinear, 0.02, 0.08 + 0.15 * badness)
-    p_fail = p_fail + 0.10 * (np.abs(delta_phi(met_phi, ev["lep_phi"])) < 0.6) * (~collinear)
+    p_fail = p_fail + 0.10 * (np.abs(_f32(delta_phi(met_phi, ev["lep_phi"]))) < 0.6) * (~collinear)
     failed = rng.uniform(size=m_vis.shape) < p_fail
     return np.where(failed, MISSING, np.clip(mmc, 10.0, 1500.0)), m_vis
 
