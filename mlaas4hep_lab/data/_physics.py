@@ -252,7 +252,8 @@ def _mmc(rng, ev, met_phi):
     a_h = (ev["metx"] * lep[2] - ev["mety"] * lep[1]) / det
     a_l = (had[1] * ev["mety"] - had[2] * ev["metx"]) / det
     m_vis = inv_mass(*(h + lp for h, lp in zip(had, lep, strict=True)))
-    a_h, a_l = _f32(a_h), _f32(a_l)   # decisions on float32-rounded values: see _higgs_candidates
+    # float32-rounded (see _higgs_candidates): they decide `collinear` and feed m_col, stored as float32 anyway
+    a_h, a_l = _f32(a_h), _f32(a_l)
     collinear = (a_h > -0.05) & (a_l > -0.05) & (a_h < 8.0) & (a_l < 8.0)
     m_col = m_vis * np.sqrt(np.clip((1 + a_h) * (1 + a_l), 0.9, None))
     # the fitted mass: near the true mass of the decay products, wider when the collinear
