@@ -13,6 +13,7 @@ from collections.abc import Iterable
 __all__ = [
     "MLaaSError",
     "StoppedBeforeTraining",
+    "TrainingDiverged",
     "InputFileError",
     "RemoteReadError",
     "TreeNotFoundError",
@@ -179,6 +180,11 @@ class MissingClassError(DataError):
 
 class NonFiniteError(DataError):
     """A feature is NaN or infinite everywhere (overall, or in every event of one class)."""
+
+
+class TrainingDiverged(MLaaSError, FloatingPointError):
+    """The model's output became NaN or infinite during training (a learning rate too large, a loss that
+    overflows): no metric, early stopping or bundle can be made of it."""
 
 
 class StoppedBeforeTraining(MLaaSError):

@@ -127,13 +127,35 @@ def test_a_stop_before_the_first_chunk_says_nothing_was_trained(example_higgs, t
 
 def test_early_stopping(example_higgs, tmp_path):
     model = tmp_path / "model.py"
-    # a learning rate so large that validation loss cannot keep improving
-    model.write_text(TORCH_SMALL + "\ndef optimizer(parameters):\n    return torch.optim.SGD(parameters, lr=50.0)\n")
+    # a model that cannot learn (learning rate 0): its validation loss only moves with each chunk's events, so
+    # the best loss stops improving within a few chunks, on every CPU (a diverging learning rate, used before,
+    # gave NaN outputs on one CPU and not on another)
+    model.write_text(TORCH_SMALL + "\ndef optimizer(parameters):\n    return torch.optim.SGD(parameters, lr=0.0)\n")
     inputs = inputs_for(example_higgs, chunk_size=2_000, epochs=1, early_stopping=2)
     specs = ensure_specs(inputs, progress=False)
     result = Trainer(inputs, specs, load_model_file(model, specs.n_features), tmp_path / "o").run()
     assert result.stopped == "early_stopping"
-    assert len([h for h in result.history if h["kind"] == "chunk"]) < 15
+    chunks = [h for h in result.history if h["kind"] == "chunk"]
+    assert len(chunks) < 15
+    losses = [h["metrics"]["val_loss"] for h in chunks]
+    # stopped exactly when the best loss had not improved for 2 chunks
+    assert min(losses[:-2]) <= min(losses[-2:]) and min(losses[:-3] or [np.inf]) > losses[-3]
+
+
+def test_a_diverging_network_stops_with_a_clear_error(example_higgs, tmp_path):
+    """NaN outputs (a learning rate far too large) end the training naming where, instead of an AUC error."""
+    from mlaas4hep_lab.errors import TrainingDiverged
+    from mlaas4hep_lab.training.runlog import RunRecorder
+
+    model = tmp_path / "model.py"
+    model.write_text(TORCH_SMALL + "\ndef optimizer(parameters):\n    return torch.optim.SGD(parameters, lr=1e30)\n")
+    inputs = inputs_for(example_higgs, chunk_size=2_000, epochs=1)
+    specs = ensure_specs(inputs, progress=False)
+    with pytest.raises(TrainingDiverged, match=r"training diverged at epoch 1, chunk \d+: .*lower the learning"):
+        with RunRecorder(tmp_path / "o", inputs, model, EventBus(), mlflow=None):
+            Trainer(inputs, specs, load_model_file(model, specs.n_features), tmp_path / "o").run()
+    record = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert record["status"] == "failed" and "TrainingDiverged" in record["error"]
 
 
 def test_metrics_jsonl_and_bundle(example_higgs, torch_model, tmp_path):

@@ -35,7 +35,13 @@ import numpy as np
 from mlaas4hep_lab.backends.base import Backend, TrainPart, get_backend
 from mlaas4hep_lab.data.specs import Specs
 from mlaas4hep_lab.data.stream import SPLITS, Chunk, ChunkStream
-from mlaas4hep_lab.errors import ConfigError, MLaaSError, ModelFileError, StoppedBeforeTraining
+from mlaas4hep_lab.errors import (
+    ConfigError,
+    MLaaSError,
+    ModelFileError,
+    StoppedBeforeTraining,
+    TrainingDiverged,
+)
 from mlaas4hep_lab.pipeline import Inputs
 from mlaas4hep_lab.task import Task, run_task
 from mlaas4hep_lab.training import task_metrics
@@ -317,8 +323,9 @@ class Trainer:
         def on_part(part: TrainPart, fit_metrics: dict[str, float]) -> None:
             epoch, chunk = part.tag
             self.events_seen += part.size * per_chunk
-            train_metrics = {} if "auc" in fit_metrics else self._train_metrics(chunk, part.rows)
-            metrics = dict(fit_metrics, **train_metrics, **self._validate(chunk.subset("validation")))
+            where = f"epoch {epoch + 1}, chunk {chunk.index + 1}"
+            train_metrics = {} if "auc" in fit_metrics else self._train_metrics(chunk, part.rows, where)
+            metrics = dict(fit_metrics, **train_metrics, **self._validate(chunk.subset("validation"), where))
             self._position = (epoch, chunk.index + 1)
             self._event("chunk", epoch=epoch, chunk=chunk.index, metrics=metrics)
             self._save(epoch, chunk.index + 1)
@@ -432,18 +439,28 @@ class Trainer:
         return factor if out is None else (out * factor).astype(np.float32)
 
     # -- metrics ----------------------------------------------------------------------------------
-    def _train_metrics(self, chunk: Chunk, rows: np.ndarray) -> dict[str, float]:
+    def _predict(self, X: np.ndarray, where: str) -> np.ndarray:
+        """The model's output on X during training; NaN or inf there means the training diverged."""
+        score = np.asarray(self.backend.predict(X))
+        if np.issubdtype(score.dtype, np.floating) and not np.isfinite(score).all():
+            bad = int(np.count_nonzero(~np.isfinite(score)))
+            raise TrainingDiverged(
+                f"training diverged at {where}: the model's output is NaN or infinite for {bad} of {len(score)} "
+                "events; lower the learning rate (model.py's optimizer) or check the inputs' normalisation "
+                "(params \"normalization\"), and train again")
+        return score
+
+    def _train_metrics(self, chunk: Chunk, rows: np.ndarray, where: str) -> dict[str, float]:
         """Training AUC on the first (shuffled) training events of the chunk."""
         if not len(rows) or "auc" not in self.params.metrics:
             return {}
         part = chunk.take(rows[:_TRAIN_METRIC_SAMPLE])
-        return task_metrics.train_auc(self.task, part.y, self.backend.predict(part.X), part.weight)
+        return task_metrics.train_auc(self.task, part.y, self._predict(part.X, where), part.weight)
 
-    def _validate(self, val: Chunk) -> dict[str, float]:
+    def _validate(self, val: Chunk, where: str) -> dict[str, float]:
         if not len(val):
             return {}
-        score = self.backend.predict(val.X)
-        return self._scores_metrics(val.y, score, val.weight)
+        return self._scores_metrics(val.y, self._predict(val.X, where), val.weight)
 
     def _scores_metrics(self, y, score, weight) -> dict[str, float]:
         return task_metrics.validation_metrics(self.task, y, score, weight, self.params.metrics)
@@ -452,7 +469,7 @@ class Trainer:
         ys, scores, weights = [], [], []
         for X, y, w in self._source("validation")():
             ys.append(y)
-            scores.append(self.backend.predict(X))
+            scores.append(self._predict(X, "the end of the pass (validation split)"))
             weights.append(w)
         if not ys:
             return {}
