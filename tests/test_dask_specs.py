@@ -4,9 +4,11 @@ with several parts per file; failures retried, then reported as the local pass r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +128,37 @@ def test_progress_advances_as_parts_finish(toy_data, local_cluster, monkeypatch)
     # one step per part (entries of the part), not one at the end
     assert sorted(updates) == sorted(part_sizes(toy_data.files, params))
     assert len(updates) == sum(part_counts(toy_data.files, params)) > 2 and sum(updates) == 10_000
+
+
+def open_on_workers(client) -> dict:
+    """Per worker: the specs readers it holds open."""
+    def held():
+        from mlaas4hep_lab.cluster import specs_pass
+
+        return [key[1] for key in specs_pass._OPEN]
+
+    return client.run(held)
+
+
+@pytest.mark.parametrize("cluster", CLUSTERS)
+def test_the_workers_close_their_readers_after_a_pass(toy_data, cluster, request):
+    """Workers that outlive the pass (the caller's cluster, a scheduler's) close the files it opened: at once
+    for a scheduler whose client the pass closes, in the background on a cluster the caller goes on using."""
+    from distributed import Client
+
+    params = load_params(toy_data.params_json, chunk_size=500)
+    dask = on_cluster(cluster, request)
+    with Client(dask) if isinstance(dask, str) else contextlib.nullcontext(dask.client) as client:
+        compute_specs(toy_data.files, params, progress=False, dask=dask)
+        deadline = time.monotonic() + 30
+        while any(open_on_workers(client).values()) and time.monotonic() < deadline:
+            assert cluster == "local_cluster", "a scheduler's workers kept the pass's files open"
+            time.sleep(0.05)
+        assert not any(open_on_workers(client).values())
+        # two passes one after the other: each opens its own readers, whenever the other's are closed
+        a = compute_specs(toy_data.files, params, progress=False, dask=dask)
+        b = compute_specs(toy_data.files, params, progress=False, dask=dask)
+        assert a.to_dict() == b.to_dict()
 
 
 # ------------------------------------------------------------------------------------ example data

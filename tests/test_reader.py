@@ -16,7 +16,7 @@ import uproot
 from conftest import TOY_COUNTERS, TOY_FLAT, TOY_JAGGED, TOY_NUMERIC_TYPES, TOY_SIG_N
 
 from mlaas4hep_lab.data import sources
-from mlaas4hep_lab.data.reader import TreeReader, inspect_file, select_branches
+from mlaas4hep_lab.data.reader import TreeReader, inspect_file, open_readers, select_branches
 from mlaas4hep_lab.errors import (
     BranchNotFoundError,
     ConfigError,
@@ -198,6 +198,31 @@ def test_missing_file(tmp_path):
     assert info.value.path == str(path)
     assert str(path) in str(info.value)
     assert "not found" in str(info.value)
+
+
+def test_open_readers_keeps_the_order_and_reports_the_first_failing_file(toy_data, toy_write_tree, tmp_path,
+                                                                        monkeypatch):
+    """Files opened by threads at once (remote opens are round trips): the readers come in the files' order; on
+    a failure the error is the first failing file's, as opening one after another would give, and every reader
+    already opened is closed."""
+    files = [str(toy_data.bkg), str(toy_data.sig), str(toy_data.rntuple)] * 3
+    readers = open_readers(files, "events")
+    try:
+        assert [r.path for r in readers] == files
+        assert [r.num_entries for r in readers] == [TreeReader(f, "events").num_entries for f in files]
+    finally:
+        for r in readers:
+            r.close()
+    closed = []
+    real_close = TreeReader.close
+    monkeypatch.setattr(TreeReader, "close", lambda self: (closed.append(self.path), real_close(self)))
+    other_tree = str(toy_write_tree({"x": np.arange(3.0)}, tree="Events"))
+    missing = str(tmp_path / "missing.root")
+    with pytest.raises(TreeNotFoundError, match="did you mean 'Events'"):
+        open_readers([str(toy_data.sig), other_tree, str(toy_data.bkg), missing], "events")
+    assert sorted(closed) == sorted([str(toy_data.sig), str(toy_data.bkg)])
+    with pytest.raises(InputFileError, match="not found"):
+        open_readers([missing, other_tree], "events")
 
 
 def test_directory_instead_of_file(tmp_path):

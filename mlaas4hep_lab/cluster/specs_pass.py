@@ -49,17 +49,18 @@ def _settings(digest: str, blob: bytes) -> tuple:
     return settings
 
 
-_OPEN: OrderedDict[tuple, tuple] = OrderedDict()  # on a worker: (path, tree) -> (TreeReader, lock), the last few
+_OPEN: OrderedDict[tuple, tuple] = OrderedDict()  # on a worker: (pass, path, tree) -> (TreeReader, lock), the last few
 _OPEN_LOCK = threading.Lock()
 _MAX_OPEN = 16
 
 
-def _reader(path: str, tree: str, retries: int) -> tuple:
-    """The worker's open reader of ``path`` (opening a file and listing its branches is tens of ms, a few
-    percent of a part: paid once per file and worker, not once per part)."""
+def _reader(run: str, path: str, tree: str, retries: int) -> tuple:
+    """The worker's open reader of ``path`` for the pass ``run`` (opening a file and listing its branches is
+    tens of ms, a few percent of a part: paid once per file, worker and pass, not once per part; a later pass
+    opens the file afresh, as the client does, so a file changed in between is read as it is now)."""
     from mlaas4hep_lab.data.reader import TreeReader
 
-    key = (path, tree)
+    key = (run, path, tree)
     with _OPEN_LOCK:
         if key in _OPEN:
             _OPEN.move_to_end(key)
@@ -78,16 +79,16 @@ def _close(opened: tuple) -> None:
         reader.close()
 
 
-def _close_readers(paths: list[str]) -> int:
-    """On a worker, at the end of a pass: close the readers of ``paths``."""
+def _close_readers(run: str) -> int:
+    """On a worker, at the end of the pass ``run``: close its readers."""
     with _OPEN_LOCK:
-        items = [_OPEN.pop(key) for key in list(_OPEN) if key[0] in paths]
+        items = [_OPEN.pop(key) for key in list(_OPEN) if key[0] == run]
     for opened in items:
         _close(opened)
     return len(items)
 
 
-def _part_task(digest: str, blob: bytes, path: str, start: int, stop: int):
+def _part_task(digest: str, blob: bytes, run: str, path: str, start: int, stop: int):
     """On a worker: the statistics of entries [start, stop) of ``path``."""
     from mlaas4hep_lab.data._buffers import tune_worker_allocator
     from mlaas4hep_lab.data._partial import read_part
@@ -95,7 +96,7 @@ def _part_task(digest: str, blob: bytes, path: str, start: int, stop: int):
     tune_worker_allocator()
 
     params, preproc, plan = _settings(digest, blob)
-    reader, lock = _reader(path, params.branch, params.retries)
+    reader, lock = _reader(run, path, params.branch, params.retries)
     with lock:   # one part at a time through one reader (a worker may run several threads)
         return read_part(reader, plan, params, preproc, start, stop)
 
@@ -114,9 +115,9 @@ def run_parts(dask, paths: Sequence[str], params, preproc, plan, parts: Sequence
     # an event depends on the file's name only, so the path's spelling changes nothing else)
     paths = [p if is_remote(p) else os.path.abspath(p.removeprefix("file://")) for p in paths]
     cluster = connect(dask)
+    run = uuid.uuid4().hex[:8]
     try:
         client = cluster.client
-        run = uuid.uuid4().hex[:8]
         # the settings, pickled once (cloudpickle where pickle fails: the compiled expressions), go with
         # every task: a task that depended on one holding them would run where that one ran, on one worker
         from distributed.protocol import pickle as dask_pickle
@@ -126,7 +127,7 @@ def run_parts(dask, paths: Sequence[str], params, preproc, plan, parts: Sequence
         # the largest parts first, so that the last ones to start are short and the workers end together
         order = sorted(range(len(parts)), key=lambda p: parts[p][1] - parts[p][2])
         n = len(order)
-        submitted = client.map(_part_task, [digest] * n, [blob] * n, [paths[parts[p][0]] for p in order],
+        submitted = client.map(_part_task, [digest] * n, [blob] * n, [run] * n, [paths[parts[p][0]] for p in order],
                                [parts[p][1] for p in order], [parts[p][2] for p in order],
                                key=[f"mlaas4hep-specs-part-{run}-{rank:06d}" for rank in range(n)],
                                retries=RETRIES, pure=False)
@@ -155,13 +156,26 @@ def run_parts(dask, paths: Sequence[str], params, preproc, plan, parts: Sequence
         except BaseException:
             client.cancel(list(futures))  # the parts not yet done: an error, or ^C
             raise
-        return f"on Dask ({cluster.address}, {cluster.n_workers} workers, {len(parts)} parts)"
+        # the workers' count is a request to the scheduler: asked only for a log that shows it
+        workers = f", {cluster.n_workers} workers" if log.isEnabledFor(logging.INFO) else ""
+        return f"on Dask ({cluster.address}{workers}, {len(parts)} parts)"
     finally:
-        try:
-            cluster.client.run(_close_readers, sorted(set(paths)))
-        except Exception as err:  # noqa: BLE001  a cluster already gone has nothing left open
-            log.debug("closing the workers' readers failed: %s", err)
-        cluster.close()  # only what connect opened here
+        if not cluster.owned:   # the caller's cluster, used again: close without waiting for the workers
+            threading.Thread(target=_close_quietly, args=(cluster.client, run), name="mlaas4hep-close-readers",
+                             daemon=True).start()
+        elif cluster.cluster is None:   # a scheduler's workers outlive the client closed below
+            _close_quietly(cluster.client, run)
+        cluster.close()  # only what connect opened here (a LocalCluster's workers exit with their readers)
+
+
+def _close_quietly(client, run: str) -> None:
+    """Close the pass's readers on every worker. On the caller's cluster this runs beside the next steps
+    instead of before them (a round trip, a few ms of a short pass): the results are already here, and a
+    later pass opens readers of its own."""
+    try:
+        client.run(_close_readers, run)
+    except Exception as err:  # noqa: BLE001  a cluster already gone has nothing left open
+        log.debug("closing the workers' readers failed: %s", err)
 
 
 def _reported(err: Exception, path: str, start: int, stop: int) -> Exception:

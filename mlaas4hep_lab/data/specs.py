@@ -25,7 +25,7 @@ from mlaas4hep_lab.data import sources
 from mlaas4hep_lab.data._partial import PartStats, Totals, _Stats, chunk_ranges, part_list, read_chunk
 from mlaas4hep_lab.data._pipeline import pipelined
 from mlaas4hep_lab.data.plan import Plan, events_to_use, make_plan
-from mlaas4hep_lab.data.reader import BlockReader, TreeReader
+from mlaas4hep_lab.data.reader import BlockReader, TreeReader, open_readers
 from mlaas4hep_lab.data.vectorize import LEGACY_PADDING, _padding, feature_names
 from mlaas4hep_lab.errors import ConfigError, InputFileError, SpecsError, StaleSpecsError
 from mlaas4hep_lab.params import Params
@@ -213,7 +213,7 @@ def compute_specs(files: Sequence[str], params: Params, preproc=None, progress: 
         specs.save("specs.json")
     """
     own = readers is None
-    readers = readers or [TreeReader(f, params.branch, retries=params.retries) for f in files]
+    readers = readers or open_readers(files, params.branch, params.retries)
     try:
         plan = _entry_plan(files, params, preproc, readers)
         use = events_to_use([r.num_entries for r in readers], params.nevts)

@@ -26,7 +26,7 @@ from mlaas4hep_lab.data._chunk_cache import ChunkCache, open_cache, pass_order
 from mlaas4hep_lab.data._gather import flat_rows, piece_rows
 from mlaas4hep_lab.data._pipeline import pipelined
 from mlaas4hep_lab.data.plan import Plan, events_to_use, make_plan
-from mlaas4hep_lab.data.reader import BlockReader, TreeReader
+from mlaas4hep_lab.data.reader import BlockReader, TreeReader, open_readers
 from mlaas4hep_lab.data.specs import Specs
 from mlaas4hep_lab.data.splits import SPLITS, split_of
 from mlaas4hep_lab.data.vectorize import Vectorizer, _flat_numpy
@@ -132,7 +132,7 @@ class ChunkStream:
         if preproc is not None and preproc.is_empty():
             self.preproc = None
         self._own_readers = readers is None
-        self.readers = readers or [TreeReader(f, params.branch, retries=params.retries) for f in files]
+        self.readers = readers or open_readers(files, params.branch, params.retries)
         self.plan: Plan = make_plan(self.readers[0], params, preproc)
         self._check_plan()
         # the specs fix the feature layout, as they fix the jagged lengths: a model's inputs follow them

@@ -42,7 +42,7 @@ import numpy as np
 
 from mlaas4hep_lab.data import sources
 from mlaas4hep_lab.data.plan import events_to_use
-from mlaas4hep_lab.data.reader import BlockReader, TreeReader
+from mlaas4hep_lab.data.reader import BlockReader, open_readers
 from mlaas4hep_lab.data.specs import Specs
 from mlaas4hep_lab.data.stream import SPLITS, split_of
 from mlaas4hep_lab.data.validation_truth import check_truth
@@ -247,7 +247,7 @@ def count_events(files: Sequence[str], params: Params, preproc=None, keys: Seque
     """Count what :class:`FileTally` holds without a specs pass: only the branches the cuts need are
     read (nothing at all without cuts). Returns (``cutflow``, ``split_events``) as in specs.json."""
     has_cuts = preproc is not None and any(True for _ in preproc.cuts())
-    readers = [TreeReader(f, params.branch, retries=params.retries) for f in files]
+    readers = open_readers(files, params.branch, params.retries)
     try:
         use = events_to_use([r.num_entries for r in readers], params.nevts)
         tallies = []
