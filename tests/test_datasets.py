@@ -308,23 +308,27 @@ def entries_and_events(files) -> tuple[list[int], list[np.ndarray]]:
     return counts, events
 
 
-_HIGGS_DIGEST = """
+_EXAMPLE_DIGEST = """
 import hashlib, sys, tempfile
 from pathlib import Path
-import uproot
+import awkward as ak, numpy as np, uproot
 from mlaas4hep_lab.data import datasets
-ds = datasets.higgs(Path(tempfile.mkdtemp()) / "d", n_events=40_000, seed=42)
+kind, n = sys.argv[1], int(sys.argv[2])
+ds = getattr(datasets, kind)(Path(tempfile.mkdtemp()) / "d", n_events=n, seed=42)
 h = hashlib.sha256()
 for f in ds.files:
-    for name, values in sorted(uproot.open(f)["events"].arrays(library="np").items()):
-        h.update(name.encode()); h.update(values.tobytes())
+    for name, values in sorted(uproot.open(f)["events"].arrays(library="ak", how=dict).items()):
+        h.update(name.encode()); h.update(np.asarray(ak.flatten(values, axis=None)).tobytes())
+        if values.ndim > 1:
+            h.update(np.asarray(ak.num(values)).tobytes())
 print(h.hexdigest())
 """
 
 
-def test_higgs_example_is_the_same_without_avx512():
+@pytest.mark.parametrize("kind, n", [("higgs", 40_000), ("tth", 20_000)])
+def test_example_data_are_the_same_without_avx512(kind, n):
     """numpy's vectorised sin/exp/arctan2 differ by a few ulps between CPUs (AVX-512 or not), and the
-    kinematics amplify that to ~1e-12: the generator's decisions are taken on float32-rounded values, so
+    kinematics amplify that to ~1e-12: the generators' decisions are taken on float32-rounded values, so
     one seed writes the same files on every machine (a notebook's stored specs once depended on the CPU)."""
     import subprocess
     import sys
@@ -332,8 +336,8 @@ def test_higgs_example_is_the_same_without_avx512():
     features = np._core._multiarray_umath.__cpu_features__
     if not features.get("AVX512F"):
         pytest.skip("this CPU has no AVX-512: nothing to turn off")
-    plain = subprocess.run([sys.executable, "-c", _HIGGS_DIGEST], capture_output=True, text=True, check=True)
+    argv = [sys.executable, "-c", _EXAMPLE_DIGEST, kind, str(n)]
+    plain = subprocess.run(argv, capture_output=True, text=True, check=True)
     env = dict(os.environ, NPY_DISABLE_CPU_FEATURES="AVX512_ICL X86_V4")
-    narrow = subprocess.run([sys.executable, "-c", _HIGGS_DIGEST], capture_output=True, text=True, check=True,
-                            env=env)
+    narrow = subprocess.run(argv, capture_output=True, text=True, check=True, env=env)
     assert plain.stdout.strip() and plain.stdout == narrow.stdout
