@@ -37,6 +37,7 @@ import numpy as np
 
 from mlaas4hep_lab import extras
 from mlaas4hep_lab.backends import _onnx
+from mlaas4hep_lab.backends._xgb_iter import Deferred, deferred_interrupt, iterator_class
 from mlaas4hep_lab.backends.base import Backend, ChunkSource
 from mlaas4hep_lab.errors import ConfigError
 from mlaas4hep_lab.task import Task
@@ -55,97 +56,21 @@ _PARAM_KEYS = {"objective", "booster", "eta", "learning_rate", "max_depth", "n_e
                "multi_strategy"}
 
 
-@functools.cache
-def _iterator_class() -> type:
-    """The DataIter subclass, defined on first use so that xgboost is imported only then."""
-    xgb = extras.xgboost()
-
-    class ChunkIter(xgb.DataIter):
-        """Feeds XGBoost one chunk per ``next``; ``reset`` starts a new pass over the ChunkSource."""
-
-        def __init__(self, source: ChunkSource, n_features: int, what: str, *, cache_prefix: str | None = None,
-                     probe: Callable[[np.ndarray], None] | None = None, task: Task | None = None):
-            self._source, self._n_features, self._what = source, n_features, what
-            self._task = task or Task()
-            self._iterator = None
-            self._weighted: bool | None = None
-            self._probe = probe
-            self.n_next = self.n_reset = self.passes = 0
-            self.events_last_pass = self._events = 0
-            super().__init__(cache_prefix=cache_prefix, release_data=True)
-
-        def next(self, input_data: Callable[..., None]) -> bool:
-            self.n_next += 1
-            if self._iterator is None:
-                self._iterator = iter(self._source())
-                self.passes += 1
-                self._events = 0
-            for X, y, weight in self._iterator:
-                if len(X) == 0:
-                    continue
-                X = np.asarray(X, dtype=np.float32)
-                if X.ndim != 2 or X.shape[1] != self._n_features:
-                    raise ConfigError(f"XGBoost {self._what} stream: expected events x {self._n_features} "
-                                      f"features, got a chunk of shape {X.shape}", key="features")
-                input_data(data=X, label=self._label(y, len(X)), weight=self._weight(weight, len(X)))
-                if self._probe is not None:
-                    self._probe(X)
-                self._events += len(X)
-                return True
-            self.events_last_pass = self._events
-            return False
-
-        def _label(self, y: np.ndarray, n: int) -> np.ndarray:
-            """Class indices ``[n]`` or regression targets ``[n, T]`` (``[n]`` for one target)."""
-            task, y = self._task, np.asarray(y, dtype=np.float32)
-            if task.kind == "regression":
-                width = len(task.targets)
-                if y.shape != (n, width) and not (width == 1 and y.shape == (n,)):
-                    raise ConfigError(f"XGBoost {self._what} stream: the regression of {width} target(s) "
-                                      f"{list(task.targets)} needs labels of shape [{n}, {width}], got {y.shape}",
-                                      key="target")
-                return y.reshape(n) if width == 1 else y
-            y = y.reshape(-1)
-            if task.kind == "multiclass" and len(y) and (y.min() < 0 or y.max() >= task.n_classes):
-                raise ConfigError(f"XGBoost {self._what} stream: class labels must be 0..{task.n_classes - 1} "
-                                  f"(classes {list(task.classes)}), got labels from {y.min():g} to {y.max():g}",
-                                  key="label")
-            return y
-
-        def _weight(self, weight: np.ndarray | None, n: int) -> np.ndarray | None:
-            if self._weighted is None:
-                self._weighted = weight is not None
-            if weight is None:
-                return np.ones(n, dtype=np.float32) if self._weighted else None
-            if not self._weighted:
-                raise ConfigError(f"XGBoost {self._what} stream: event weights appeared after chunks without "
-                                  f"them; give weights for every chunk or for none", key="weight")
-            return np.asarray(weight, dtype=np.float32).reshape(-1)
-
-        def reset(self) -> None:
-            self.n_reset += 1
-            self._iterator = None
-
-        @property
-        def stats(self) -> dict[str, int]:
-            return {"passes": self.passes, "next": self.n_next, "reset": self.n_reset,
-                    "events": self.events_last_pass}
-
-    return ChunkIter
-
-
 def _round_callback(on_round: Callable[[dict[str, float]], bool | None] | None, history: list[dict[str, float]],
                     keep: Callable[[Any], None], interrupt: Callable[[], None], start: int = 0,
-                    loss_metric: str = "logloss"):
+                    loss_metric: str = "logloss", deferred: Deferred | None = None):
     xgb = extras.xgboost()
 
     class RoundCallback(xgb.callback.TrainingCallback):
         """After each boosting round: record the metrics, ``keep`` the booster (a checkpoint may save it),
         hand the metrics to ``on_round``, stop (and ``interrupt``) when it says so. Rounds count on from
-        ``start`` (the rounds of a continued model), as xgboost's ``epoch`` restarts at 0 in a continuation."""
+        ``start`` (the rounds of a continued model), as xgboost's ``epoch`` restarts at 0 in a continuation.
+        A Ctrl-C held back during the round (``deferred``) is raised here, between rounds."""
 
         def after_iteration(self, model: Any, epoch: int, evals_log: dict[str, dict[str, list]]) -> bool:
             keep(model)
+            if deferred is not None:
+                deferred.check()
             metrics: dict[str, float] = {"round": float(start + epoch + 1)}
             for data_name, by_metric in evals_log.items():
                 for metric, values in by_metric.items():
@@ -392,33 +317,40 @@ class XGBoostBackend(Backend):
     def _train(self, train: ChunkSource, validation: ChunkSource | None,
                on_round: Callable[[dict[str, float]], bool | None] | None, cache_root: str | None,
                previous_rounds: list[dict[str, float]] | None = None) -> int:
+        # Ctrl-C must not land in XGBoost's C++ calls into Python (the chunk iterator): see _xgb_iter
+        with deferred_interrupt() as deferred:
+            return self._boost(train, validation, on_round, cache_root, previous_rounds, deferred)
+
+    def _boost(self, train: ChunkSource, validation: ChunkSource | None,
+               on_round: Callable[[dict[str, float]], bool | None] | None, cache_root: str | None,
+               previous_rounds: list[dict[str, float]] | None, deferred: Deferred) -> int:
         xgb = extras.xgboost()
         continued = self.booster if previous_rounds is not None else None
         done = continued.num_boosted_rounds() if continued is not None else 0
-        ChunkIter = _iterator_class()
+        ChunkIter = iterator_class()
         build = self._matrix_builder(xgb, external=cache_root is not None)
 
         def prefix(name: str) -> str | None:
             return None if cache_root is None else str(Path(cache_root) / name)
 
         train_iter = ChunkIter(train, self.n_features, "training", probe=self._keep_probe,
-                               cache_prefix=prefix("train"), task=self.task)
-        dtrain = build(train_iter, None)
+                               cache_prefix=prefix("train"), task=self.task, deferred=deferred)
+        dtrain = self._built(build, train_iter, None, deferred)
         if train_iter.events_last_pass == 0:
             raise ConfigError("XGBoost: the training stream is empty (no events in any chunk)", key="nevts")
         evals = [(dtrain, "train")] if self._opt("eval_train", True) else []
         val_iter = None
         if validation is not None:
             val_iter = ChunkIter(validation, self.n_features, "validation", cache_prefix=prefix("validation"),
-                                 task=self.task)
-            dval = build(val_iter, dtrain)
+                                 task=self.task, deferred=deferred)
+            dval = self._built(build, val_iter, dtrain, deferred)
             if val_iter.events_last_pass:
                 evals.append((dval, "validation"))
         interrupted = [False]
         loss_metric = self._loss_metric()
         callbacks = [_round_callback(on_round, self.history, self._keep_booster,
                                      lambda: interrupted.__setitem__(0, True), start=done,
-                                     loss_metric=loss_metric)]
+                                     loss_metric=loss_metric, deferred=deferred)]
         if self.early_stopping_rounds:
             if any(name == "validation" for _, name in evals):
                 # xgboost's default is the last metric; named here so that a continuation replays the same
@@ -442,6 +374,18 @@ class XGBoostBackend(Backend):
         if val_iter is not None:
             self.stream_stats["validation"] = val_iter.stats
         return train_iter.events_last_pass
+
+    @staticmethod
+    def _built(build: Callable[[Any, Any], Any], iterator: Any, ref: Any, deferred: Deferred) -> Any:
+        """``build(iterator, ref)``; a Ctrl-C during it (which cut the iterator's pass short, so XGBoost may
+        complain that its passes differ) is raised instead, once XGBoost has returned."""
+        try:
+            matrix = build(iterator, ref)
+        except Exception:
+            deferred.check()
+            raise
+        deferred.check()
+        return matrix
 
     def _matrix_builder(self, xgb: Any, external: bool) -> Callable[[Any, Any], Any]:
         max_bin = int(self.params.get("max_bin", 256))
