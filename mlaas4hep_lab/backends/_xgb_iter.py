@@ -59,6 +59,10 @@ def deferred_interrupt() -> Iterator[Deferred]:
     signal.signal(signal.SIGINT, hold)
     try:
         yield deferred
+    except Exception as err:
+        if deferred.pending.is_set():   # XGBoost's complaint about a pass the interrupt cut short
+            raise KeyboardInterrupt from err
+        raise
     finally:
         signal.signal(signal.SIGINT, previous)
     deferred.check()

@@ -377,13 +377,9 @@ class XGBoostBackend(Backend):
 
     @staticmethod
     def _built(build: Callable[[Any, Any], Any], iterator: Any, ref: Any, deferred: Deferred) -> Any:
-        """``build(iterator, ref)``; a Ctrl-C during it (which cut the iterator's pass short, so XGBoost may
-        complain that its passes differ) is raised instead, once XGBoost has returned."""
-        try:
-            matrix = build(iterator, ref)
-        except Exception:
-            deferred.check()
-            raise
+        """``build(iterator, ref)``, then a Ctrl-C held back during it (it cut the iterator's pass short; if
+        XGBoost complained about that, deferred_interrupt raises the interrupt instead)."""
+        matrix = build(iterator, ref)
         deferred.check()
         return matrix
 
