@@ -454,6 +454,7 @@ import numpy as np
 import xgboost
 from mlaas4hep_lab.backends.xgboost import XGBoostBackend
 
+signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal, even if started with SIGINT ignored
 rng = np.random.default_rng(0)
 chunks = [(rng.normal(size=(2_000, 5)).astype(np.float32), (rng.random(2_000) > 0.5).astype(np.float32), None)
           for _ in range(6)]

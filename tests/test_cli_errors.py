@@ -296,7 +296,10 @@ def test_interrupt_exits_with_130_and_one_line(toy_data, tmp_path):
     model = write(tmp_path, "model.py", "import xgboost\n\n\ndef model():\n"
                   "    return xgboost.XGBClassifier(n_estimators=100000, max_depth=4)\n")
     proc = subprocess.Popen([sys.executable, "-m", "mlaas4hep_lab.cli", *workflow(toy_data, tmp_path, f"--model={model}")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            # Ctrl-C as in a terminal: a suite started in the background (`&`) has SIGINT
+                            # ignored, and the CLI would inherit that
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         log = tmp_path / "out" / "metrics.jsonl"
