@@ -335,7 +335,8 @@ class XGBoostBackend(Backend):
 
         train_iter = ChunkIter(train, self.n_features, "training", probe=self._keep_probe,
                                cache_prefix=prefix("train"), task=self.task, deferred=deferred)
-        dtrain = self._built(build, train_iter, None, deferred)
+        dtrain = build(train_iter, None)
+        deferred.check()   # a Ctrl-C held back during the build (it cut the iterator's pass short)
         if train_iter.events_last_pass == 0:
             raise ConfigError("XGBoost: the training stream is empty (no events in any chunk)", key="nevts")
         evals = [(dtrain, "train")] if self._opt("eval_train", True) else []
@@ -343,7 +344,8 @@ class XGBoostBackend(Backend):
         if validation is not None:
             val_iter = ChunkIter(validation, self.n_features, "validation", cache_prefix=prefix("validation"),
                                  task=self.task, deferred=deferred)
-            dval = self._built(build, val_iter, dtrain, deferred)
+            dval = build(val_iter, dtrain)
+            deferred.check()
             if val_iter.events_last_pass:
                 evals.append((dval, "validation"))
         interrupted = [False]
@@ -374,14 +376,6 @@ class XGBoostBackend(Backend):
         if val_iter is not None:
             self.stream_stats["validation"] = val_iter.stats
         return train_iter.events_last_pass
-
-    @staticmethod
-    def _built(build: Callable[[Any, Any], Any], iterator: Any, ref: Any, deferred: Deferred) -> Any:
-        """``build(iterator, ref)``, then a Ctrl-C held back during it (it cut the iterator's pass short; if
-        XGBoost complained about that, deferred_interrupt raises the interrupt instead)."""
-        matrix = build(iterator, ref)
-        deferred.check()
-        return matrix
 
     def _matrix_builder(self, xgb: Any, external: bool) -> Callable[[Any, Any], Any]:
         max_bin = int(self.params.get("max_bin", 256))

@@ -35,8 +35,8 @@ from mlaas4hep_lab.data._layouts import (
 )
 from mlaas4hep_lab.errors import BranchNotFoundError, ConfigError, InputFileError
 
-__all__ = ["BranchInfo", "TreeReader", "open_readers", "BlockReader", "share_offsets", "select_branches", "inspect_file",
-           "format_table"]
+__all__ = ["BranchInfo", "TreeReader", "open_readers", "BlockReader", "share_offsets", "select_branches",
+           "inspect_file", "format_table"]
 
 log = logging.getLogger(__name__)
 _NOTIFIED: set[tuple[str, str]] = set()  # (file, tree) whose skipped branches were reported
