@@ -16,7 +16,7 @@ import pytest
 from conftest import TOY_SENTINEL
 from dask_support import local_cluster, scheduler_processes  # noqa: F401  (fixtures)
 
-from mlaas4hep_lab.cluster.specs_pass import RETRIES
+from mlaas4hep_lab.cluster.specs_pass import RETRIES, task_groups
 from mlaas4hep_lab.data import _partial, datasets
 from mlaas4hep_lab.data import specs as specs_module
 from mlaas4hep_lab.data.preprocess import Preproc
@@ -221,6 +221,59 @@ def test_statistics_match_numpy_when_cut_in_parts(toy_write_tree):
     assert s.mean["x"] == pytest.approx(x.mean(), rel=1e-15)
     assert s.std["x"] == pytest.approx(x.std(), rel=1e-9)
     assert (s.minv["x"], s.maxv["x"]) == (x.min(), x.max())
+
+
+@pytest.mark.parametrize("sizes", [
+    [100_000] * 3 + [50_000] + [100_000] * 6 + [50_000],   # the Higgs-like example: two files' last parts
+    [7, 3, 3, 3, 2, 9, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],  # files of every size
+    [5], [], [4, 4, 4],
+])
+def test_small_parts_share_tasks_of_at_most_the_largest_part(sizes):
+    groups = task_groups(sizes, most=8)
+    assert sorted(p for g in groups for p in g) == list(range(len(sizes)))   # every part, once
+    totals = [sum(sizes[p] for p in g) for g in groups]
+    assert totals == sorted(totals, reverse=True)                             # the largest tasks first
+    assert all(t <= max(sizes) for t in totals) and all(len(g) <= 8 for g in groups)
+    for g in groups:   # a part of at least half the largest one runs alone
+        assert len(g) == 1 or all(2 * sizes[p] <= max(sizes) for p in g)
+    if sizes[:4] == [100_000] * 3 + [50_000]:
+        assert len(groups) == 10 and [3, 10] in groups
+    if len(sizes) == 18:   # parts under half of 9 fill tasks of up to 9 entries and 8 parts, largest first
+        assert groups == [[5], [1, 2, 3], [4, 7, 8, 9, 10, 11, 12, 13], [0], [6], [14, 15, 16, 17]]
+
+
+def corrupt_last_baskets(path: Path) -> None:
+    """Overwrite the compressed bytes of every branch's last basket: the file opens, its other entries read."""
+    import uproot
+
+    with uproot.open(path) as f:
+        tree = f["events"]
+        spots = []
+        for branch in tree.values():
+            last = branch.num_baskets - 1
+            key_length = branch.basket(last).member("fKeylen")
+            spots.append(int(branch.member("fBasketSeek")[last]) + key_length + 9)  # past the 9-byte header
+    with open(path, "r+b") as out:
+        for spot in spots:
+            out.seek(spot)
+            out.write(b"\x55" * 24)
+
+
+def test_an_error_in_a_shared_task_names_its_own_part(toy_write_tree, local_cluster):  # noqa: F811
+    """Two files' last parts run in one task: the one that fails is named, not the other."""
+    rng = np.random.default_rng(5)
+    files = [toy_write_tree({"x": rng.normal(size=6_500), "y": rng.normal(size=6_500)}, name=f"part_{k}.root")
+             for k in ("a", "b")]
+    params = load_params(None, chunk_size=1000, verbose=0)
+    sizes = part_sizes([str(f) for f in files], params)
+    assert sizes == [1000] * 6 + [500] + [1000] * 6 + [500]
+    assert [6, 13] in task_groups(sizes)                    # a's last part, then b's, in one task
+    corrupt_last_baskets(files[1])
+    with pytest.raises(InputFileError) as err:
+        compute_specs([str(f) for f in files], params, progress=False, dask=local_cluster)
+    message = str(err.value)
+    assert f"on a Dask worker: {files[1]}, entries 6000-6500, tried {RETRIES + 1} times" in message
+    assert err.value.path == str(files[1]) and not hasattr(err.value, "mlaas4hep_part")
 
 
 # ------------------------------------------------------------------------------------------- errors
