@@ -64,21 +64,28 @@ def _housekeeping() -> list:
     import dask
 
     return [dask.config.get(key) for key in ("distributed.worker.profile.enabled", "distributed.admin.tick.interval",
-                                             "distributed.admin.system-monitor.interval")]
+                                             "distributed.admin.system-monitor.interval",
+                                             "distributed.worker.memory.monitor-interval")]
 
 
-def test_local_workers_skip_dasks_profiler_unless_the_user_configured_it(monkeypatch):
+def _nanny_polls(cluster) -> list[float]:
+    """Seconds between a nanny's reads of its worker's memory (the nannies run in this process)."""
+    return [nanny.memory_manager.memory_monitor_interval for nanny in cluster.cluster.workers.values()]
+
+
+def test_local_workers_skip_dasks_profiler_and_poll_less_unless_the_user_configured_it(monkeypatch):
     import dask
 
     # Dask's defaults (profiler on, 20 ms ticks): lean settings in the workers we start, not in this process
     with using_dask("local:1") as cluster:
-        assert list(cluster.client.run(_housekeeping).values()) == [[False, "500ms", "2s"]]
-    assert _housekeeping() == [True, "20ms", "500ms"]
+        assert list(cluster.client.run(_housekeeping).values()) == [[False, "500ms", "2s", "500ms"]]
+        assert _nanny_polls(cluster) == [0.5]
+    assert _housekeeping() == [True, "20ms", "500ms", "100ms"]
     # what the user set stays theirs: in a DASK_* variable (or a config file), even at Dask's default, or in code
     monkeypatch.setenv("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "True")
     with dask.config.set({"distributed.admin.tick.interval": "50ms"}):
         with using_dask("local:1") as cluster:
-            assert list(cluster.client.run(_housekeeping).values()) == [[True, "50ms", "2s"]]
+            assert list(cluster.client.run(_housekeeping).values()) == [[True, "50ms", "2s", "500ms"]]
 
 
 def test_a_given_client_or_cluster_is_used_and_not_closed(local_cluster):  # noqa: F811

@@ -161,6 +161,24 @@ def test_the_workers_close_their_readers_after_a_pass(toy_data, cluster, request
         assert a.to_dict() == b.to_dict()
 
 
+@pytest.mark.parametrize("every", [2, 64])
+def test_the_parts_results_are_released_from_the_cluster(toy_data, local_cluster, monkeypatch, every):  # noqa: F811
+    """The workers drop every part's result once fetched (in batches of ``every``, and the rest at the end)."""
+    from mlaas4hep_lab.cluster import specs_pass
+
+    def held(dask_scheduler=None):
+        return [str(key) for key in dask_scheduler.tasks if "mlaas4hep-specs-part" in str(key)]
+
+    monkeypatch.setattr(specs_pass, "_RELEASE_EVERY", every)
+    params = load_params(toy_data.params_json, chunk_size=500)
+    assert sum(part_counts(toy_data.files, params)) > 2 * every or every == 64
+    compute_specs(toy_data.files, params, progress=False, dask=local_cluster)
+    deadline = time.monotonic() + 30
+    while local_cluster.client.run_on_scheduler(held) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert local_cluster.client.run_on_scheduler(held) == []
+
+
 # ------------------------------------------------------------------------------------ example data
 @pytest.fixture(scope="module")
 def tth_small_clusters(tmp_path_factory):
