@@ -245,6 +245,7 @@ def test_statistics_match_numpy_when_cut_in_parts(toy_write_tree):
     [100_000] * 3 + [50_000] + [100_000] * 6 + [50_000],   # the Higgs-like example: two files' last parts
     [7, 3, 3, 3, 2, 9, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],  # files of every size
     [5], [], [4, 4, 4],
+    np.random.default_rng(2).integers(1, 100_000, 2_000).tolist() + [150_000],   # many files of many sizes
 ])
 def test_small_parts_share_tasks_of_at_most_the_largest_part(sizes):
     groups = task_groups(sizes, most=8)

@@ -13,6 +13,8 @@ depending on another that holds them would be sent where that one ran: every par
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import hashlib
 import logging
 import os
@@ -104,7 +106,8 @@ def _parts_task(digest: str, blob: bytes, run: str, items: tuple) -> list:
             with lock:   # one part at a time through one reader (a worker may run several threads)
                 out.append(read_part(reader, plan, params, preproc, start, stop))
         except Exception as err:
-            err.mlaas4hep_part = (path, start, stop)   # which of the task's parts, for the report
+            with contextlib.suppress(AttributeError):   # an exception type without a __dict__ is reported as is
+                err.mlaas4hep_part = (path, start, stop)   # which of the task's parts, for the report
             raise
     return out
 
@@ -112,28 +115,34 @@ def _parts_task(digest: str, blob: bytes, run: str, items: tuple) -> list:
 def task_groups(sizes: Sequence[int], most: int = 8) -> list[list[int]]:
     """The parts (their entries: ``sizes``) grouped into tasks, largest first: a part of at least half the
     largest one is a task of its own; smaller ones (a file's last part, the parts of small files) share a
-    task, up to the largest part's entries and ``most`` parts (first fit, largest first). The tasks are then
-    of about one size, so the workers end together however the scheduler breaks ties among them: the
-    Higgs-like example's 9 parts of 100k and 2 of 50k ended one worker 40 ms after the other in half
-    of the passes on 2 workers, as 10 tasks they do not. No task is larger than the largest part, so the
-    pass's shortest possible time is unchanged; the parts (and the specs) do not change either."""
+    task, up to the largest part's entries and ``most`` parts (best fit, largest first: O(n log n) for the
+    thousands of parts of a large dataset). The tasks are then of about one size, so the workers end together
+    however the scheduler breaks ties among them: the Higgs-like example's 9 parts of 100k and 2 of 50k ended
+    one worker 40 ms after the other in half of the passes on 2 workers, as 10 tasks they do not. No task is
+    larger than the largest part, so the pass's shortest possible time is unchanged; the parts (and the
+    specs) do not change either."""
     if not sizes:
         return []
     capacity = max(sizes)
     order = sorted(range(len(sizes)), key=lambda p: -sizes[p])   # stable: equal parts keep the files' order
     groups = [[p] for p in order if 2 * sizes[p] > capacity]
     shared: list[list[int]] = []
-    room: list[int] = []
+    rooms: list[int] = []   # sorted: the room left in the shared tasks that may take another part
+    which: list[int] = []   # their index in ``shared``, in the same order
     for p in order:
         if 2 * sizes[p] > capacity:
             continue
-        k = next((k for k, r in enumerate(room) if sizes[p] <= r and len(shared[k]) < most), None)
-        if k is None:
+        i = bisect.bisect_left(rooms, sizes[p])   # the fullest task it fits in
+        if i == len(rooms):
+            k, room = len(shared), capacity - sizes[p]
             shared.append([p])
-            room.append(capacity - sizes[p])
         else:
+            k, room = which.pop(i), rooms.pop(i) - sizes[p]
             shared[k].append(p)
-            room[k] -= sizes[p]
+        if len(shared[k]) < most:
+            i = bisect.bisect_left(rooms, room)
+            rooms.insert(i, room)
+            which.insert(i, k)
     groups += shared
     return sorted(groups, key=lambda g: -sum(sizes[p] for p in g))
 
