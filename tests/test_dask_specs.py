@@ -295,6 +295,28 @@ def test_an_error_in_a_shared_task_names_its_own_part(toy_write_tree, local_clus
     assert err.value.path == str(files[1]) and not hasattr(err.value, "mlaas4hep_part")
 
 
+def test_a_file_gone_from_the_workers_in_a_shared_task_is_named_alone(toy_write_tree, local_cluster):  # noqa: F811
+    """A small file whose only part shares a task with another file's last part, removed once the client opened
+    it: the error names the small file's part, not the part of the file the task read first."""
+    rng = np.random.default_rng(6)
+    big = toy_write_tree({"x": rng.normal(size=6_500)}, name="shared_big.root")
+    small = toy_write_tree({"x": rng.normal(size=400)}, name="shared_small.root")
+    params = load_params(None, chunk_size=1000, verbose=0)
+    sizes = part_sizes([str(big), str(small)], params)
+    assert sizes == [1000] * 6 + [500, 400] and [6, 7] in task_groups(sizes)
+    readers = [TreeReader(str(f), params.branch) for f in (big, small)]
+    try:
+        os.unlink(small)
+        with pytest.raises(InputFileError) as err:
+            compute_specs([str(big), str(small)], params, progress=False, readers=readers, dask=local_cluster)
+    finally:
+        for r in readers:
+            r.close()
+    message = str(err.value)
+    assert f"on a Dask worker: {small}, entries 0-400, tried {RETRIES + 1} times" in message
+    assert str(big) not in message
+
+
 # ------------------------------------------------------------------------------------------- errors
 def corrupt_copy(src: Path, dst: Path) -> Path:
     """A copy whose baskets in the middle are overwritten: it opens, but some entries cannot be read."""

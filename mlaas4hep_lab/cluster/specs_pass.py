@@ -101,8 +101,8 @@ def _parts_task(digest: str, blob: bytes, run: str, items: tuple) -> list:
     params, preproc, plan = _settings(digest, blob)
     out = []
     for path, start, stop in items:
-        reader, lock = _reader(run, path, params.branch, params.retries)
-        try:
+        try:   # opening the file (gone, unreachable from the worker) or reading the part
+            reader, lock = _reader(run, path, params.branch, params.retries)
             with lock:   # one part at a time through one reader (a worker may run several threads)
                 out.append(read_part(reader, plan, params, preproc, start, stop))
         except Exception as err:
@@ -177,7 +177,7 @@ def run_parts(dask, paths: Sequence[str], params, preproc, plan, parts: Sequence
         submitted = client.map(_parts_task, [digest] * n, [blob] * n, [run] * n, items,
                                key=[f"mlaas4hep-specs-part-{run}-{rank:06d}" for rank in range(n)],
                                retries=RETRIES, pure=False)
-        futures = dict(zip(submitted, groups))
+        futures = dict(zip(submitted, zip(groups, items)))
         finished: dict[int, object] = {}
         done: list = []   # fetched, still held by the workers until released (a few kB each)
         merged = 0
@@ -187,12 +187,12 @@ def run_parts(dask, paths: Sequence[str], params, preproc, plan, parts: Sequence
                 # the results are fetched on Dask's event loop as the parts finish
                 completed = distributed.as_completed(futures, with_results=True, raise_errors=False)
             for future, result in completed:
-                group = futures.pop(future)
+                group, task = futures.pop(future)
                 if future.status != "finished":
                     try:
                         future.result()
                     except Exception as err:
-                        raise _reported(err, [(paths[parts[p][0]], *parts[p][1:]) for p in group]) from err
+                        raise _reported(err, task) from err
                 done.append(future)
                 if len(done) >= _RELEASE_EVERY:
                     _release(done)
